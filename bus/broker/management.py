@@ -1,0 +1,185 @@
+"""A small client for RabbitMQ's management HTTP API (``rabbitmq_management``)."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from bus.errors import (
+    AccessRefusedError,
+    BrokerUnavailableError,
+    ManagementAPIError,
+    NotFoundError,
+)
+from bus.settings import BusSettings, mask_url
+
+__all__ = ["ManagementClient", "quote_name"]
+
+
+def quote_name(name: str) -> str:
+    """URL-encode one path segment (``/`` becomes ``%2F``, as the API wants for vhost ``/``)."""
+    return quote(name, safe="")
+
+
+class ManagementClient:
+    """Synchronous management API calls; errors map to :mod:`bus.errors`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        user: str,
+        password: str,
+        *,
+        timeout: float = 10.0,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._client = httpx.Client(
+            base_url=self.base_url + "/api",
+            auth=(user, password),
+            timeout=timeout,
+            verify=verify,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: BusSettings) -> ManagementClient:
+        user, password = settings.credentials()
+        verify: ssl.SSLContext | bool = True
+        if settings.tls_ca_file is not None:
+            verify = ssl.create_default_context(cafile=str(settings.tls_ca_file))
+            if settings.tls_cert_file is not None:
+                verify.load_cert_chain(
+                    str(settings.tls_cert_file),
+                    settings.tls_key_file and str(settings.tls_key_file),
+                )
+        return cls(
+            settings.management_base_url(), user, password,
+            timeout=settings.connect_timeout, verify=verify,
+        )  # fmt: skip
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> ManagementClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, str] | None = None,
+        allow_404: bool = False,
+    ) -> Any:
+        """One API call; returns the decoded JSON (or None for empty bodies)."""
+        try:
+            response = self._client.request(method, path, json=json, params=params)
+        except httpx.TransportError as exc:
+            raise BrokerUnavailableError(
+                f"management API at {mask_url(self.base_url)} unreachable: "
+                f"{exc or type(exc).__name__} "
+                "(is the rabbitmq_management plugin enabled?)"
+            ) from None
+        if response.status_code == 404 and allow_404:
+            return None
+        if response.status_code >= 400:
+            reason = _reason(response)
+            where = f"{method} {path}"
+            if response.status_code == 401:
+                raise AccessRefusedError(
+                    f"management API refused the credentials ({where}): {reason}"
+                )
+            if response.status_code == 403:
+                raise AccessRefusedError(f"management API access refused ({where}): {reason}")
+            if response.status_code == 404:
+                raise NotFoundError(f"not found: {where}: {reason}")
+            raise ManagementAPIError(
+                f"{where}: {response.status_code} {reason}", response.status_code
+            )
+        if not response.content:
+            return None
+        return response.json()
+
+    # -- vhosts and permissions -------------------------------------------------------------
+    def overview(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", "/overview")
+        return result
+
+    def vhost(self, name: str) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = self.request(
+            "GET", f"/vhosts/{quote_name(name)}", allow_404=True
+        )
+        return result
+
+    def create_vhost(
+        self, name: str, *, default_queue_type: str | None = None, description: str | None = None
+    ) -> None:
+        body: dict[str, Any] = {}
+        if default_queue_type:
+            # 3.10 reads "defaultqueuetype" (rabbitmq-behaviour.md section 3).
+            body["defaultqueuetype"] = default_queue_type
+        if description:
+            body["description"] = description
+        self.request("PUT", f"/vhosts/{quote_name(name)}", json=body)
+
+    def delete_vhost(self, name: str) -> None:
+        self.request("DELETE", f"/vhosts/{quote_name(name)}", allow_404=True)
+
+    def set_permissions(
+        self, vhost: str, user: str, *, configure: str = ".*", write: str = ".*", read: str = ".*"
+    ) -> None:
+        self.request(
+            "PUT",
+            f"/permissions/{quote_name(vhost)}/{quote_name(user)}",
+            json={"configure": configure, "write": write, "read": read},
+        )
+
+    def create_user(self, user: str, password: str, tags: str = "") -> None:
+        self.request("PUT", f"/users/{quote_name(user)}", json={"password": password, "tags": tags})
+
+    def delete_user(self, user: str) -> None:
+        self.request("DELETE", f"/users/{quote_name(user)}", allow_404=True)
+
+    # -- objects of one vhost ---------------------------------------------------------------
+    def exchanges(self, vhost: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.request("GET", f"/exchanges/{quote_name(vhost)}")
+        return result
+
+    def queues(self, vhost: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.request("GET", f"/queues/{quote_name(vhost)}")
+        return result
+
+    def queue(self, vhost: str, name: str) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = self.request(
+            "GET", f"/queues/{quote_name(vhost)}/{quote_name(name)}", allow_404=True
+        )
+        return result
+
+    def bindings(self, vhost: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.request("GET", f"/bindings/{quote_name(vhost)}")
+        return result
+
+    def policies(self, vhost: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.request("GET", f"/policies/{quote_name(vhost)}")
+        return result
+
+    def definitions(self, vhost: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", f"/definitions/{quote_name(vhost)}")
+        return result
+
+
+def _reason(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:200] or response.reason_phrase
+    if isinstance(body, dict):
+        return str(body.get("reason") or body.get("error") or body)
+    return str(body)

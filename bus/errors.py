@@ -1,0 +1,144 @@
+"""The one error hierarchy of amqp-bus.
+
+Every error the bus raises on purpose derives from :class:`BusError`. The CLI
+maps each class to an exit code (``exit_code``) and prints ``error: <message>``
+on one line; a traceback means a bug.
+
+::
+
+    BusError (1)
+    ├── UsageError (2)                 bad command-line or settings input
+    ├── TopologyError (2)              topology.yaml is invalid; carries every issue
+    ├── ContractError (1)              an event/model does not match a contract
+    ├── PlanConflictError (1)          the live broker conflicts with the topology
+    ├── BrokerError (1)                talking to RabbitMQ failed
+    │   ├── BrokerUnavailableError     nothing answers / connection refused
+    │   ├── AccessRefusedError         the broker user lacks a permission
+    │   ├── NotFoundError              an exchange or queue does not exist
+    │   └── ManagementAPIError         the HTTP management API answered an error
+    └── PublishError (1)               a message was not safely published
+        ├── UnroutableError            returned by the broker (mandatory, no route)
+        ├── PublishNackedError         the broker nacked the publish
+        ├── PublishTimeoutError        no confirm within the deadline
+        └── MessageTooLargeError       refused before sending
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "AccessRefusedError",
+    "BrokerError",
+    "BrokerUnavailableError",
+    "BusError",
+    "ContractError",
+    "ManagementAPIError",
+    "MessageTooLargeError",
+    "NotFoundError",
+    "PlanConflictError",
+    "PublishError",
+    "PublishNackedError",
+    "PublishTimeoutError",
+    "TopologyError",
+    "TopologyIssue",
+    "UnroutableError",
+    "UsageError",
+]
+
+
+class BusError(Exception):
+    """Base of every error amqp-bus raises on purpose."""
+
+    exit_code: int = 1
+
+
+class UsageError(BusError):
+    """Bad command-line arguments or settings."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True, order=True)
+class TopologyIssue:
+    """One problem in a topology file, located by line and column (1-based)."""
+
+    file: str
+    line: int
+    column: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}: " if self.path else ""
+        return f"{self.file}:{self.line}:{self.column}: {where}{self.message}"
+
+
+class TopologyError(BusError):
+    """The topology file is invalid. ``issues`` lists every problem found."""
+
+    exit_code = 2
+
+    def __init__(self, issues: list[TopologyIssue]) -> None:
+        self.issues = sorted(issues)
+        super().__init__("\n".join(str(issue) for issue in self.issues))
+
+
+class ContractError(BusError):
+    """An event or model does not match any contract of the topology."""
+
+
+class PlanConflictError(BusError):
+    """The live broker holds objects that conflict with the topology."""
+
+
+class BrokerError(BusError):
+    """Talking to RabbitMQ failed."""
+
+
+class BrokerUnavailableError(BrokerError):
+    """No broker answers at the configured address."""
+
+
+class AccessRefusedError(BrokerError):
+    """The broker refused an operation for lack of permission."""
+
+
+class NotFoundError(BrokerError):
+    """An exchange, queue or vhost the operation needs does not exist."""
+
+
+class ManagementAPIError(BrokerError):
+    """The management HTTP API answered with an error."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        self.status_code = status_code
+        super().__init__(message)
+
+
+class PublishError(BusError):
+    """A message was not safely published; the caller must not assume delivery."""
+
+
+class UnroutableError(PublishError):
+    """The broker returned a mandatory message: no queue is bound for it."""
+
+    def __init__(self, exchange: str, routing_key: str, reply_text: str) -> None:
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.reply_text = reply_text
+        super().__init__(
+            f"unroutable: exchange {exchange!r} routing key {routing_key!r}: {reply_text}"
+        )
+
+
+class PublishNackedError(PublishError):
+    """The broker nacked the publish (e.g. a full queue with reject-publish)."""
+
+
+class PublishTimeoutError(PublishError):
+    """No confirm arrived within the deadline (e.g. a blocked connection)."""
+
+
+class MessageTooLargeError(PublishError):
+    """The message exceeds the configured maximum size; nothing was sent."""

@@ -1,0 +1,112 @@
+"""Find or provide a RabbitMQ broker: one order of choices for tests and ``bus demo``.
+
+1. a URL given explicitly (``BUS_TEST_AMQP_URL`` for tests, ``BUS_AMQP_URL`` for the demo);
+2. a RabbitMQ container through testcontainers, when a Docker engine answers;
+3. the local broker on 127.0.0.1:5672, when it answers;
+4. otherwise :class:`~bus.errors.BrokerUnavailableError` saying how to get one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from bus.errors import BrokerUnavailableError
+
+__all__ = [
+    "HOW_TO_GET_A_BROKER",
+    "ProvidedBroker",
+    "docker_available",
+    "port_open",
+    "provide_broker",
+]
+
+LOCAL_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+LOCAL_MANAGEMENT_URL = "http://127.0.0.1:15672"
+HOW_TO_GET_A_BROKER = (
+    "no RabbitMQ broker: set BUS_TEST_AMQP_URL (or BUS_AMQP_URL), start Docker for a "
+    "testcontainers broker, or install and start RabbitMQ locally "
+    "(apt-get install rabbitmq-server && rabbitmq-server -detached && "
+    "rabbitmq-plugins enable rabbitmq_management)"
+)
+
+
+@dataclass(frozen=True)
+class ProvidedBroker:
+    amqp_url: str
+    management_url: str
+    how: str  # "configured", "container" or "local"
+
+
+def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def docker_available(timeout: float = 1.0) -> bool:
+    """True when a Docker engine answers ``/_ping`` (the client binary alone is not enough)."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if host.startswith("unix://"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        address: str | tuple[str, int] = host[len("unix://") :]
+    elif host.startswith("tcp://"):
+        parts = urlsplit(host)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        address = (parts.hostname or "localhost", parts.port or 2375)
+    else:
+        return False
+    with sock:
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address)
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            return b" 200 " in sock.recv(64)
+        except OSError:
+            return False
+
+
+def _management_for(amqp_url: str) -> str:
+    explicit = os.environ.get("BUS_TEST_MANAGEMENT_URL") or os.environ.get("BUS_MANAGEMENT_URL")
+    if explicit:
+        return explicit.rstrip("/")
+    parts = urlsplit(amqp_url)
+    host = parts.hostname or "localhost"
+    scheme, port = ("https", 15671) if parts.scheme == "amqps" else ("http", 15672)
+    return f"{scheme}://{host}:{port}"
+
+
+@contextlib.contextmanager
+def _container() -> Iterator[ProvidedBroker]:  # pragma: no cover - needs a Docker engine
+    from testcontainers.rabbitmq import RabbitMqContainer
+
+    container = RabbitMqContainer("rabbitmq:3.10-management").with_exposed_ports(15672)
+    with container:
+        host = container.get_container_host_ip()
+        amqp_port = container.get_exposed_port(5672)
+        http_port = container.get_exposed_port(15672)
+        yield ProvidedBroker(
+            f"amqp://guest:guest@{host}:{amqp_port}/", f"http://{host}:{http_port}", "container"
+        )
+
+
+@contextlib.contextmanager
+def provide_broker(configured_url: str | None) -> Iterator[ProvidedBroker]:
+    """Yield a broker following the module's order of choices."""
+    if configured_url:
+        yield ProvidedBroker(configured_url, _management_for(configured_url), "configured")
+        return
+    if docker_available():  # pragma: no cover - no Docker engine on CI machines
+        with _container() as broker:
+            yield broker
+        return
+    if port_open("127.0.0.1", 5672):
+        yield ProvidedBroker(LOCAL_AMQP_URL, _management_for(LOCAL_AMQP_URL), "local")
+        return
+    raise BrokerUnavailableError(HOW_TO_GET_A_BROKER)

@@ -1,0 +1,89 @@
+"""Settings from the environment (prefix ``BUS_``); credentials live here, not in topology.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["DEFAULT_AMQP_URL", "BusSettings", "mask_url", "vhost_from_url", "with_vhost"]
+
+DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/"
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ``***`` (for logs and error messages)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{parts.username or ''}:***@{host}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def vhost_from_url(url: str) -> str:
+    """The vhost an AMQP URL names: an empty or missing path means ``/``."""
+    path = urlsplit(url).path
+    if path in ("", "/"):
+        return "/"
+    return unquote(path[1:])
+
+
+def with_vhost(url: str, vhost: str) -> str:
+    """The same AMQP URL pointed at another vhost."""
+    parts = urlsplit(url)
+    return urlunsplit(
+        (parts.scheme, parts.netloc, "/" + quote(vhost, safe=""), parts.query, parts.fragment)
+    )
+
+
+class BusSettings(BaseSettings):
+    """Where the broker is and how to reach it."""
+
+    model_config = SettingsConfigDict(env_prefix="BUS_", extra="ignore")
+
+    amqp_url: str = DEFAULT_AMQP_URL
+    management_url: str | None = None
+    topology: Path = Path("topology.yaml")
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    connect_timeout: float = Field(default=10.0, gt=0)
+    heartbeat: int = Field(default=30, ge=0)
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_scheme(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in ("amqp", "amqps"):
+            raise ValueError(f"BUS_AMQP_URL must start with amqp:// or amqps://, got {scheme!r}")
+        return value
+
+    @property
+    def vhost(self) -> str:
+        return vhost_from_url(self.amqp_url)
+
+    def management_base_url(self) -> str:
+        """The management API root: ``BUS_MANAGEMENT_URL`` or http(s)://<amqp host>:15672."""
+        if self.management_url:
+            return self.management_url.rstrip("/")
+        parts = urlsplit(self.amqp_url)
+        host = parts.hostname or "localhost"
+        if ":" in host:
+            host = f"[{host}]"
+        if parts.scheme == "amqps":
+            return f"https://{host}:15671"
+        return f"http://{host}:15672"
+
+    def credentials(self) -> tuple[str, str]:
+        """User and password from the AMQP URL (RabbitMQ's default guest/guest when absent)."""
+        parts = urlsplit(self.amqp_url)
+        user = unquote(parts.username) if parts.username is not None else "guest"
+        password = unquote(parts.password) if parts.password is not None else "guest"
+        return user, password

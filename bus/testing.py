@@ -1,0 +1,112 @@
+"""pytest plugin (entry point ``pytest11``): a real RabbitMQ for integration tests.
+
+Fixtures:
+
+- ``amqp_url`` (session): the broker's AMQP URL. Order: ``BUS_TEST_AMQP_URL`` (or
+  ``--bus-amqp-url``); else a testcontainers RabbitMQ when Docker answers; else
+  127.0.0.1:5672 when it answers; else the test **fails** saying how to get a broker.
+- ``bus_management`` (session): a :class:`~bus.broker.management.ManagementClient`.
+- ``bus_vhost``: a fresh vhost for one test, created and deleted through the management API,
+  with full permissions for the URL's user. ``bus_vhost_url`` is the AMQP URL pointing at it.
+- ``bus_topology``: the :class:`~bus.topology.LoadedTopology` of ``--bus-topology`` or of the
+  ``@pytest.mark.bus_topology("path/to/topology.yaml")`` marker (default: ./topology.yaml).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bus.broker.management import ManagementClient
+from bus.errors import BusError
+from bus.provision import ProvidedBroker, provide_broker
+from bus.settings import BusSettings, with_vhost
+from bus.topology import LoadedTopology, load_topology
+
+__all__ = [
+    "amqp_url",
+    "bus_broker",
+    "bus_management",
+    "bus_topology",
+    "bus_vhost",
+    "bus_vhost_url",
+    "make_vhost",
+]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("amqp-bus")
+    group.addoption("--bus-amqp-url", default=None, help="AMQP URL of the test broker.")
+    group.addoption("--bus-topology", default=None, help="topology.yaml used by bus_topology.")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "bus_topology(path): the topology file the bus_topology fixture loads"
+    )
+
+
+@pytest.fixture(scope="session")
+def bus_broker(request: pytest.FixtureRequest) -> Iterator[ProvidedBroker]:
+    import os
+
+    configured = request.config.getoption("--bus-amqp-url") or os.environ.get("BUS_TEST_AMQP_URL")
+    try:
+        with provide_broker(configured) as broker:
+            yield broker
+    except BusError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def amqp_url(bus_broker: ProvidedBroker) -> str:
+    return bus_broker.amqp_url
+
+
+def _settings_for(broker: ProvidedBroker) -> BusSettings:
+    return BusSettings(amqp_url=broker.amqp_url, management_url=broker.management_url)
+
+
+@pytest.fixture(scope="session")
+def bus_management(bus_broker: ProvidedBroker) -> Iterator[ManagementClient]:
+    client = ManagementClient.from_settings(_settings_for(bus_broker))
+    try:
+        client.overview()
+    except BusError as exc:
+        client.close()
+        pytest.fail(f"management API: {exc}", pytrace=False)
+    yield client
+    client.close()
+
+
+def make_vhost(management: ManagementClient, user: str, prefix: str = "bus-test") -> str:
+    """Create a uniquely named vhost with full permissions for ``user``; returns its name."""
+    name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    management.create_vhost(name, description="amqp-bus test vhost (safe to delete)")
+    management.set_permissions(name, user)
+    return name
+
+
+@pytest.fixture
+def bus_vhost(bus_broker: ProvidedBroker, bus_management: ManagementClient) -> Iterator[str]:
+    user, _ = _settings_for(bus_broker).credentials()
+    name = make_vhost(bus_management, user)
+    try:
+        yield name
+    finally:
+        bus_management.delete_vhost(name)
+
+
+@pytest.fixture
+def bus_vhost_url(amqp_url: str, bus_vhost: str) -> str:
+    return with_vhost(amqp_url, bus_vhost)
+
+
+@pytest.fixture
+def bus_topology(request: pytest.FixtureRequest) -> LoadedTopology:
+    marker = request.node.get_closest_marker("bus_topology")
+    path = marker.args[0] if marker and marker.args else request.config.getoption("--bus-topology")
+    return load_topology(Path(path) if path else None)

@@ -1,0 +1,3 @@
+"""Consuming side of amqp-bus."""
+
+__all__: list[str] = []

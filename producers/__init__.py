@@ -1,0 +1,3 @@
+"""Publishing side of amqp-bus."""
+
+__all__: list[str] = []

@@ -1,0 +1,319 @@
+"""Table of bad topology files: each must exit 2 and point at the exact line, column and field.
+
+The expected position is where ``@@`` sits in the input (the marker is removed before
+validation), so the test states where the error *is*, independently of the code under test.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bus.cli import main
+
+V = "version: 1\n"
+X = V + "exchanges:\n  events: {type: topic}\n"
+LONG = "q" * 256
+
+CASES: list[tuple[str, str, str, str]] = [
+    # id, yaml (with @@ at the error), expected field path, expected message fragment
+    ("syntax-tab", V + "queues:\n@@\tq: {}\n", "", "YAML syntax"),
+    ("syntax-unclosed-flow", V + "queues: {a: 1\n@@", "", "YAML syntax"),
+    ("duplicate-top-key", V + "exchanges: {}\n@@exchanges: {}\n", "exchanges", "duplicate key"),
+    ("duplicate-queue", V + "queues:\n  q: {}\n  @@q: {}\n", "queues.q", "duplicate key"),
+    ("unknown-top-key", V + "@@queus: {}\n", "queus", "did you mean 'queues'"),
+    (
+        "unknown-queue-key",
+        V + "queues:\n  q:\n    @@delivery_limt: 5\n",
+        "queues.q.delivery_limt",
+        "unknown key",
+    ),
+    (
+        "unknown-exchange-key",
+        V + "exchanges:\n  e: {type: direct, @@durabel: true}\n",
+        "exchanges.e.durabel",
+        "unknown key",
+    ),
+    (
+        "unknown-binding-key",
+        X + "queues:\n  q:\n    bindings:\n      - {exchange: events, @@key: a}\n",
+        "queues.q.bindings[0].key",
+        "unknown key",
+    ),
+    ("bad-exchange-type", V + "exchanges:\n  e: {type: @@topik}\n", "exchanges.e.type", "'topic'"),
+    (
+        "missing-exchange-type",
+        V + "exchanges:\n  e: @@{durable: true}\n",
+        "exchanges.e",
+        "'type' is missing",
+    ),
+    (
+        "quoted-ttl",
+        V + 'queues:\n  q: {message_ttl: @@"1000"}\n',
+        "queues.q.message_ttl",
+        "quoted number",
+    ),
+    (
+        "quoted-max-length",
+        V + "queues:\n  q: {max_length: @@'10'}\n",
+        "queues.q.max_length",
+        "quoted number",
+    ),
+    (
+        "bool-max-length",
+        V + "queues:\n  q: {max_length: @@true}\n",
+        "queues.q.max_length",
+        "integer",
+    ),
+    (
+        "negative-delivery-limit",
+        V + "queues:\n  q: {type: quorum, delivery_limit: @@-1}\n",
+        "queues.q.delivery_limit",
+        "greater than or equal to 0",
+    ),
+    ("zero-expires", V + "queues:\n  q: {expires: @@0}\n", "queues.q.expires", "greater than 0"),
+    (
+        "priority-too-high",
+        V + "queues:\n  q: {max_priority: @@300}\n",
+        "queues.q.max_priority",
+        "less than or equal to 255",
+    ),
+    (
+        "bad-duration",
+        V + "queues:\n  q: {message_ttl: @@10 sec}\n",
+        "queues.q.message_ttl",
+        "invalid duration",
+    ),
+    (
+        "bad-retry-delay",
+        X + "queues:\n  q:\n    dead_letter: true\n    retry: {delays: [1s, @@1x]}\n",
+        "queues.q.retry.delays[1]",
+        "invalid duration",
+    ),
+    (
+        "zero-retry-delay",
+        X + "queues:\n  q:\n    dead_letter: true\n    retry: {delays: [@@0s]}\n",
+        "queues.q.retry.delays[0]",
+        "greater than 0",
+    ),
+    (
+        "empty-exchange-name",
+        V + 'exchanges:\n  @@"": {type: direct}\n',
+        'exchanges[""]',
+        "must not be empty",
+    ),
+    (
+        "long-queue-name",
+        V + f"queues:\n  @@{LONG}: {{}}\n",
+        f"queues.{LONG}",
+        "longer than 255 bytes",
+    ),
+    (
+        "reserved-exchange",
+        V + "exchanges:\n  @@amq.custom: {type: direct}\n",
+        'exchanges["amq.custom"]',
+        "reserved prefix",
+    ),
+    ("reserved-queue", V + "queues:\n  @@amq.q: {}\n", 'queues["amq.q"]', "reserved prefix"),
+    (
+        "dangling-binding",
+        V + "queues:\n  q:\n    bindings: [{exchange: @@nope}]\n",
+        "queues.q.bindings[0].exchange",
+        "'nope' is not declared",
+    ),
+    (
+        "dangling-dlx",
+        V + "queues:\n  q: {dead_letter_exchange: @@dlx}\n",
+        "queues.q.dead_letter_exchange",
+        "'dlx' is not declared",
+    ),
+    (
+        "dangling-alternate",
+        V + "exchanges:\n  e: {type: topic, alternate_exchange: @@ae}\n",
+        "exchanges.e.alternate_exchange",
+        "'ae' is not declared",
+    ),
+    (
+        "dangling-event-exchange",
+        V + "events:\n  e: {exchange: @@nope, model: 'a.b:C'}\n",
+        "events.e.exchange",
+        "'nope' is not declared",
+    ),
+    (
+        "dangling-e2e-source",
+        X + "exchange_bindings:\n  - {source: @@nope, destination: events}\n",
+        "exchange_bindings[0].source",
+        "'nope' is not declared",
+    ),
+    (
+        "dangling-e2e-destination",
+        X + "exchange_bindings:\n  - {source: events, destination: @@nope}\n",
+        "exchange_bindings[0].destination",
+        "'nope' is not declared",
+    ),
+    (
+        "priority-on-quorum",
+        V + "queues:\n  q: {type: quorum, max_priority: @@5}\n",
+        "queues.q.max_priority",
+        "does not apply to quorum",
+    ),
+    (
+        "delivery-limit-on-classic",
+        V + "queues:\n  q: {delivery_limit: @@5}\n",
+        "queues.q.delivery_limit",
+        "does not apply to classic",
+    ),
+    (
+        "ttl-on-stream",
+        V + "queues:\n  q: {type: stream, message_ttl: @@10s}\n",
+        "queues.q.message_ttl",
+        "does not apply to stream",
+    ),
+    (
+        "exclusive",
+        V + "queues:\n  q: {exclusive: @@true}\n",
+        "queues.q.exclusive",
+        "exclusive queues",
+    ),
+    (
+        "non-durable-quorum",
+        V + "queues:\n  q: {type: quorum, durable: @@false}\n",
+        "queues.q.durable",
+        "must be durable",
+    ),
+    (
+        "auto-delete-stream",
+        V + "queues:\n  q: {type: stream, auto_delete: @@true}\n",
+        "queues.q.auto_delete",
+        "cannot be auto_delete",
+    ),
+    (
+        "bind-default-exchange",
+        V + 'queues:\n  q:\n    bindings: [{exchange: @@""}]\n',
+        "queues.q.bindings[0].exchange",
+        "default exchange",
+    ),
+    (
+        "duplicate-binding",
+        X
+        + "queues:\n  q:\n    bindings:\n      - {exchange: events, routing_key: a}\n      - @@{exchange: events, routing_key: a}\n",
+        "queues.q.bindings[1]",
+        "duplicate binding",
+    ),
+    (
+        "duplicate-e2e",
+        X
+        + "  audit: {type: topic}\nexchange_bindings:\n  - {source: events, destination: audit}\n  - @@{source: events, destination: audit}\n",
+        "exchange_bindings[1]",
+        "duplicate binding",
+    ),
+    ("python-tag", V + "queues:\n  q: @@!!python/object:os.system {}\n", "queues.q", "tag"),
+    ("custom-tag", V + "queues:\n  q: {message_ttl: @@!env TTL}\n", "queues.q.message_ttl", "tag"),
+    (
+        "float-argument",
+        V + "queues:\n  q: {arguments: {x-custom: @@1.5}}\n",
+        "queues.q.arguments.x-custom",
+        "floats are not allowed",
+    ),
+    (
+        "dl-key-without-dlx",
+        V + "queues:\n  q: {dead_letter_routing_key: @@k}\n",
+        "queues.q.dead_letter_routing_key",
+        "needs dead_letter_exchange",
+    ),
+    (
+        "retry-without-dlq",
+        V + "queues:\n  q: {retry: @@{delays: [1s]}}\n",
+        "queues.q.retry",
+        "needs a place",
+    ),
+    ("password-key", V + "vhost: {name: v}\n@@password: hunter2\n", "password", "credential"),
+    (
+        "url-with-password",
+        V + 'exchanges:\n  e: {type: direct, description: @@"amqp://u:secret@host/"}\n',
+        "exchanges.e.description",
+        "user:password",
+    ),
+    ("missing-version", "@@exchanges: {}\n", "", "'version' is missing"),
+    ("wrong-version", "version: @@2\n", "version", "expected 1"),
+    (
+        "bad-x-match",
+        V
+        + "exchanges:\n  h: {type: headers}\nqueues:\n  q:\n    bindings: [{exchange: h, arguments: {x-match: @@most}}]\n",
+        "queues.q.bindings[0].arguments.x-match",
+        "x-match must be",
+    ),
+    (
+        "model-path",
+        X + "events:\n  e: {exchange: events, model: @@nomodule}\n",
+        "events.e.model",
+        "package.module:ClassName",
+    ),
+    ("top-level-list", "@@- a\n- b\n", "", "must be a mapping"),
+    (
+        "typed-arg-in-arguments",
+        V + "queues:\n  q: {arguments: {@@x-message-ttl: 5}}\n",
+        "queues.q.arguments.x-message-ttl",
+        "typed field",
+    ),
+    (
+        "celery-pattern-only",
+        X
+        + "queues:\n  q:\n    celery: @@true\n    bindings: [{exchange: events, routing_key: 'a.*'}]\n",
+        "queues.q.celery",
+        "celery.routing_key",
+    ),
+]
+
+
+def _position(text: str) -> tuple[str, int, int]:
+    index = text.index("@@")
+    clean = text[:index] + text[index + 2 :]
+    line = text.count("\n", 0, index) + 1
+    column = index - (text.rfind("\n", 0, index) + 1) + 1
+    return clean, line, column
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "fragment"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_bad_topology_is_reported_at_its_position(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, path: str, fragment: str
+) -> None:
+    clean, line, column = _position(text)
+    file = tmp_path / "topology.yaml"
+    file.write_text(clean, encoding="utf-8")
+
+    code = main(["validate", "-f", str(file)])
+
+    err = capsys.readouterr().err
+    assert code == 2, err
+    where = f"{file}:{line}:{column}: "
+    expected_prefix = where + (f"{path}: " if path else "")
+    matching = [entry for entry in err.splitlines() if entry.startswith(expected_prefix)]
+    assert matching, f"no error at {expected_prefix!r} in:\n{err}"
+    assert any(fragment in entry for entry in matching), err
+    assert "Traceback" not in err
+
+
+def test_table_covers_at_least_thirty_distinct_inputs() -> None:
+    assert len({c[1] for c in CASES}) >= 30
+
+
+def test_every_error_of_a_file_is_reported_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = tmp_path / "t.yaml"
+    file.write_text(
+        V + "queues:\n  a: {max_length: '5'}\n  b: {type: quorum, max_priority: 3}\n"
+        "  c: {bindings: [{exchange: nope}]}\n",
+        encoding="utf-8",
+    )
+    assert main(["validate", "-f", str(file)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert [e.split(": ")[1] for e in err] == [
+        "queues.a.max_length",
+        "queues.b.max_priority",
+        "queues.c.bindings[0].exchange",
+    ]

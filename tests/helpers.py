@@ -1,0 +1,34 @@
+"""Test helpers shared by the integration suites."""
+
+from __future__ import annotations
+
+import pika
+
+from bus.topology.expand import ExpandedTopology
+
+
+def declare_with_pika(url: str, topology: ExpandedTopology) -> None:
+    """Declare every object of an expanded topology with plain pika.
+
+    A stand-in independent of ``bus apply``: tests of producers, consumers and routing use it
+    so that they do not depend on the code of plan/apply.
+    """
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        for x in topology.exchanges.values():
+            channel.exchange_declare(
+                x.name, x.type, durable=x.durable, auto_delete=x.auto_delete,
+                internal=x.internal, arguments=x.arguments or None,
+            )  # fmt: skip
+        for q in topology.queues.values():
+            channel.queue_declare(
+                q.name, durable=q.durable, auto_delete=q.auto_delete, arguments=q.arguments
+            )
+        for b in topology.bindings:
+            if b.destination_type == "queue":
+                channel.queue_bind(b.destination, b.source, b.routing_key, b.arguments or None)
+            else:
+                channel.exchange_bind(b.destination, b.source, b.routing_key, b.arguments or None)
+    finally:
+        connection.close()

@@ -3,7 +3,9 @@
 1. a URL given explicitly (``BUS_TEST_AMQP_URL`` for tests, ``BUS_AMQP_URL`` for the demo);
 2. a RabbitMQ container through testcontainers, when a Docker engine answers;
 3. the local broker on 127.0.0.1:5672, when it answers;
-4. otherwise :class:`~bus.errors.BrokerUnavailableError` saying how to get one.
+4. a throwaway local ``rabbitmq-server`` node (own name, free ports, temporary data folder,
+   stopped by pid when the context exits), when the binary is installed;
+5. otherwise :class:`~bus.errors.BrokerUnavailableError` saying how to get one.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from bus.errors import BrokerUnavailableError
+from bus.node import LocalNode, rabbitmq_installed
+from bus.settings import mask_url
 
 __all__ = [
     "HOW_TO_GET_A_BROKER",
@@ -25,8 +29,8 @@ __all__ = [
     "provide_broker",
 ]
 
-LOCAL_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
-LOCAL_MANAGEMENT_URL = "http://127.0.0.1:15672"
+LOCAL_PORT = 5672
+LOCAL_AMQP_URL = f"amqp://guest:guest@127.0.0.1:{LOCAL_PORT}/"
 HOW_TO_GET_A_BROKER = (
     "no RabbitMQ broker: set BUS_TEST_AMQP_URL (or BUS_AMQP_URL), start Docker for a "
     "testcontainers broker, or install and start RabbitMQ locally "
@@ -39,7 +43,16 @@ HOW_TO_GET_A_BROKER = (
 class ProvidedBroker:
     amqp_url: str
     management_url: str
-    how: str  # "configured", "container" or "local"
+    how: str  # "configured", "container", "local" or "throwaway"
+
+    def describe(self) -> str:
+        where = {
+            "configured": "the configured broker",
+            "container": "a RabbitMQ container (testcontainers)",
+            "local": "the local broker on 127.0.0.1:5672",
+            "throwaway": "a throwaway local rabbitmq-server node",
+        }[self.how]
+        return f"{where} at {mask_url(self.amqp_url)}"
 
 
 def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
@@ -106,7 +119,11 @@ def provide_broker(configured_url: str | None) -> Iterator[ProvidedBroker]:
         with _container() as broker:
             yield broker
         return
-    if port_open("127.0.0.1", 5672):
+    if port_open("127.0.0.1", LOCAL_PORT):
         yield ProvidedBroker(LOCAL_AMQP_URL, _management_for(LOCAL_AMQP_URL), "local")
+        return
+    if rabbitmq_installed():
+        with LocalNode(prefix="bus-throwaway", management=True) as node:
+            yield ProvidedBroker(node.amqp_url, node.management_url, "throwaway")
         return
     raise BrokerUnavailableError(HOW_TO_GET_A_BROKER)

@@ -56,6 +56,7 @@ def test_no_broker_anywhere_fails_and_says_how_to_get_one(
     monkeypatch.delenv("BUS_TEST_AMQP_URL", raising=False)
     monkeypatch.setattr(bus.provision, "docker_available", lambda timeout=1.0: False)
     monkeypatch.setattr(bus.provision, "port_open", lambda host, port, timeout=1.0: False)
+    monkeypatch.setattr(bus.provision, "rabbitmq_installed", lambda: False)
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     pytester.makepyfile(
         """

@@ -1,0 +1,234 @@
+"""A throwaway local RabbitMQ node: own node name, ports and data folder, stopped by its pid.
+
+Used where the shared broker must not be touched: fault tests (stop_app, alarms), TLS and
+config-level tests, clusters, and ``bus demo`` on a machine where no broker answers. The
+recipe is the one verified in ``shared/notes/reliability-scenarios.md`` ("Throwaway node").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+from bus.errors import BrokerUnavailableError
+
+__all__ = ["LocalNode", "free_port_pair", "rabbitmq_installed"]
+
+_DIST_OFFSET = 20000
+
+
+def rabbitmq_installed() -> bool:
+    return shutil.which("rabbitmq-server") is not None and shutil.which("rabbitmqctl") is not None
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_pair(count: int = 1) -> int:
+    """A base port P such that P..P+count-1 and the Erlang distribution port P+20000 are free."""
+    for _ in range(500):
+        base = random.randint(20000, 45000 - count)
+        ports = [*range(base, base + count), base + _DIST_OFFSET]
+        if all(_port_free(p) for p in ports):
+            return base
+    raise BrokerUnavailableError("no free port pair for a throwaway RabbitMQ node")
+
+
+class LocalNode:
+    """One throwaway ``rabbitmq-server`` process.
+
+    ``config`` is appended to the node's own rabbitmq.conf (never the shared broker's).
+    With ``management=True`` the management plugin listens on ``management_port``.
+    """
+
+    def __init__(
+        self,
+        *,
+        prefix: str = "bus-node",
+        config: str = "",
+        management: bool = False,
+        plugins: tuple[str, ...] = (),
+        extra_ports: int = 0,
+    ) -> None:
+        self.base_port = free_port_pair(2 + extra_ports)
+        self.amqp_port = self.base_port
+        self.management_port = self.base_port + 1
+        self.extra_ports = [self.base_port + 2 + i for i in range(extra_ports)]
+        self.dist_port = self.base_port + _DIST_OFFSET
+        self.name = f"{prefix}-{os.getpid()}-{self.base_port}@localhost"
+        self.management = management
+        self.plugins = (*plugins, "rabbitmq_management") if management else plugins
+        self.config = config
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{prefix}-{os.getpid()}-"))
+        self._wrapper: subprocess.Popen[bytes] | None = None
+        self.node_pid: int | None = None
+
+    @property
+    def amqp_url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self.management_port}"
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            RABBITMQ_NODENAME=self.name,
+            RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
+            RABBITMQ_NODE_PORT=str(self.amqp_port),
+            RABBITMQ_DIST_PORT=str(self.dist_port),
+            RABBITMQ_MNESIA_BASE=str(self.dir / "mnesia"),
+            RABBITMQ_LOG_BASE=str(self.dir / "log"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(self.dir / "enabled_plugins"),
+            RABBITMQ_CONFIG_FILE=str(self.dir / "rabbitmq.conf"),
+            RABBITMQ_PID_FILE=str(self.dir / "node.pid"),
+        )
+        return env
+
+    def start(self, timeout: float = 120.0) -> LocalNode:
+        if not rabbitmq_installed():
+            raise BrokerUnavailableError("rabbitmq-server is not installed on this machine")
+        (self.dir / "node.pid").unlink(missing_ok=True)
+        plugins = ",".join(self.plugins)
+        (self.dir / "enabled_plugins").write_text(f"[{plugins}].\n")
+        config = self.config
+        if self.management:
+            config += (
+                f"\nmanagement.tcp.port = {self.management_port}\nmanagement.tcp.ip = 127.0.0.1\n"
+            )
+        (self.dir / "rabbitmq.conf").write_text(config + "\n")
+        # The packaged wrapper runs the node as user rabbitmq: it must own the folder.
+        with contextlib.suppress(KeyError, PermissionError, LookupError):
+            shutil.chown(self.dir, "rabbitmq", "rabbitmq")
+            for path in self.dir.iterdir():
+                shutil.chown(path, "rabbitmq", "rabbitmq")
+        console = (self.dir / "console.log").open("wb")
+        self._wrapper = subprocess.Popen(
+            ["rabbitmq-server"],
+            env=self._env(),
+            stdout=console,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        console.close()
+        try:
+            self.ctl(
+                "wait",
+                str(self.dir / "node.pid"),
+                "--timeout",
+                str(int(timeout)),
+                timeout=timeout + 10,
+            )
+            self.node_pid = int((self.dir / "node.pid").read_text().strip())
+            if self.management:
+                self._wait_port(self.management_port, timeout)
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def _wait_port(self, port: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                return
+            time.sleep(0.2)
+        raise BrokerUnavailableError(f"throwaway node {self.name}: port {port} never opened")
+
+    def ctl(self, *args: str, timeout: float = 60.0, check: bool = True) -> str:
+        """Run ``rabbitmqctl -n <this node> ...`` and return its output."""
+        result = subprocess.run(
+            ["rabbitmqctl", "-n", self.name, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self._env(),
+            check=False,
+        )
+        if check and result.returncode != 0:
+            log = self.dir / "console.log"
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise BrokerUnavailableError(
+                f"rabbitmqctl {' '.join(args)} on {self.name} failed: "
+                f"{(result.stderr or result.stdout).strip()[:500]} {tail[-300:]}"
+            )
+        return result.stdout
+
+    def kill(self) -> None:
+        """SIGKILL the node (a crash, not a shutdown)."""
+        if self.node_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.node_pid, signal.SIGKILL)
+            self._wait_gone(self.node_pid, 30)
+            self.node_pid = None
+        if self._wrapper is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._wrapper.wait(timeout=30)
+            self._wrapper = None
+
+    @staticmethod
+    def _wait_gone(pid: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            time.sleep(0.1)
+        return False
+
+    def stop(self, *, keep_data: bool = False) -> None:
+        """Stop the node by its pid (SIGTERM, then SIGKILL) and remove its folder."""
+        if self.node_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.node_pid, signal.SIGTERM)
+            if not self._wait_gone(self.node_pid, 30):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.node_pid, signal.SIGKILL)
+                self._wait_gone(self.node_pid, 10)
+            self.node_pid = None
+        if self._wrapper is not None:
+            if self._wrapper.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self._wrapper.pid, signal.SIGTERM)
+            try:
+                self._wrapper.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self._wrapper.pid, signal.SIGKILL)
+                self._wrapper.wait(timeout=10)
+            self._wrapper = None
+        if not keep_data:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def restart_process(self, timeout: float = 120.0) -> None:
+        """Start the node process again on the same data folder (after :meth:`kill`)."""
+        self.start(timeout)
+
+    def __enter__(self) -> LocalNode:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

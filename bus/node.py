@@ -52,8 +52,11 @@ def free_port_pair(count: int = 1) -> int:
 class LocalNode:
     """One throwaway ``rabbitmq-server`` process.
 
-    ``config`` is appended to the node's own rabbitmq.conf (never the shared broker's).
-    With ``management=True`` the management plugin listens on ``management_port``.
+    ``config`` is appended to the node's own rabbitmq.conf (never the shared broker's); in it,
+    ``{dir}`` stands for the node's folder, where ``files`` (name -> content, e.g. TLS
+    certificates) are written before the start, and ``{extra_port_N}`` for the extra ports
+    (further free ports, e.g. for TLS). With ``management=True`` the management plugin listens
+    on ``management_port``.
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class LocalNode:
         management: bool = False,
         plugins: tuple[str, ...] = (),
         extra_ports: int = 0,
+        files: dict[str, bytes] | None = None,
     ) -> None:
         self.base_port = free_port_pair(2 + extra_ports)
         self.amqp_port = self.base_port
@@ -73,8 +77,12 @@ class LocalNode:
         self.name = f"{prefix}-{os.getpid()}-{self.base_port}@localhost"
         self.management = management
         self.plugins = (*plugins, "rabbitmq_management") if management else plugins
-        self.config = config
         self.dir = Path(tempfile.mkdtemp(prefix=f"{prefix}-{os.getpid()}-"))
+        self.config = config.replace("{dir}", str(self.dir))
+        for index, port in enumerate(self.extra_ports):
+            self.config = self.config.replace(f"{{extra_port_{index}}}", str(port))
+        for file_name, content in (files or {}).items():
+            (self.dir / file_name).write_bytes(content)
         self._wrapper: subprocess.Popen[bytes] | None = None
         self.node_pid: int | None = None
 

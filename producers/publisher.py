@@ -1,0 +1,427 @@
+"""Async publisher on one aio-pika robust connection: confirmed, mandatory, persistent.
+
+``await publisher.publish(OrderCreated(...))`` returns once the broker has confirmed the
+message and routed it to at least one queue; anything else raises:
+
+- :class:`~bus.errors.UnroutableError`: returned by the broker (``mandatory``, no route);
+- :class:`~bus.errors.PublishNackedError`: nacked (e.g. a full queue with ``reject-publish``);
+- :class:`~bus.errors.PublishTimeoutError`: no confirm within the deadline (a blocked
+  connection during a memory or disk alarm, a broker that is down or reconnecting);
+- :class:`~bus.errors.MessageTooLargeError` / :class:`~bus.errors.ContractError`: refused
+  before anything is sent;
+- :class:`~bus.errors.NotFoundError` and other :class:`~bus.errors.BrokerError`: the broker
+  closed the channel (a missing exchange, no permission). The next publish opens a new
+  channel, so one bad publish never poisons the connection.
+
+The publisher never declares topology: at start-up it checks passively that every exchange
+it will publish to exists (``bus apply`` declares them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sized
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, cast, overload
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractRobustConnection
+from pamqp.commands import Basic
+from pydantic import BaseModel
+
+from bus.broker.connect import connect_async
+from bus.errors import (
+    AccessRefusedError,
+    BrokerError,
+    BusError,
+    MessageTooLargeError,
+    NotFoundError,
+    PublishError,
+    PublishNackedError,
+    PublishTimeoutError,
+    UnroutableError,
+)
+from bus.settings import BusSettings
+from producers._common import (
+    CONTENT_TYPE,
+    DEFAULT_CONFIRM_TIMEOUT,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_WINDOW,
+    Body,
+    Outgoing,
+    PublishResult,
+    Resolved,
+    Resolver,
+    TopologyLike,
+    default_app_id,
+)
+
+__all__ = ["Publisher"]
+
+
+class Publisher:
+    """Confirmed publishing on one robust aio-pika connection.
+
+    Use ``async with Publisher.connect(settings, topology) as publisher:`` (or
+    ``publisher = await Publisher.connect(...)`` and ``await publisher.close()``).
+    """
+
+    def __init__(
+        self,
+        settings: BusSettings,
+        topology: TopologyLike | None = None,
+        *,
+        exchanges: Iterable[str] = (),
+        app_id: str | None = None,
+        confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        window: int = DEFAULT_WINDOW,
+        connection_name: str = "amqp-bus-publisher",
+    ) -> None:
+        if confirm_timeout <= 0:
+            raise ValueError("confirm_timeout must be positive")
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        self.settings = settings
+        self.resolver = Resolver(topology, max_message_size)
+        self.app_id = app_id or default_app_id()
+        self.confirm_timeout = confirm_timeout
+        self.window = window
+        self._exchanges = list(exchanges)
+        self._connection_name = connection_name
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: aio_pika.Channel | None = None
+        self._underlay: aiormq.Channel | None = None
+        self._reopen_lock = asyncio.Lock()
+        self._second = -1
+        self._timestamp = datetime.now(UTC)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    @classmethod
+    def connect(
+        cls,
+        settings: BusSettings,
+        topology: TopologyLike | None = None,
+        **options: Any,
+    ) -> _Opening:
+        """A publisher to ``await`` or to use as ``async with``; options as ``__init__``."""
+        return _Opening(cls(settings, topology, **options))
+
+    async def start(self) -> Publisher:
+        """Connect, check every exchange passively, open the publishing channel."""
+        if self._connection is not None:
+            return self
+        self._connection = await connect_async(self.settings, self._connection_name)
+        try:
+            await self.check_exchanges(self.resolver.exchanges(self._exchanges))
+            await self._open_channel()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def close(self) -> None:
+        connection, self._connection = self._connection, None
+        self._channel = self._underlay = None
+        if connection is not None and not connection.is_closed:
+            await connection.close()
+
+    async def __aenter__(self) -> Publisher:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def check_exchanges(self, names: Iterable[str]) -> None:
+        """Raise :class:`NotFoundError` naming every exchange in ``names`` that is missing.
+
+        Each check is a passive declare on a throwaway channel: a 404 closes the channel, and
+        the publishing channel must not be the one that pays for it.
+        """
+        connection = self._require_connection()
+        missing: list[str] = []
+        channel: aio_pika.abc.AbstractChannel | None = None
+        try:
+            for name in names:
+                if not name:
+                    continue
+                if channel is None or channel.is_closed:
+                    channel = await connection.channel(publisher_confirms=False)
+                try:
+                    await channel.declare_exchange(name, passive=True)
+                except aiormq.exceptions.ChannelNotFoundEntity:
+                    missing.append(name)
+                except aiormq.exceptions.ChannelAccessRefused as exc:
+                    raise AccessRefusedError(f"no access to exchange {name!r}: {exc}") from None
+        finally:
+            if channel is not None and not channel.is_closed:
+                await channel.close()
+        if missing:
+            listed = ", ".join(repr(name) for name in missing)
+            raise NotFoundError(
+                f"exchange {listed} not found in vhost {self.settings.vhost!r}: "
+                "producers never declare topology; run `bus apply` first"
+                if len(missing) == 1
+                else f"exchanges {listed} not found in vhost {self.settings.vhost!r}: "
+                "producers never declare topology; run `bus apply` first"
+            )
+
+    # -- publishing -----------------------------------------------------------------------
+    @overload
+    async def publish(
+        self,
+        event: BaseModel,
+        /,
+        *,
+        event_name: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        traceparent: str | None = None,
+        persistent: bool = True,
+        confirm_timeout: float | None = None,
+    ) -> str: ...
+
+    @overload
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: Body,
+        /,
+        *,
+        event_type: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        traceparent: str | None = None,
+        persistent: bool = True,
+        confirm_timeout: float | None = None,
+    ) -> str: ...
+
+    async def publish(
+        self,
+        target: BaseModel | str,
+        routing_key: str | None = None,
+        body: Body | None = None,
+        /,
+        *,
+        event_name: str | None = None,
+        event_type: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        traceparent: str | None = None,
+        persistent: bool = True,
+        confirm_timeout: float | None = None,
+    ) -> str:
+        """Publish one message and wait for its confirm; returns its ``message_id``.
+
+        ``publish(event)`` takes exchange, routing key and headers from the event's contract;
+        ``publish(exchange, routing_key, body)`` publishes bytes, plain JSON data or a model.
+        """
+        if isinstance(target, BaseModel):
+            message = self.resolver.event(
+                target,
+                name=event_name,
+                headers=headers,
+                message_id=message_id,
+                correlation_id=correlation_id,
+                traceparent=traceparent,
+                persistent=persistent,
+            )
+        else:
+            if routing_key is None or body is None:
+                raise TypeError("publish(exchange, routing_key, body) needs all three")
+            message = self.resolver.explicit(
+                target,
+                routing_key,
+                body,
+                event_type=event_type,
+                headers=headers,
+                message_id=message_id,
+                correlation_id=correlation_id,
+                traceparent=traceparent,
+                persistent=persistent,
+            )
+        await self._send(
+            message, self.confirm_timeout if confirm_timeout is None else confirm_timeout
+        )
+        return message.message_id
+
+    async def publish_many(
+        self,
+        messages: Iterable[Outgoing | BaseModel],
+        *,
+        window: int | None = None,
+        confirm_timeout: float | None = None,
+    ) -> list[PublishResult]:
+        """Publish with at most ``window`` unconfirmed messages in flight.
+
+        Returns one :class:`PublishResult` per message, in order; a failure of one message
+        (unroutable, nacked, timed out, too large) is reported, the others go on. Each
+        message has its own deadline, counted from the moment it is sent.
+        """
+        limit = window or self.window
+        deadline = self.confirm_timeout if confirm_timeout is None else confirm_timeout
+        if isinstance(messages, Sized):
+            results: list[PublishResult | None] = [None] * len(messages)
+            limit = min(limit, len(messages))
+        else:
+            results = []
+        source: Iterator[tuple[int, Outgoing | BaseModel]] = enumerate(messages)
+
+        # A fixed pool of `limit` workers instead of one task per message: the window is
+        # the pool size and each message costs a coroutine step, not a task.
+        async def worker() -> None:
+            for index, item in source:
+                if index >= len(results):
+                    results.extend([None] * (index + 1 - len(results)))
+                message_id: str | None = None
+                try:
+                    message = self.resolver.item(item)
+                    message_id = message.message_id
+                    await self._send(message, deadline)
+                except Exception as exc:
+                    results[index] = PublishResult(message_id, exc)
+                else:
+                    results[index] = PublishResult(message_id)
+
+        if limit > 0:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(limit):
+                    group.create_task(worker())
+        # Every index was written by the worker that took it from `source`.
+        return cast(list[PublishResult], results)
+
+    # -- internals ------------------------------------------------------------------------
+    def _require_connection(self) -> AbstractRobustConnection:
+        if self._connection is None:
+            raise BrokerError("publisher is not connected: use `async with Publisher.connect(...)`")
+        return self._connection
+
+    async def _open_channel(self) -> aiormq.Channel:
+        connection = self._require_connection()
+        await connection.ready()
+        # A plain channel, not a robust one: after a channel error or a reconnect we open
+        # a fresh one ourselves on the next publish instead of racing aio-pika's restore.
+        channel = aio_pika.Channel(connection, publisher_confirms=True, on_return_raises=True)
+        await channel.initialize()
+        self._channel = channel
+        # The concrete aiormq channel: its basic_publish takes wait=False (see _send).
+        underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
+        self._underlay = underlay
+        return underlay
+
+    async def _channel_for_publish(self) -> aiormq.Channel:
+        async with self._reopen_lock:
+            underlay = self._underlay
+            if underlay is not None and not underlay.is_closed:
+                return underlay
+            return await self._open_channel()
+
+    def _properties(self, message: Resolved) -> Basic.Properties:
+        second = int(time.time())
+        if second != self._second:
+            # The AMQP timestamp has one-second resolution: one datetime per second will do.
+            self._second = second
+            self._timestamp = datetime.fromtimestamp(second, UTC)
+        return Basic.Properties(
+            content_type=CONTENT_TYPE,
+            delivery_mode=2 if message.persistent else 1,
+            headers=message.headers,
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            timestamp=self._timestamp,
+            message_type=message.event_type,
+            app_id=self.app_id,
+        )
+
+    async def _send(self, message: Resolved, seconds: float) -> None:
+        underlay = self._underlay
+        try:
+            if underlay is None or underlay.is_closed:
+                async with asyncio.timeout(seconds):
+                    underlay = await self._channel_for_publish()
+            # wait=False: the confirm is what we wait for; waiting for the socket drain as
+            # well would hold aiormq's channel lock across a loop iteration per message.
+            await underlay.basic_publish(
+                message.body,
+                exchange=message.exchange,
+                routing_key=message.routing_key,
+                properties=self._properties(message),
+                mandatory=True,
+                timeout=seconds,
+                wait=False,
+            )
+        except aiormq.exceptions.PublishError as exc:
+            frame = exc.frame
+            raise UnroutableError(
+                getattr(frame, "exchange", message.exchange),
+                getattr(frame, "routing_key", message.routing_key),
+                f"{getattr(frame, 'reply_code', 312)} {getattr(frame, 'reply_text', 'NO_ROUTE')}",
+            ) from None
+        except aiormq.exceptions.DeliveryError:
+            raise PublishNackedError(
+                f"broker nacked the message to exchange {message.exchange!r} routing key "
+                f"{message.routing_key!r} (e.g. a full queue with overflow reject-publish)"
+            ) from None
+        except TimeoutError:
+            raise PublishTimeoutError(
+                f"no confirm within {seconds:g}s for exchange {message.exchange!r} routing key "
+                f"{message.routing_key!r} (broker blocked by a resource alarm, overloaded or "
+                "unreachable); the message may or may not have been delivered"
+            ) from None
+        except aiormq.exceptions.ChannelClosed as exc:
+            raise _channel_error(exc, message) from None
+        except (
+            aiormq.exceptions.AMQPError,
+            aiormq.exceptions.ChannelInvalidStateError,
+            ConnectionError,
+        ) as exc:
+            raise PublishError(
+                f"connection to the broker lost before the confirm for exchange "
+                f"{message.exchange!r} routing key {message.routing_key!r}: "
+                f"{exc or type(exc).__name__}; the message may or may not have been delivered"
+            ) from None
+
+
+def _channel_error(exc: aiormq.exceptions.ChannelClosed, message: Resolved) -> BusError:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    where = f"exchange {message.exchange!r} routing key {message.routing_key!r}"
+    if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):
+        return NotFoundError(f"publish to {where} failed, channel closed by the broker: {text}")
+    if isinstance(exc, aiormq.exceptions.ChannelAccessRefused):
+        return AccessRefusedError(f"publish to {where} refused by the broker: {text}")
+    if "larger than configured max size" in text:
+        return MessageTooLargeError(f"broker refused the message to {where}: {text}")
+    return BrokerError(f"publish to {where} failed, channel closed by the broker: {text}")
+
+
+class _Opening:
+    """What :meth:`Publisher.connect` returns: awaitable, or an async context manager."""
+
+    def __init__(self, publisher: Publisher) -> None:
+        self._publisher = publisher
+
+    def __await__(self) -> Generator[Any, None, Publisher]:
+        return self._publisher.start().__await__()
+
+    async def __aenter__(self) -> Publisher:
+        return await self._publisher.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._publisher.close()

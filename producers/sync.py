@@ -1,0 +1,379 @@
+"""Synchronous publisher on pika for services that are not async.
+
+Same wire messages, semantics and errors as :class:`producers.publisher.Publisher`:
+confirms and ``mandatory`` always on, persistent by default, and every publish either
+returns after the broker's confirm or raises.
+
+pika's blocking API waits for each confirm in turn, so :meth:`SyncPublisher.publish_many`
+publishes one message at a time (a window of 1); use the async publisher for throughput.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any, overload
+
+import pika
+import pika.exceptions
+from pydantic import BaseModel
+
+from bus.broker.connect import pika_parameters, translate_error
+from bus.errors import (
+    AccessRefusedError,
+    BrokerError,
+    BusError,
+    MessageTooLargeError,
+    NotFoundError,
+    PublishError,
+    PublishNackedError,
+    PublishTimeoutError,
+    UnroutableError,
+)
+from bus.settings import BusSettings
+from producers._common import (
+    CONTENT_TYPE,
+    DEFAULT_CONFIRM_TIMEOUT,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    Body,
+    Outgoing,
+    PublishResult,
+    Resolved,
+    Resolver,
+    TopologyLike,
+    default_app_id,
+)
+
+__all__ = ["SyncPublisher"]
+
+
+class _DeadlineExpired(Exception):
+    """Ends pika's wait for a confirm; never leaves this module."""
+
+
+class SyncPublisher:
+    """Confirmed publishing on one pika ``BlockingConnection``.
+
+    ``with SyncPublisher.connect(settings, topology) as publisher: publisher.publish(event)``.
+    After a connection-level failure (timeout, lost connection) the next publish reconnects;
+    after a channel-level one (missing exchange) it opens a new channel.
+    """
+
+    def __init__(
+        self,
+        settings: BusSettings,
+        topology: TopologyLike | None = None,
+        *,
+        exchanges: Iterable[str] = (),
+        app_id: str | None = None,
+        confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        connection_name: str = "amqp-bus-sync-publisher",
+    ) -> None:
+        if confirm_timeout <= 0:
+            raise ValueError("confirm_timeout must be positive")
+        self.settings = settings
+        self.resolver = Resolver(topology, max_message_size)
+        self.app_id = app_id or default_app_id()
+        self.confirm_timeout = confirm_timeout
+        self._exchanges = list(exchanges)
+        self._connection_name = connection_name
+        self._connection: Any = None
+        self._channel: Any = None
+        self._started = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+    @classmethod
+    def connect(
+        cls,
+        settings: BusSettings,
+        topology: TopologyLike | None = None,
+        **options: Any,
+    ) -> SyncPublisher:
+        """A connected publisher (exchanges checked); options as ``__init__``."""
+        return cls(settings, topology, **options).start()
+
+    def start(self) -> SyncPublisher:
+        if self._started:
+            return self
+        try:
+            self.check_exchanges(self.resolver.exchanges(self._exchanges))
+            self._ensure_channel()
+        except BaseException:
+            self.close()
+            raise
+        self._started = True
+        return self
+
+    def close(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        self._started = False
+        if connection is not None and connection.is_open:
+            # Already going away when this fails: nothing left to release.
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                connection.close()
+
+    def __enter__(self) -> SyncPublisher:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def check_exchanges(self, names: Iterable[str]) -> None:
+        """Raise :class:`NotFoundError` naming every exchange in ``names`` that is missing."""
+        connection = self._ensure_connection()
+        missing: list[str] = []
+        channel: Any = None
+        try:
+            for name in names:
+                if not name:
+                    continue
+                if channel is None or channel.is_closed:
+                    channel = connection.channel()
+                try:
+                    channel.exchange_declare(name, passive=True)
+                except pika.exceptions.ChannelClosedByBroker as exc:
+                    if exc.reply_code == 404:
+                        missing.append(name)
+                    elif exc.reply_code == 403:
+                        raise AccessRefusedError(
+                            f"no access to exchange {name!r}: {exc.reply_text}"
+                        ) from None
+                    else:
+                        raise BrokerError(
+                            f"checking exchange {name!r}: {exc.reply_code} {exc.reply_text}"
+                        ) from None
+        finally:
+            if channel is not None and channel.is_open:
+                channel.close()
+        if missing:
+            listed = ", ".join(repr(name) for name in missing)
+            noun = "exchange" if len(missing) == 1 else "exchanges"
+            raise NotFoundError(
+                f"{noun} {listed} not found in vhost {self.settings.vhost!r}: "
+                "producers never declare topology; run `bus apply` first"
+            )
+
+    # -- publishing -----------------------------------------------------------------------
+    @overload
+    def publish(
+        self,
+        event: BaseModel,
+        /,
+        *,
+        event_name: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        traceparent: str | None = None,
+        persistent: bool = True,
+        confirm_timeout: float | None = None,
+    ) -> str: ...
+
+    @overload
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: Body,
+        /,
+        *,
+        event_type: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        traceparent: str | None = None,
+        persistent: bool = True,
+        confirm_timeout: float | None = None,
+    ) -> str: ...
+
+    def publish(
+        self,
+        target: BaseModel | str,
+        routing_key: str | None = None,
+        body: Body | None = None,
+        /,
+        *,
+        event_name: str | None = None,
+        event_type: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        traceparent: str | None = None,
+        persistent: bool = True,
+        confirm_timeout: float | None = None,
+    ) -> str:
+        """Publish one message and wait for its confirm; returns its ``message_id``."""
+        if isinstance(target, BaseModel):
+            message = self.resolver.event(
+                target,
+                name=event_name,
+                headers=headers,
+                message_id=message_id,
+                correlation_id=correlation_id,
+                traceparent=traceparent,
+                persistent=persistent,
+            )
+        else:
+            if routing_key is None or body is None:
+                raise TypeError("publish(exchange, routing_key, body) needs all three")
+            message = self.resolver.explicit(
+                target,
+                routing_key,
+                body,
+                event_type=event_type,
+                headers=headers,
+                message_id=message_id,
+                correlation_id=correlation_id,
+                traceparent=traceparent,
+                persistent=persistent,
+            )
+        self._send(message, self.confirm_timeout if confirm_timeout is None else confirm_timeout)
+        return message.message_id
+
+    def publish_many(
+        self,
+        messages: Iterable[Outgoing | BaseModel],
+        *,
+        confirm_timeout: float | None = None,
+    ) -> list[PublishResult]:
+        """Publish each message in turn; one :class:`PublishResult` per message, in order."""
+        seconds = self.confirm_timeout if confirm_timeout is None else confirm_timeout
+        results: list[PublishResult] = []
+        for item in messages:
+            message_id: str | None = None
+            try:
+                message = self.resolver.item(item)
+                message_id = message.message_id
+                self._send(message, seconds)
+            except Exception as exc:
+                results.append(PublishResult(message_id, exc))
+            else:
+                results.append(PublishResult(message_id))
+        return results
+
+    # -- internals ------------------------------------------------------------------------
+    def _ensure_connection(self) -> Any:
+        connection = self._connection
+        if connection is not None and connection.is_open:
+            return connection
+        self._connection = self._channel = None
+        params = pika_parameters(self.settings, self._connection_name)
+        # pika tears the connection down when a broker alarm blocks it for this long; it
+        # matches the confirm deadline so a blocked publish fails like an unconfirmed one.
+        params.blocked_connection_timeout = self.confirm_timeout
+        try:
+            self._connection = pika.BlockingConnection(params)
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            raise translate_error(exc, self.settings.amqp_url) from None
+        return self._connection
+
+    def _ensure_channel(self) -> Any:
+        channel = self._channel
+        if channel is not None and channel.is_open:
+            return channel
+        connection = self._ensure_connection()
+        channel = connection.channel()
+        channel.confirm_delivery()
+        self._channel = channel
+        return channel
+
+    def _properties(self, message: Resolved) -> pika.BasicProperties:
+        return pika.BasicProperties(
+            content_type=CONTENT_TYPE,
+            delivery_mode=2 if message.persistent else 1,
+            headers=message.headers,
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            timestamp=int(time.time()),
+            type=message.event_type,
+            app_id=self.app_id,
+        )
+
+    def _send(self, message: Resolved, seconds: float) -> None:
+        where = f"exchange {message.exchange!r} routing key {message.routing_key!r}"
+        try:
+            channel = self._ensure_channel()
+        except BusError:
+            raise
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            self._drop()
+            raise PublishError(f"cannot open a channel to publish to {where}: {exc}") from None
+        connection = self._connection
+        # BlockingChannel waits for the confirm with no deadline of its own. When ours
+        # expires, end the stream the way pika ends it for blocked_connection_timeout: the
+        # wait returns with our error and the next publish reconnects.
+        timer = connection._impl.ioloop.call_later(
+            seconds, lambda: connection._impl._terminate_stream(_DeadlineExpired())
+        )
+        try:
+            channel.basic_publish(
+                message.exchange,
+                message.routing_key,
+                message.body,
+                self._properties(message),
+                mandatory=True,
+            )
+        except pika.exceptions.UnroutableError as exc:
+            returned = exc.messages[0].method if exc.messages else None
+            raise UnroutableError(
+                getattr(returned, "exchange", message.exchange),
+                getattr(returned, "routing_key", message.routing_key),
+                f"{getattr(returned, 'reply_code', 312)} "
+                f"{getattr(returned, 'reply_text', 'NO_ROUTE')}",
+            ) from None
+        except pika.exceptions.NackError:
+            raise PublishNackedError(
+                f"broker nacked the message to {where} "
+                "(e.g. a full queue with overflow reject-publish)"
+            ) from None
+        except (_DeadlineExpired, pika.exceptions.ConnectionBlockedTimeout) as exc:
+            self._drop()
+            blocked = isinstance(exc, pika.exceptions.ConnectionBlockedTimeout)
+            raise PublishTimeoutError(
+                f"no confirm within {seconds:g}s for {where}"
+                + (
+                    " (connection blocked by a broker resource alarm)"
+                    if blocked
+                    else " (broker blocked by a resource alarm, overloaded or unreachable)"
+                )
+                + "; the message may or may not have been delivered"
+            ) from None
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            self._channel = None
+            raise _channel_error(exc, where) from None
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            self._drop()
+            raise PublishError(
+                f"connection to the broker lost before the confirm for {where}: "
+                f"{exc!r}; the message may or may not have been delivered"
+            ) from None
+        finally:
+            if self._connection is connection and connection.is_open:
+                connection._impl.ioloop.remove_timeout(timer)
+
+    def _drop(self) -> None:
+        """Forget a connection that failed; close it if pika has not done so already."""
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None and connection.is_open:
+            # It is being torn down anyway.
+            with contextlib.suppress(pika.exceptions.AMQPError, OSError, _DeadlineExpired):
+                connection.close()
+
+
+def _channel_error(exc: pika.exceptions.ChannelClosedByBroker, where: str) -> BusError:
+    text = f"{exc.reply_code} {exc.reply_text}"
+    if exc.reply_code == 404:
+        return NotFoundError(f"publish to {where} failed, channel closed by the broker: {text}")
+    if exc.reply_code == 403:
+        return AccessRefusedError(f"publish to {where} refused by the broker: {text}")
+    if "larger than configured max size" in exc.reply_text:
+        return MessageTooLargeError(f"broker refused the message to {where}: {text}")
+    return BrokerError(f"publish to {where} failed, channel closed by the broker: {text}")

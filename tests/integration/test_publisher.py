@@ -1,0 +1,311 @@
+"""Publisher behaviour on the real broker: one suite, run for the async and the sync publisher.
+
+Messages are read back with plain pika (not our code) so the tests also prove that what we
+publish is an ordinary AMQP message any client can read.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import pika
+import pytest
+from pydantic import BaseModel
+
+from bus.errors import (
+    ContractError,
+    MessageTooLargeError,
+    NotFoundError,
+    PublishNackedError,
+    UnroutableError,
+)
+from bus.settings import BusSettings
+from bus.topology import LoadedTopology, parse_topology
+from producers import Outgoing, Publisher, PublishResult, SyncPublisher
+from producers.events import CancelOrder, OrderCreated
+from tests.helpers import declare_with_pika
+
+TOPOLOGY = """
+version: 1
+exchanges:
+  events: {type: topic}
+  commands: {type: direct}
+  limited: {type: direct}
+queues:
+  orders.all:
+    bindings: [{exchange: events, routing_key: "order.#"}]
+  orders.commands:
+    bindings: [{exchange: commands, routing_key: order.cancel}]
+  tiny:
+    max_length: 1
+    overflow: reject-publish
+    bindings: [{exchange: limited, routing_key: tiny}]
+events:
+  order.created:
+    {exchange: events, routing_key: order.created, model: "producers.events:OrderCreated"}
+  order.cancel:
+    {exchange: commands, routing_key: order.cancel, model: "producers.events:CancelOrder"}
+"""
+
+APP_ID = "publisher-tests"
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+class Stray(BaseModel):
+    """A model no contract names."""
+
+    value: int
+
+
+@dataclass
+class Delivery:
+    routing_key: str
+    properties: pika.BasicProperties
+    body: bytes
+
+
+def drain(url: str, queue: str, expected: int, idle: float = 5.0) -> list[Delivery]:
+    """Everything in ``queue`` (up to ``expected``), read with a plain pika consumer."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        channel.basic_qos(prefetch_count=500)
+        got: list[Delivery] = []
+        if expected == 0:
+            return got
+        for method, properties, body in channel.consume(queue, inactivity_timeout=idle):
+            if method is None:
+                break
+            got.append(Delivery(method.routing_key, properties, body))
+            channel.basic_ack(method.delivery_tag)
+            if len(got) >= expected:
+                break
+        channel.cancel()
+        return got
+    finally:
+        connection.close()
+
+
+def depth(url: str, queue: str) -> int:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        result = connection.channel().queue_declare(queue, passive=True)
+        return int(result.method.message_count)
+    finally:
+        connection.close()
+
+
+class Client:
+    """The async or the sync publisher behind one awaitable interface."""
+
+    def __init__(self, publisher: Publisher | SyncPublisher) -> None:
+        self.publisher = publisher
+
+    async def publish(self, *args: Any, **kwargs: Any) -> str:
+        if isinstance(self.publisher, Publisher):
+            return await self.publisher.publish(*args, **kwargs)
+        return self.publisher.publish(*args, **kwargs)
+
+    async def publish_many(self, items: Iterable[Outgoing | BaseModel]) -> list[PublishResult]:
+        if isinstance(self.publisher, Publisher):
+            return await self.publisher.publish_many(items, window=200)
+        return self.publisher.publish_many(items)
+
+
+OpenClient = Callable[..., Awaitable[Client]]
+
+
+@pytest.fixture
+def topology() -> LoadedTopology:
+    return parse_topology(TOPOLOGY, "test-topology.yaml")
+
+
+@pytest.fixture
+def declared(bus_vhost_url: str, topology: LoadedTopology) -> str:
+    declare_with_pika(bus_vhost_url, topology.expanded)
+    return bus_vhost_url
+
+
+@pytest.fixture(params=["async", "sync"])
+async def open_client(
+    request: pytest.FixtureRequest, bus_vhost_url: str, topology: LoadedTopology
+) -> AsyncIterator[OpenClient]:
+    settings = BusSettings(amqp_url=bus_vhost_url, connect_timeout=10)
+    opened: list[Publisher | SyncPublisher] = []
+
+    async def open_(**options: Any) -> Client:
+        options.setdefault("app_id", APP_ID)
+        publisher: Publisher | SyncPublisher
+        if request.param == "async":
+            publisher = await Publisher.connect(settings, topology, **options)
+        else:
+            publisher = SyncPublisher.connect(settings, topology, **options)
+        opened.append(publisher)
+        return Client(publisher)
+
+    yield open_
+    for publisher in opened:
+        if isinstance(publisher, Publisher):
+            await publisher.close()
+        else:
+            publisher.close()
+
+
+async def test_10k_pipelined_publishes_confirmed_and_read_by_plain_pika(
+    declared: str, open_client: OpenClient
+) -> None:
+    client = await open_client()
+    events = [
+        OrderCreated(order_id=f"o-{i}", customer_id=f"c-{i % 7}", total=Decimal(i) / 100)
+        for i in range(10_000)
+    ]
+    before = int(time.time())
+    results = await client.publish_many(events)
+    after = int(time.time())
+
+    assert [r.error for r in results if not r.ok] == []
+    ids = [r.message_id for r in results]
+    assert len(set(ids)) == 10_000
+
+    got = drain(declared, "orders.all", 10_000)
+    assert len(got) == 10_000
+    assert depth(declared, "orders.all") == 0
+    by_id = {d.properties.message_id: d for d in got}
+    assert set(by_id) == set(ids)
+    for event, message_id in zip(events, ids, strict=True):
+        delivery = by_id[message_id]
+        props = delivery.properties
+        assert delivery.routing_key == "order.created"
+        assert props.content_type == "application/json"
+        assert props.delivery_mode == 2
+        assert props.type == "order.created"
+        assert props.app_id == APP_ID
+        assert str(uuid.UUID(props.message_id)) == props.message_id
+        assert props.correlation_id == props.message_id
+        assert before <= props.timestamp <= after
+        assert json.loads(delivery.body)["order_id"] == event.order_id
+        assert OrderCreated.model_validate_json(delivery.body) == event
+
+
+async def test_unroutable_publish_raises(declared: str, open_client: OpenClient) -> None:
+    client = await open_client()
+    with pytest.raises(UnroutableError) as info:
+        await client.publish("commands", "nobody.listens", {"x": 1})
+    assert info.value.exchange == "commands"
+    assert info.value.routing_key == "nobody.listens"
+    assert "NO_ROUTE" in info.value.reply_text
+
+
+async def test_missing_exchange_raises_and_next_publish_succeeds(
+    declared: str, open_client: OpenClient
+) -> None:
+    client = await open_client()
+    with pytest.raises(NotFoundError, match="ghost"):
+        await client.publish("ghost", "k", {"x": 1})
+    event = CancelOrder(order_id="o-1", reason="changed mind")
+    await client.publish(event)
+    got = drain(declared, "orders.commands", 1)
+    assert [CancelOrder.model_validate_json(d.body) for d in got] == [event]
+
+
+async def test_full_reject_publish_queue_nacks(declared: str, open_client: OpenClient) -> None:
+    client = await open_client()
+    await client.publish("limited", "tiny", {"n": 1})
+    with pytest.raises(PublishNackedError):
+        await client.publish("limited", "tiny", {"n": 2})
+    assert [json.loads(d.body) for d in drain(declared, "tiny", 1)] == [{"n": 1}]
+    # The nack closed nothing: the same publisher goes on.
+    await client.publish("limited", "tiny", {"n": 3})
+    assert [json.loads(d.body) for d in drain(declared, "tiny", 1)] == [{"n": 3}]
+
+
+async def test_unknown_model_is_refused_before_sending(
+    declared: str, open_client: OpenClient
+) -> None:
+    client = await open_client()
+    with pytest.raises(ContractError, match="Stray"):
+        await client.publish(Stray(value=1))
+    with pytest.raises(ContractError):
+        await client.publish(Stray(value=2), event_name="order.created")
+    await client.publish(OrderCreated(order_id="o-9", customer_id="c", total=Decimal("1.50")))
+    got = drain(declared, "orders.all", 2, idle=1.0)
+    assert [json.loads(d.body)["order_id"] for d in got] == ["o-9"]
+    assert depth(declared, "orders.commands") == 0
+
+
+async def test_oversize_refused_and_connection_still_works(
+    declared: str, open_client: OpenClient
+) -> None:
+    client = await open_client(max_message_size=1024)
+    with pytest.raises(MessageTooLargeError, match="1025 bytes"):
+        await client.publish("commands", "order.cancel", b"x" * 1025)
+    await client.publish("commands", "order.cancel", b"y" * 1024)
+    got = drain(declared, "orders.commands", 1)
+    assert [d.body for d in got] == [b"y" * 1024]
+
+
+async def test_startup_check_names_missing_exchanges(
+    bus_vhost_url: str, open_client: OpenClient
+) -> None:
+    # Nothing declared: every exchange of the contracts is missing, and the extra one too.
+    with pytest.raises(NotFoundError) as info:
+        await open_client(exchanges=["audit-extra"])
+    message = str(info.value)
+    for name in ("audit-extra", "commands", "events"):
+        assert repr(name) in message
+    assert "limited" not in message  # no contract publishes there and it was not asked for
+
+
+async def test_startup_check_passes_with_declared_exchanges(
+    declared: str, open_client: OpenClient
+) -> None:
+    await open_client(exchanges=["limited"])
+    with pytest.raises(NotFoundError, match="nope"):
+        await open_client(exchanges=["limited", "nope"])
+
+
+async def test_traceparent_and_caller_headers_pass_through(
+    declared: str, open_client: OpenClient
+) -> None:
+    client = await open_client()
+    message_id = await client.publish(
+        OrderCreated(order_id="o-t", customer_id="c", total=Decimal(3)),
+        traceparent=TRACEPARENT,
+        headers={"tenant": "acme"},
+        correlation_id="conversation-7",
+    )
+    (delivery,) = drain(declared, "orders.all", 1)
+    assert delivery.properties.message_id == message_id
+    assert delivery.properties.correlation_id == "conversation-7"
+    headers = delivery.properties.headers
+    assert headers["traceparent"] == TRACEPARENT
+    assert headers["tenant"] == "acme"
+
+
+async def test_publish_many_reports_every_outcome_in_order(
+    declared: str, open_client: OpenClient
+) -> None:
+    client = await open_client()
+    results = await client.publish_many(
+        [
+            CancelOrder(order_id="a"),
+            Outgoing("commands", "nobody.listens", {"x": 1}),
+            Stray(value=3),
+            Outgoing("commands", "order.cancel", {"order_id": "b"}, event_type="order.cancel"),
+        ]
+    )
+    assert [type(r.error) for r in results] == [
+        type(None),
+        UnroutableError,
+        ContractError,
+        type(None),
+    ]
+    got = drain(declared, "orders.commands", 2)
+    assert [json.loads(d.body)["order_id"] for d in got] == ["a", "b"]
+    assert [d.properties.type for d in got] == ["order.cancel", "order.cancel"]

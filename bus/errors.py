@@ -9,6 +9,7 @@ on one line; a traceback means a bug.
     BusError (1)
     ├── UsageError (2)                 bad command-line or settings input
     ├── TopologyError (2)              topology.yaml is invalid; carries every issue
+    ├── RoutingError (2)               a simulated publish the broker would refuse
     ├── ContractError (1)              an event/model does not match a contract
     ├── PlanConflictError (1)          the live broker conflicts with the topology
     ├── BrokerError (1)                talking to RabbitMQ failed
@@ -40,6 +41,7 @@ __all__ = [
     "PublishError",
     "PublishNackedError",
     "PublishTimeoutError",
+    "RoutingError",
     "TopologyError",
     "TopologyIssue",
     "UnroutableError",
@@ -82,6 +84,13 @@ class TopologyError(BusError):
     def __init__(self, issues: list[TopologyIssue]) -> None:
         self.issues = sorted(issues)
         super().__init__("\n".join(str(issue) for issue in self.issues))
+
+
+class RoutingError(BusError):
+    """The routing simulator cannot route this publish: unknown or internal exchange, or
+    headers the broker refuses (e.g. a ``CC`` header that is not an array)."""
+
+    exit_code = 2
 
 
 class ContractError(BusError):

@@ -62,6 +62,93 @@ def graph(file: Path | None, fmt: str) -> None:
     click.echo(render(_load(file).expanded, fmt), nl=False)
 
 
+def _broker_settings() -> Any:
+    from pydantic import ValidationError
+
+    from bus.errors import UsageError
+    from bus.settings import BusSettings
+
+    try:
+        return BusSettings()
+    except ValidationError as exc:
+        problems = "; ".join(str(e["msg"]) for e in exc.errors())
+        raise UsageError(f"invalid settings: {problems}") from None
+
+
+@cli.command("plan")
+@_file_option
+@click.option("--prune", is_flag=True, help="Show what apply --prune would delete.")
+@click.option(
+    "--detailed-exitcode", is_flag=True, help="Exit 3 when changes are pending (0 = none)."
+)
+def plan_command(file: Path | None, prune: bool, detailed_exitcode: bool) -> int:
+    """Diff the topology against the live vhost. Exit 0, 1 conflict/broker, 2 invalid, 3 changes."""
+    from bus.broker import PlanConflicts, plan
+
+    result = plan(_load(file), _broker_settings(), prune=prune)
+    click.echo(result.render(), nl=False)
+    if result.conflicts:
+        raise PlanConflicts(result, "bus apply will change nothing until they are resolved")
+    return 3 if detailed_exitcode and result.has_changes else 0
+
+
+@cli.command("apply")
+@_file_option
+@click.option("--prune", is_flag=True, help="Delete what the topology does not declare.")
+@click.option(
+    "--recreate-empty", is_flag=True, help="Replace a conflicting queue when it is empty."
+)
+@click.option(
+    "--allow-data-loss", is_flag=True, help="With --prune: delete queues holding messages too."
+)
+@click.option("--dry-run", is_flag=True, help="Plan and stop: change nothing.")
+def apply_command(
+    file: Path | None, prune: bool, recreate_empty: bool, allow_data_loss: bool, dry_run: bool
+) -> None:
+    """Apply the plan; nothing changes while a conflict exists. Exit 0, 1, 2."""
+    from bus.broker import apply
+    from bus.errors import UsageError
+
+    if allow_data_loss and not prune:
+        raise UsageError("--allow-data-loss only applies with --prune")
+    loaded = _load(file)
+    result = apply(
+        loaded, _broker_settings(), prune=prune, recreate_empty=recreate_empty,
+        allow_data_loss=allow_data_loss, dry_run=dry_run,
+        on_plan=lambda p: click.echo(p.render(), nl=False),
+    )  # fmt: skip
+    click.echo(result.summary())
+
+
+@cli.command("export")
+@click.option("--vhost", default=None, help="Vhost to export (default: the URL's).")
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path, dir_okay=False), default=None,
+    help="Write to FILE instead of stdout.",
+)  # fmt: skip
+def export_command(vhost: str | None, output: Path | None) -> None:
+    """topology.yaml of an existing vhost (applying it back plans as no change). Exit 0, 1."""
+    from bus.broker import export_topology
+    from bus.errors import BrokerError
+
+    exported = export_topology(_broker_settings(), vhost)
+    if output is None:
+        click.echo(exported.text, nl=False)
+    else:
+        try:
+            output.write_text(exported.text, encoding="utf-8")
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
+        click.echo(f"wrote {output} (vhost {exported.vhost!r})", err=True)
+    for issue in exported.issues:
+        click.echo(f"warning: {issue}", err=True)
+    if exported.issues:
+        raise BrokerError(
+            f"vhost {exported.vhost!r} holds {len(exported.issues)} thing(s) topology.yaml "
+            "rejects (see the warnings): fix them on the broker or in the file"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script: run the CLI and map errors to exit codes."""
     try:

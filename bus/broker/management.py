@@ -174,6 +174,66 @@ class ManagementClient:
         result: dict[str, Any] = self.request("GET", f"/definitions/{quote_name(vhost)}")
         return result
 
+    # -- listings for plan/apply: no statistics (they lag and cost time on big vhosts) ------
+    def list_exchanges(self, vhost: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.request(
+            "GET", f"/exchanges/{quote_name(vhost)}", params={"disable_stats": "true"}
+        )
+        return result
+
+    def list_queues(self, vhost: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.request(
+            "GET",
+            f"/queues/{quote_name(vhost)}",
+            params={
+                "disable_stats": "true",
+                "columns": "name,type,durable,auto_delete,exclusive,arguments,owner_pid_details",
+            },
+        )
+        return result
+
+    def list_bindings(self, vhost: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.request("GET", f"/bindings/{quote_name(vhost)}")
+        return result
+
+    def update_vhost(self, name: str, *, description: str) -> None:
+        self.request("PUT", f"/vhosts/{quote_name(name)}", json={"description": description})
+
+    def put_policy(
+        self, vhost: str, name: str, *, pattern: str, apply_to: str, priority: int,
+        definition: dict[str, Any],
+    ) -> None:  # fmt: skip
+        self.request(
+            "PUT",
+            f"/policies/{quote_name(vhost)}/{quote_name(name)}",
+            json={
+                "pattern": pattern,
+                "apply-to": apply_to,
+                "priority": priority,
+                "definition": definition,
+            },
+        )
+
+    def delete_policy(self, vhost: str, name: str) -> None:
+        self.request("DELETE", f"/policies/{quote_name(vhost)}/{quote_name(name)}", allow_404=True)
+
+    def delete_queue(self, vhost: str, name: str, *, if_empty: bool = False) -> None:
+        """Delete a queue; with ``if_empty`` the broker refuses (400) when it holds messages."""
+        params = {"if-empty": "true"} if if_empty else None
+        self.request("DELETE", f"/queues/{quote_name(vhost)}/{quote_name(name)}", params=params)
+
+    def delete_binding(
+        self, vhost: str, source: str, destination: str, destination_type: str,
+        properties_key: str,
+    ) -> None:  # fmt: skip
+        """Delete one binding; ``properties_key`` comes from the listing (never computed)."""
+        kind = "q" if destination_type == "queue" else "e"
+        self.request(
+            "DELETE",
+            f"/bindings/{quote_name(vhost)}/e/{quote_name(source)}/{kind}/"
+            f"{quote_name(destination)}/{quote_name(properties_key)}",
+        )
+
 
 def _reason(response: httpx.Response) -> str:
     try:

@@ -1,0 +1,346 @@
+"""Apply a plan: nothing at all while a conflict exists, otherwise every change in order.
+
+Order (rabbitmq-behaviour.md section 6): vhost -> policies (new queues are born under their
+policy) -> exchanges -> queues -> bindings (exchange-to-exchange ones too, after both ends
+exist) -> binding deletes (new bindings first: no routing gap) -> queue deletes -> exchange
+deletes -> policy deletes. AMQP work runs on one connection, one object per call: a refusal
+closes one channel and names one object. Policies, the vhost and the if-empty deletes go
+through the management API, which is the only place they exist.
+
+After the changes the vhost is planned again; anything but "no changes" is an error, because
+a successful declare does not prove the broker holds what was asked (section 3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bus.broker.inspect import LiveBinding, LivePolicy, LiveQueue
+from bus.broker.management import ManagementClient
+from bus.broker.plan import (
+    Action,
+    Plan,
+    PlanConflicts,
+    PlanItem,
+    PolicySpec,
+    expanded_of,
+    plan,
+    resolve_vhost,
+)
+from bus.broker.session import AmqpSession, ChannelRefused
+from bus.errors import (
+    AccessRefusedError,
+    BrokerError,
+    BusError,
+    ManagementAPIError,
+    NotFoundError,
+    PlanConflictError,
+)
+from bus.settings import BusSettings
+from bus.topology.expand import BindingSpec, ExchangeSpec, ExpandedTopology, QueueSpec
+from bus.topology.load import LoadedTopology
+from bus.topology.model import Vhost
+
+__all__ = ["ApplyResult", "apply"]
+
+# The permission each AMQP operation needs, for an error that says what to grant.
+_PERMISSION = {
+    "declare": "configure",
+    "delete": "configure",
+    "bind": "write (destination) and read (source)",
+    "unbind": "write (destination) and read (source)",
+}
+
+
+@dataclass
+class ApplyResult:
+    plan: Plan
+    dry_run: bool = False
+    created: int = 0
+    updated: int = 0
+    recreated: int = 0
+    deleted: int = 0
+    # Deletes the broker refused at apply time (a queue that received messages since the plan).
+    kept: list[str] = field(default_factory=list)
+    verification: Plan | None = None
+
+    @property
+    def unchanged(self) -> int:
+        return len(self.plan.by_action(Action.UNCHANGED))
+
+    def summary(self) -> str:
+        if self.dry_run:
+            return "Dry run: nothing was changed."
+        text = (
+            f"Applied: {self.created} created, {self.updated} updated, {self.recreated} "
+            f"recreated, {self.deleted} deleted, {self.unchanged} unchanged."
+        )
+        if self.kept:
+            text += f" Kept (refused by the broker): {', '.join(self.kept)}."
+        if self.verification is None:
+            text += " Not re-planned (management API unavailable)."
+        else:
+            text += " Re-plan: no changes."
+        return text
+
+
+class _Executor:
+    def __init__(
+        self,
+        expanded: ExpandedTopology,
+        settings: BusSettings,
+        the_plan: Plan,
+        result: ApplyResult,
+    ) -> None:
+        self.expanded = expanded
+        self.settings = settings
+        self.plan = the_plan
+        self.vhost = the_plan.vhost
+        self.result = result
+        self.done = 0
+        self.total = len(the_plan.changes)
+        self.management: ManagementClient | None = None
+        self.session: AmqpSession | None = None
+
+    # -- helpers --------------------------------------------------------------------------
+    def http(self) -> ManagementClient:
+        if self.management is None:
+            self.management = ManagementClient.from_settings(self.settings)
+        return self.management
+
+    def amqp(self) -> AmqpSession:
+        if self.session is None:
+            self.session = AmqpSession(self.settings, self.vhost, "amqp-bus apply")
+        return self.session
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+        if self.management is not None:
+            self.management.close()
+
+    def progress(self) -> str:
+        return f"after {self.done} of {self.total} changes"
+
+    def refused(self, exc: ChannelRefused, operation: str, kind: str, name: str) -> BusError:
+        text = f"{exc.reply_code} {exc.reply_text}"
+        user, _ = self.settings.credentials()
+        if exc.reply_code == 403:
+            return AccessRefusedError(
+                f"user {user!r} lacks {_PERMISSION[operation]} permission on {kind} {name!r} "
+                f"in vhost {self.vhost!r} ({text}); stopped {self.progress()}"
+            )
+        if exc.reply_code == 406:
+            return PlanConflictError(
+                f"the broker refused to {operation} {kind} {name!r} ({text}): it changed since "
+                f"the plan; stopped {self.progress()}"
+            )
+        if exc.reply_code == 404:
+            return NotFoundError(f"{operation} {kind} {name!r}: {text}; stopped {self.progress()}")
+        return BrokerError(f"{operation} {kind} {name!r}: {text}; stopped {self.progress()}")
+
+    # -- phases ---------------------------------------------------------------------------
+    def run(self) -> None:
+        items = self.plan.items
+        for item in items:
+            if item.kind == "vhost" and item.action in (Action.CREATE, Action.UPDATE):
+                self.vhost_item(item)
+        for item in items:
+            if item.kind == "policy" and item.action in (Action.CREATE, Action.UPDATE):
+                self.policy_put(item)
+        for item in items:
+            if item.kind == "exchange" and item.action is Action.CREATE:
+                self.create_exchange(item)
+        bound: set[str] = set()
+        for item in items:
+            if item.kind != "queue":
+                continue
+            if item.action is Action.RECREATE:
+                self.recreate(item, bound)
+            elif item.action is Action.CREATE:
+                self.create_queue(item)
+        for item in items:
+            if item.kind != "binding" or item.name in bound:
+                continue
+            if item.action in (Action.CREATE, Action.RECREATE, Action.UNVERIFIED):
+                self.bind(item)
+                if item.action is Action.CREATE:
+                    self.result.created += 1
+        for kind in ("binding", "queue", "exchange", "policy"):
+            for item in items:
+                if item.kind == kind and item.action is Action.DELETE:
+                    self.delete(item)
+
+    def create_exchange(self, item: PlanItem) -> None:
+        assert isinstance(item.desired, ExchangeSpec)
+        x = item.desired
+        self.do("declare", "exchange", x.name, lambda s: s.declare_exchange(x))
+        self.result.created += 1
+
+    def create_queue(self, item: PlanItem) -> None:
+        assert isinstance(item.desired, QueueSpec)
+        q = item.desired
+        self.do("declare", "queue", q.name, lambda s: s.declare_queue(q))
+        self.result.created += 1
+
+    def do(self, operation: str, kind: str, name: str, step: Callable[[AmqpSession], None]) -> None:
+        try:
+            step(self.amqp())
+        except ChannelRefused as exc:
+            raise self.refused(exc, operation, kind, name) from None
+        self.done += 1
+
+    def vhost_item(self, item: PlanItem) -> None:
+        spec = item.desired if isinstance(item.desired, Vhost) else None
+        http = self.http()
+        if item.action is Action.CREATE:
+            http.create_vhost(
+                self.vhost,
+                default_queue_type=spec.default_queue_type if spec else None,
+                description=spec.description if spec else None,
+            )
+            # A new vhost has no permissions: without this the AMQP connection is refused.
+            user, _ = self.settings.credentials()
+            http.set_permissions(self.vhost, user)
+            self.result.created += 1
+        else:
+            http.update_vhost(self.vhost, description=(spec.description if spec else None) or "")
+            self.result.updated += 1
+        self.done += 1
+
+    def policy_put(self, item: PlanItem) -> None:
+        assert isinstance(item.desired, PolicySpec)
+        p = item.desired
+        self.http().put_policy(
+            self.vhost, p.name, pattern=p.pattern, apply_to=p.apply_to, priority=p.priority,
+            definition=p.definition,
+        )  # fmt: skip
+        if item.action is Action.CREATE:
+            self.result.created += 1
+        else:
+            self.result.updated += 1
+        self.done += 1
+
+    def recreate(self, item: PlanItem, bound: set[str]) -> None:
+        """Delete an empty queue (the broker checks emptiness atomically), declare it, rebind."""
+        assert isinstance(item.desired, QueueSpec)
+        q = item.desired
+        try:
+            self.http().delete_queue(self.vhost, q.name, if_empty=True)
+        except ManagementAPIError as exc:
+            raise PlanConflictError(
+                f"queue {q.name!r} was not recreated: {exc} (it received messages since the "
+                f"plan; nothing was deleted); stopped {self.progress()}"
+            ) from None
+        self.do("declare", "queue", q.name, lambda s: s.declare_queue(q))
+        self.result.recreated += 1
+        # Its bindings went with it: bind them now, before anything else, to keep the gap short.
+        for b_item in self.plan.items:
+            b = b_item.desired or b_item.live
+            if (
+                b_item.kind == "binding"
+                and b_item.action in (Action.CREATE, Action.RECREATE)
+                and isinstance(b, BindingSpec | LiveBinding)
+                and b.destination_type == "queue"
+                and b.destination == q.name
+            ):
+                self.bind(b_item)
+                bound.add(b_item.name)
+                if b_item.action is Action.CREATE:
+                    self.result.created += 1
+
+    def bind(self, item: PlanItem) -> None:
+        b = item.desired if item.desired is not None else item.live
+        assert isinstance(b, BindingSpec | LiveBinding)
+        self.do("bind", f"{b.destination_type}", b.destination, lambda s: s.bind(b))
+
+    def delete(self, item: PlanItem) -> None:
+        if item.kind == "binding":
+            assert isinstance(item.live, LiveBinding)
+            b = item.live
+            self.do("unbind", b.destination_type, b.destination, lambda s: s.unbind(b))
+        elif item.kind == "queue":
+            assert isinstance(item.live, LiveQueue)
+            if self.plan.options.allow_data_loss:
+                name = item.live.name
+                self.do("delete", "queue", name, lambda s: s.delete_queue(name))
+            else:
+                try:
+                    self.http().delete_queue(self.vhost, item.live.name, if_empty=True)
+                except ManagementAPIError as exc:
+                    if exc.status_code != 400:
+                        raise
+                    self.result.kept.append(f"queue {item.live.name!r} ({exc})")
+                    return
+                self.done += 1
+        elif item.kind == "exchange":
+            name = item.name
+            try:
+                self.do("delete", "exchange", name, lambda s: s.delete_exchange(name))
+            except PlanConflictError:
+                # if-unused refused: something was bound to it since the plan.
+                self.result.kept.append(f"exchange {name!r} (in use)")
+                return
+        elif item.kind == "policy":
+            assert isinstance(item.live, LivePolicy)
+            self.http().delete_policy(self.vhost, item.live.name)
+            self.done += 1
+        self.result.deleted += 1
+
+
+def apply(
+    topology: LoadedTopology | ExpandedTopology,
+    settings: BusSettings | None = None,
+    *,
+    vhost: str | None = None,
+    prune: bool = False,
+    recreate_empty: bool = False,
+    allow_data_loss: bool = False,
+    dry_run: bool = False,
+    on_plan: Callable[[Plan], None] | None = None,
+) -> ApplyResult:
+    """Plan, then apply every change; raise :class:`PlanConflicts` (nothing applied) on conflict.
+
+    The vhost is created only when the topology names it (``vhost: {name: ...}``); the
+    connecting user then gets full permissions on it. ``on_plan`` sees the plan before any
+    change (the CLI prints it there).
+    """
+    expanded = expanded_of(topology)
+    settings = settings or BusSettings()
+    name = resolve_vhost(expanded, settings, vhost)
+    options = {"prune": prune, "recreate_empty": recreate_empty, "allow_data_loss": allow_data_loss}
+    the_plan = plan(expanded, settings, vhost=name, **options)
+    if on_plan is not None:
+        on_plan(the_plan)
+    if the_plan.conflicts:
+        raise PlanConflicts(the_plan)
+    result = ApplyResult(the_plan, dry_run=dry_run)
+    if the_plan.source == "amqp":
+        if prune:
+            raise BrokerError(
+                "--prune needs the management API (AMQP cannot list a vhost): nothing was applied"
+            )
+        if expanded.policies:
+            raise BrokerError(
+                "policies can only be applied through the management API: nothing was applied"
+            )
+    if dry_run:
+        return result
+    if not the_plan.has_changes and not the_plan.by_action(Action.UNVERIFIED):
+        result.verification = the_plan if the_plan.source == "management" else None
+        return result
+    executor = _Executor(expanded, settings, the_plan, result)
+    try:
+        executor.run()
+    finally:
+        executor.close()
+    if the_plan.source == "management":
+        again = plan(expanded, settings, vhost=name, **options)
+        if again.has_changes or again.conflicts:
+            pending = "; ".join(
+                f"{i.action} {i.kind} {i.name}" for i in again.changes + again.conflicts
+            )
+            raise BrokerError(f"apply did not converge: a new plan still shows {pending}")
+        result.verification = again
+    return result

@@ -310,9 +310,13 @@ class SyncPublisher:
         # BlockingChannel waits for the confirm with no deadline of its own. When ours
         # expires, end the stream the way pika ends it for blocked_connection_timeout: the
         # wait returns with our error and the next publish reconnects.
-        timer = connection._impl.ioloop.call_later(
-            seconds, lambda: connection._impl._terminate_stream(_DeadlineExpired())
-        )
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            connection._impl._terminate_stream(_DeadlineExpired())
+
+        timer = connection._impl.ioloop.call_later(seconds, expire)
         try:
             channel.basic_publish(
                 message.exchange,
@@ -356,16 +360,27 @@ class SyncPublisher:
                 f"{exc!r}; the message may or may not have been delivered"
             ) from None
         finally:
-            if self._connection is connection and connection.is_open:
+            if expired and self._connection is connection:
+                # The confirm won the race against the deadline, but the stream is already
+                # being torn down: the next publish must not find this connection.
+                self._drop()
+            elif self._connection is connection and connection.is_open:
                 connection._impl.ioloop.remove_timeout(timer)
 
     def _drop(self) -> None:
         """Forget a connection that failed; close it if pika has not done so already."""
         connection, self._connection, self._channel = self._connection, None, None
-        if connection is not None and connection.is_open:
-            # It is being torn down anyway.
-            with contextlib.suppress(pika.exceptions.AMQPError, OSError, _DeadlineExpired):
+        if connection is None or connection.is_closed:
+            return
+        # It is failing anyway: errors of the close itself say nothing new.
+        with contextlib.suppress(pika.exceptions.AMQPError, OSError, _DeadlineExpired):
+            if connection.is_open:
                 connection.close()
+            else:
+                # pika is tearing the stream down; run its loop until the socket is closed.
+                until = time.monotonic() + 5.0
+                while not connection.is_closed and time.monotonic() < until:
+                    connection.process_data_events(0.05)
 
 
 def _channel_error(exc: pika.exceptions.ChannelClosedByBroker, where: str) -> BusError:

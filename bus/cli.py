@@ -62,6 +62,64 @@ def graph(file: Path | None, fmt: str) -> None:
     click.echo(render(_load(file).expanded, fmt), nl=False)
 
 
+@cli.command("publish")
+@click.option(
+    "-f",
+    "--topology",
+    "topology_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Topology file, for --event (default: $BUS_TOPOLOGY, then ./topology.yaml).",
+)
+@click.option("-e", "--exchange", default=None, help="Exchange ('' is the default exchange).")
+@click.option("-k", "--routing-key", "routing_key", default=None, help="Routing key.")
+@click.option("--json", "json_text", default=None, help="The JSON body.")
+@click.option(
+    "--file",
+    "--body-file",
+    "body_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="A file holding the JSON body.",
+)
+@click.option("-H", "--header", "headers", multiple=True, help="Header name=value (repeatable).")
+@click.option(
+    "--event", default=None, help="Event name: exchange/key from its contract, body validated."
+)
+@click.option(
+    "--confirm-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for the broker's confirm.",
+)
+def publish_command(
+    topology_file: Path | None,
+    exchange: str | None,
+    routing_key: str | None,
+    json_text: str | None,
+    body_file: Path | None,
+    headers: tuple[str, ...],
+    event: str | None,
+    confirm_timeout: float,
+) -> None:
+    """Confirmed, mandatory publish. Exit 0 routed+confirmed; 1 unroutable/nacked/timeout/broker."""
+    from producers.cli import publish_once
+
+    line = publish_once(
+        _broker_settings(),
+        topology_file=topology_file,
+        exchange=exchange,
+        routing_key=routing_key,
+        json_text=json_text,
+        body_file=body_file,
+        header_pairs=headers,
+        event=event,
+        confirm_timeout=confirm_timeout,
+    )
+    click.echo(line)
+
+
 def _broker_settings() -> Any:
     from pydantic import ValidationError
 

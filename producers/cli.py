@@ -1,0 +1,104 @@
+"""The work behind ``bus publish``: one confirmed, mandatory publish from the command line.
+
+Kept out of ``bus/cli.py`` so the shared CLI module only carries the option parsing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from bus.contracts import ContractRegistry
+from bus.errors import ContractError, UsageError
+from bus.settings import BusSettings
+from bus.topology import load_topology
+from producers.sync import SyncPublisher
+
+__all__ = ["parse_headers", "publish_once"]
+
+
+def parse_headers(pairs: Iterable[str]) -> dict[str, str]:
+    """``-H name=value`` options as a header table (values stay strings, as given)."""
+    headers: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise UsageError(f"header {pair!r} must look like name=value")
+        headers[name] = value
+    return headers
+
+
+def _body(json_text: str | None, body_file: Path | None) -> bytes:
+    if (json_text is None) == (body_file is None):
+        raise UsageError("give the body with exactly one of --json BODY or --file F")
+    if json_text is not None:
+        raw = json_text.encode("utf-8")
+        source = "--json"
+    else:
+        assert body_file is not None
+        try:
+            raw = body_file.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read body file {body_file}: {exc.strerror}") from None
+        source = str(body_file)
+    try:
+        json.loads(raw)
+    except ValueError as exc:
+        raise UsageError(f"{source} is not valid JSON: {exc}") from None
+    return raw
+
+
+def publish_once(
+    settings: BusSettings,
+    *,
+    topology_file: Path | None,
+    exchange: str | None,
+    routing_key: str | None,
+    json_text: str | None,
+    body_file: Path | None,
+    header_pairs: Iterable[str],
+    event: str | None,
+    confirm_timeout: float,
+) -> str:
+    """Publish one message and return the line to print; raise a BusError otherwise."""
+    raw = _body(json_text, body_file)
+    headers: dict[str, Any] = parse_headers(header_pairs)
+    body: bytes | Any = raw
+    event_type: str | None = None
+    if event is not None:
+        contracts = ContractRegistry(load_topology(topology_file).expanded.events)
+        contract = contracts.by_name(event)
+        if exchange is not None and exchange != contract.exchange:
+            raise ContractError(
+                f"event {event!r} is published to exchange {contract.exchange!r}, not {exchange!r}"
+            )
+        exchange = contract.exchange
+        if routing_key is None:
+            routing_key = contract.routing_key
+        try:
+            body = contract.model.model_validate_json(raw)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
+            )
+            raise ContractError(f"body does not match event {event!r}: {problems}") from None
+        headers = {**contract.headers, **headers}
+        event_type = event
+    if exchange is None or routing_key is None:
+        raise UsageError("-e EXCHANGE and -k KEY are required (or --event NAME from the topology)")
+    # Only the one target exchange is checked: a publish must not fail on other contracts.
+    with SyncPublisher.connect(
+        settings,
+        exchanges=[exchange],
+        confirm_timeout=confirm_timeout,
+        app_id="bus-cli",
+        connection_name="bus publish",
+    ) as publisher:
+        message_id = publisher.publish(
+            exchange, routing_key, body, event_type=event_type, headers=headers or None
+        )
+    return f"confirmed: exchange {exchange!r} routing key {routing_key!r} message_id {message_id}"

@@ -207,6 +207,32 @@ def export_command(vhost: str | None, output: Path | None) -> None:
         )
 
 
+@cli.command()
+@_file_option
+@click.option("-Q", "--queues", required=True, help="Comma-separated topology Celery queues.")
+@click.option("-c", "--concurrency", type=click.IntRange(min=1), default=None)
+@click.option(
+    "--pool",
+    type=click.Choice(["prefork", "threads", "solo"]),
+    default="prefork",
+    show_default=True,
+)
+@click.option("-A", "--app", "app_path", default="consumers.tasks:app", show_default=True)
+@click.option("-l", "--loglevel", default="INFO", show_default=True)
+def worker(
+    file: Path | None,
+    queues: str,
+    concurrency: int | None,
+    pool: str,
+    app_path: str,
+    loglevel: str,
+) -> int:
+    """A Celery worker on topology queues, declaring nothing (exit codes as celery)."""
+    from bus.celery_app import run_worker
+
+    return run_worker(app_path, queues.split(","), file, concurrency, pool, loglevel)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script: run the CLI and map errors to exit codes."""
     try:

@@ -1,0 +1,462 @@
+"""Celery workers on topology queues, against the real broker, with real worker processes.
+
+Every worker runs as a subprocess under a broker user without configure permission
+(``configure: "^$"``), in a fresh vhost whose topology was declared with plain pika; each test
+stops its workers in a finaliser.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import aio_pika
+import pika
+import pytest
+
+from bus.broker.management import ManagementClient
+from bus.celery_app import build_app
+from bus.celery_message import build_task_message, celery_route
+from bus.errors import PublishError
+from bus.provision import ProvidedBroker
+from bus.settings import BusSettings
+from bus.topology import LoadedTopology
+from bus.topology.expand import ExpandedTopology
+from consumers.tasks import ROUTES
+from tests.helpers import declare_with_pika
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+DEADLINE = 60.0
+
+
+def _wait_for(predicate: Callable[[], Any], what: str, deadline: float = DEADLINE) -> Any:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BUS_", "CELERY_"))}
+    # This machine runs tests as root; Celery's multi-line warning about it is not under test.
+    env["PYTHONWARNINGS"] = "ignore:You're running the worker with superuser privileges"
+    return env
+
+
+@dataclass
+class Worker:
+    """A worker subprocess in its own process group, with its output collected."""
+
+    argv: list[str]
+    env: dict[str, str]
+    process: subprocess.Popen[str] | None = None
+    lines: list[str] = field(default_factory=list)
+    _reader: threading.Thread | None = None
+
+    def start(self) -> Worker:
+        self.process = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        return self
+
+    def _read(self) -> None:
+        assert self.process is not None
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_ready(self) -> Worker:
+        def ready() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited early:\n{self.output}")
+            return any(line.endswith(" ready.") for line in self.lines)
+
+        _wait_for(ready, f"worker ready; output so far:\n{self.output}")
+        return self
+
+    def wait_exit(self, timeout: float = DEADLINE) -> int:
+        assert self.process is not None
+        code = self.process.wait(timeout)
+        if self._reader is not None:
+            self._reader.join(5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL the whole group: the main process and every pool child, no cleanup."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.wait_exit()
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.wait_exit(30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+@dataclass
+class CeleryVhost:
+    """A vhost with the topology declared and a worker user that cannot configure anything."""
+
+    vhost: str
+    admin_url: str
+    worker_url: str
+    management_url: str | None
+    topology: LoadedTopology
+    management: ManagementClient
+    tmp: Path
+    workers: list[Worker] = field(default_factory=list)
+
+    def env(self) -> dict[str, str]:
+        env = _clean_env()
+        env.update(BUS_AMQP_URL=self.worker_url, BUS_TOPOLOGY=str(self.topology.file))
+        if self.management_url:
+            env["BUS_MANAGEMENT_URL"] = self.management_url
+        return env
+
+    def worker(self, queues: str, *, pool: str = "threads", via: str = "bus") -> Worker:
+        if via == "bus":
+            argv = [str(BIN / "bus"), "worker", "-Q", queues, "--pool", pool, "-c", "2"]
+        else:
+            # Deliberately without --without-gossip/mingle/heartbeat: the app must keep them off.
+            argv = [str(BIN / "celery"), "-A", "consumers.tasks", "worker", "-Q", queues]
+            argv += [f"--pool={pool}", "-c", "2", "--loglevel=INFO"]
+        w = Worker(argv, self.env())
+        self.workers.append(w)
+        return w.start()
+
+    def app(self) -> Any:
+        settings = BusSettings(amqp_url=self.admin_url, management_url=self.management_url)
+        return build_app(self.topology.expanded, settings=settings, routes=ROUTES)
+
+    def records(self, path: Path) -> list[dict[str, Any]]:
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+    def get(self, queue: str) -> tuple[pika.spec.BasicProperties, bytes] | None:
+        connection = pika.BlockingConnection(pika.URLParameters(self.admin_url))
+        try:
+            method, props, body = connection.channel().basic_get(queue, auto_ack=True)
+        finally:
+            connection.close()
+        return None if method is None else (props, body)
+
+    def wait_get(self, queue: str) -> tuple[pika.spec.BasicProperties, bytes]:
+        result: tuple[pika.spec.BasicProperties, bytes] = _wait_for(
+            lambda: self.get(queue), f"a message in {queue}"
+        )
+        return result
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the broker holds for the vhost, minus counters and consumers."""
+        m, vh = self.management, self.vhost
+        definitions = m.definitions(vh)
+        definitions.pop("rabbit_version", None)
+        definitions.pop("rabbitmq_version", None)
+        q_keys = ("name", "type", "durable", "auto_delete", "exclusive", "arguments", "policy")
+        x_keys = ("name", "type", "durable", "auto_delete", "internal", "arguments")
+        queues = sorted(
+            ({k: q.get(k) for k in q_keys} for q in m.queues(vh)), key=lambda q: str(q["name"])
+        )
+        exchanges = sorted(
+            ({k: x.get(k) for k in x_keys} for x in m.exchanges(vh)), key=lambda x: str(x["name"])
+        )
+        bindings = sorted(m.bindings(vh), key=lambda b: json.dumps(b, sort_keys=True))
+        return {
+            "definitions": definitions,
+            "queues": queues,
+            "exchanges": exchanges,
+            "bindings": bindings,
+            "permissions": m.request("GET", f"/vhosts/{quote(vh, safe='')}/permissions"),
+        }
+
+
+def _user_url(url: str, user: str, password: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+@pytest.fixture
+def celery_vhost(
+    bus_broker: ProvidedBroker,
+    bus_vhost: str,
+    bus_vhost_url: str,
+    bus_management: ManagementClient,
+    bus_topology: LoadedTopology,
+    tmp_path: Path,
+) -> Iterator[CeleryVhost]:
+    declare_with_pika(bus_vhost_url, bus_topology.expanded)
+    user, password = f"bus-celery-{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
+    # The management tag lets the worker's pre-flight read its own vhost's queues over HTTP.
+    bus_management.create_user(user, password, tags="management")
+    bus_management.set_permissions(bus_vhost, user, configure="^$", write=".*", read=".*")
+    cv = CeleryVhost(
+        vhost=bus_vhost,
+        admin_url=bus_vhost_url,
+        worker_url=_user_url(bus_vhost_url, user, password),
+        management_url=bus_broker.management_url,
+        topology=bus_topology,
+        management=bus_management,
+        tmp=tmp_path,
+    )
+    try:
+        yield cv
+    finally:
+        for w in cv.workers:
+            w.stop()
+        bus_management.delete_user(user)
+
+
+def _publish_pika(url: str, exchange: str, routing_key: str, body: bytes, props: Any) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish(exchange, routing_key, body, props, mandatory=True)
+    finally:
+        connection.close()
+
+
+async def _publish_aio_pika(url: str, exchange: str, key: str, message: aio_pika.Message) -> None:
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        x = await channel.get_exchange(exchange, ensure=False)
+        await x.publish(message, routing_key=key, mandatory=True)
+    finally:
+        await connection.close()
+
+
+async def test_tasks_from_celery_aio_pika_and_pika_run_on_both_queues(
+    celery_vhost: CeleryVhost,
+) -> None:
+    cv = celery_vhost
+    cv.worker("email.send,reports.build", pool="prefork").wait_ready()
+    out = cv.tmp / "records.jsonl"
+    app = cv.app()
+    # send_task follows task_routes from the topology: record has no route -> default queue.
+    app.send_task("consumers.tasks.record", (str(out), "celery-send-task"))
+    app.signature("consumers.tasks.record", (str(out), "celery-apply-async")).apply_async(
+        queue="reports.build"
+    )
+    expanded = cv.topology.expanded
+    email, reports = celery_route(expanded, "email.send"), celery_route(expanded, "reports.build")
+    raw = build_task_message("consumers.tasks.record", [str(out), "aio-pika"])
+    await _publish_aio_pika(cv.admin_url, email.exchange, email.routing_key, raw.aio_pika_message())
+    raw = build_task_message("consumers.tasks.record", [str(out), "pika"])
+    _publish_pika(
+        cv.admin_url, reports.exchange, reports.routing_key, raw.body, raw.pika_properties()
+    )
+
+    records = _wait_for(lambda: len(cv.records(out)) >= 4 and cv.records(out), "4 task runs")
+    by_token = {r["token"]: r for r in records}
+    assert {t: r["routing_key"] for t, r in by_token.items()} == {
+        "celery-send-task": "email.send",
+        "celery-apply-async": "reports.build",
+        "aio-pika": "email.send",
+        "pika": "reports.build",
+    }
+    assert by_token["pika"]["task_id"] == raw.task_id
+
+
+def test_worker_leaves_every_broker_definition_unchanged(celery_vhost: CeleryVhost) -> None:
+    cv = celery_vhost
+    perms = cv.management.request("GET", f"/vhosts/{quote(cv.vhost, safe='')}/permissions")
+    worker_user = urlsplit(cv.worker_url).username
+    assert [p["configure"] for p in perms if p["user"] == worker_user] == ["^$"]
+    before = cv.snapshot()
+
+    w = cv.worker("email.send,reports.build", via="celery").wait_ready()
+    out = cv.tmp / "records.jsonl"
+    app = cv.app()
+    with pytest.raises(PublishError, match="countdown/eta is not supported"):
+        app.send_task("consumers.tasks.record", (str(out), "delayed"), countdown=2)
+    with pytest.raises(PublishError, match="countdown/eta is not supported"):
+        app.signature("consumers.tasks.send_email", ("a@example.org",)).apply_async(
+            eta=time.time() + 2
+        )
+    for queue in ("email.send", "reports.build"):
+        app.send_task("consumers.tasks.record", (str(out), queue), queue=queue)
+    app.send_task("consumers.tasks.send_email", ("a@example.org",))
+    _wait_for(lambda: len(cv.records(out)) >= 2, "2 task runs")
+    w.stop()
+
+    assert cv.snapshot() == before
+    assert {r["token"] for r in cv.records(out)} == {"email.send", "reports.build"}
+    for marker in ("ACCESS_REFUSED", "PRECONDITION_FAILED", "CRITICAL", "NOT_FOUND"):
+        assert marker not in w.output
+    # Nothing was left queued either: the refused delayed tasks were never published.
+    for queue in ("email.send", "reports.build", "email.send.dlq", "reports.build.dlq"):
+        assert cv.get(queue) is None
+
+
+def test_reject_and_failure_dead_letter(celery_vhost: CeleryVhost) -> None:
+    cv = celery_vhost
+    cv.worker("email.send,reports.build").wait_ready()
+    app = cv.app()
+    rejected = app.send_task("consumers.tasks.reject", ("not today",), queue="email.send")
+    failed = app.send_task("consumers.tasks.fail", ("broken",), queue="reports.build")
+
+    props, _ = cv.wait_get("email.send.dlq")
+    assert props.headers["id"] == rejected.id
+    assert props.headers["x-first-death-reason"] == "rejected"
+    assert props.headers["x-first-death-queue"] == "email.send"
+
+    props, _ = cv.wait_get("reports.build.dlq")
+    assert props.headers["id"] == failed.id
+    assert props.headers["x-first-death-reason"] == "rejected"
+    assert props.headers["x-first-death-queue"] == "reports.build"
+
+
+def test_sigkill_mid_task_runs_the_task_again(celery_vhost: CeleryVhost) -> None:
+    cv = celery_vhost
+    out = cv.tmp / "records.jsonl"
+    first = cv.worker("email.send", pool="prefork").wait_ready()
+    sent = cv.app().send_task("consumers.tasks.slow", (str(out), "slow", 3.0))
+    _wait_for(lambda: any(r.get("event") == "start" for r in cv.records(out)), "the task start")
+    first.kill()
+    assert not any(r.get("event") == "done" for r in cv.records(out))
+
+    cv.worker("email.send", pool="prefork").wait_ready()
+    _wait_for(lambda: any(r.get("event") == "done" for r in cv.records(out)), "the re-run")
+    runs = [r for r in cv.records(out) if r["task_id"] == sent.id]
+    assert [r["event"] for r in runs] == ["start", "start", "done"]
+
+
+@pytest.mark.parametrize("protocol", [2, 1])
+def test_pickled_task_is_never_executed_and_dead_letters(
+    celery_vhost: CeleryVhost, protocol: int
+) -> None:
+    """Protocol 2 (task in the headers) and protocol 1 (everything in the pickled body).
+
+    Celery rejects the first as an invalid task; the second fails while decoding, where plain
+    Celery acknowledges it away and TopologyConsumer rejects it instead.
+    """
+    cv = celery_vhost
+    w = cv.worker("reports.build").wait_ready()
+    out = cv.tmp / "records.jsonl"
+    route = celery_route(cv.topology.expanded, "reports.build")
+    raw = build_task_message("consumers.tasks.record", [str(out), "pickled"])
+    if protocol == 2:
+        body = pickle.dumps(([str(out), "pickled"], {}, {"callbacks": None}))
+        headers = raw.headers
+    else:
+        body = pickle.dumps(
+            {"task": "consumers.tasks.record", "id": raw.task_id, "args": [str(out), "pickled"]}
+        )
+        headers = {"proto1-id": raw.task_id}
+    props = replace(
+        raw,
+        headers=headers,
+        content_type="application/x-python-serialize",
+        content_encoding="binary",
+    )
+    _publish_pika(cv.admin_url, route.exchange, route.routing_key, body, props.pika_properties())
+    # A JSON task behind it: once it ran, the worker has dealt with the pickled one.
+    cv.app().send_task("consumers.tasks.record", (str(out), "json"), queue="reports.build")
+    _wait_for(lambda: cv.records(out), "the JSON task")
+
+    dead, dead_body = cv.wait_get("reports.build.dlq")
+    assert dead.correlation_id == raw.task_id
+    assert dead.content_type == "application/x-python-serialize"
+    assert dead.headers["x-first-death-reason"] == "rejected"
+    assert dead_body == body
+    assert [r["token"] for r in cv.records(out)] == ["json"]
+    assert "ContentDisallowed" in w.output or "untrusted content" in w.output
+
+
+def _drifted(expanded: ExpandedTopology) -> ExpandedTopology:
+    queues = dict(expanded.queues)
+    spec = queues["email.send"]
+    queues["email.send"] = replace(spec, arguments={**spec.arguments, "x-delivery-limit": 5})
+    return replace(expanded, queues=queues)
+
+
+@pytest.mark.parametrize("via", ["bus", "celery"])
+def test_drifted_queue_fails_worker_start_with_one_line(
+    via: str,
+    bus_broker: ProvidedBroker,
+    bus_vhost: str,
+    bus_vhost_url: str,
+    bus_topology: LoadedTopology,
+) -> None:
+    declare_with_pika(bus_vhost_url, _drifted(bus_topology.expanded))
+    env = _clean_env()
+    env.update(BUS_AMQP_URL=bus_vhost_url, BUS_TOPOLOGY=str(bus_topology.file))
+    if bus_broker.management_url:
+        env["BUS_MANAGEMENT_URL"] = bus_broker.management_url
+    if via == "bus":
+        argv = [str(BIN / "bus"), "worker", "-Q", "email.send,reports.build"]
+    else:
+        argv = [str(BIN / "celery"), "-A", "consumers.tasks", "worker", "-Q", "email.send"]
+    w = Worker(argv, env).start()
+    try:
+        code = w.wait_exit()
+    finally:
+        w.stop()
+    lines = [line for line in w.lines if line.strip()]
+    assert code != 0
+    assert len(lines) == 1, w.output
+    assert lines[0].startswith("error: Celery queue 'email.send'")
+    assert "x-delivery-limit: expected 3, broker has 5" in lines[0]
+
+
+def test_queue_not_marked_for_celery_is_refused(bus_topology: LoadedTopology) -> None:
+    env = _clean_env()
+    env["BUS_TOPOLOGY"] = str(bus_topology.file)
+    result = subprocess.run(
+        [str(BIN / "bus"), "worker", "-Q", "email.send,billing.orders"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"error: queue 'billing.orders' is not marked 'celery:' in {bus_topology.file}"
+    ]

@@ -1,0 +1,128 @@
+"""``Message``: a read-only view of one delivery, handed to handlers that ask for the raw message.
+
+It wraps the client's delivery without copying it: properties and headers are read on access,
+so building one per delivery costs one small object.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from aiormq.abc import DeliveredMessage
+
+__all__ = ["RETRY_COUNT_HEADER", "Message", "int_header"]
+
+RETRY_COUNT_HEADER = "x-retry-count"
+
+
+def int_header(headers: dict[str, Any] | None, name: str) -> int | None:
+    """A non-negative integer header, or None when absent or not a usable integer."""
+    if not headers:
+        return None
+    value = headers.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
+
+
+class Message:
+    """One delivery from ``queue``: body, AMQP properties and delivery information."""
+
+    __slots__ = ("_delivered", "queue")
+
+    def __init__(self, delivered: DeliveredMessage, queue: str) -> None:
+        self._delivered = delivered
+        self.queue = queue
+
+    @property
+    def body(self) -> bytes:
+        return self._delivered.body
+
+    def json(self) -> Any:
+        """The body decoded as JSON (raises ``ValueError`` when it is not JSON)."""
+        return json.loads(self._delivered.body)
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        return dict(self._delivered.header.properties.headers or {})
+
+    @property
+    def content_type(self) -> str | None:
+        return self._delivered.header.properties.content_type
+
+    @property
+    def content_encoding(self) -> str | None:
+        return self._delivered.header.properties.content_encoding
+
+    @property
+    def type(self) -> str | None:
+        """The AMQP ``type`` property: the event name."""
+        return self._delivered.header.properties.message_type
+
+    @property
+    def message_id(self) -> str | None:
+        return self._delivered.header.properties.message_id
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self._delivered.header.properties.correlation_id
+
+    @property
+    def app_id(self) -> str | None:
+        return self._delivered.header.properties.app_id
+
+    @property
+    def timestamp(self) -> datetime | None:
+        return self._delivered.header.properties.timestamp
+
+    @property
+    def delivery_mode(self) -> int | None:
+        return self._delivered.header.properties.delivery_mode
+
+    @property
+    def exchange(self) -> str:
+        return self._delivered.exchange or ""
+
+    @property
+    def routing_key(self) -> str:
+        return self._delivered.routing_key or ""
+
+    @property
+    def delivery_tag(self) -> int:
+        tag = self._delivered.delivery_tag
+        return tag if tag is not None else 0
+
+    @property
+    def redelivered(self) -> bool:
+        return bool(self._delivered.redelivered)
+
+    @property
+    def retry_count(self) -> int:
+        """How many times the runtime has sent this message through the retry ladder."""
+        return int_header(self._delivered.header.properties.headers, RETRY_COUNT_HEADER) or 0
+
+    @property
+    def delivery_count(self) -> int | None:
+        """Quorum queues' ``x-delivery-count`` (absent on the first delivery and on classic)."""
+        return int_header(self._delivered.header.properties.headers, "x-delivery-count")
+
+    @property
+    def death(self) -> list[dict[str, Any]]:
+        """The broker's ``x-death`` history (newest first), empty when never dead-lettered."""
+        value = (self._delivered.header.properties.headers or {}).get("x-death")
+        if not isinstance(value, list):
+            return []
+        return [dict(entry) for entry in value if isinstance(entry, dict)]
+
+    @property
+    def delivered(self) -> DeliveredMessage:
+        """The client's delivery object (aiormq), for what this view does not cover."""
+        return self._delivered
+
+    def __repr__(self) -> str:
+        return (
+            f"Message(queue={self.queue!r}, type={self.type!r}, message_id={self.message_id!r}, "
+            f"routing_key={self.routing_key!r}, delivery_tag={self.delivery_tag})"
+        )

@@ -1,0 +1,102 @@
+"""Helpers shared by the consumer integration tests (no tests here).
+
+Messages are published and read back with plain aio-pika / pika, never with the code under
+test, so the tests check the runtime against what the broker itself holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import pika
+
+from bus.topology import LoadedTopology, load_topology
+from tests.helpers import declare_with_pika
+
+__all__ = ["drain", "load_declared", "publish", "queue_depth", "wait_until"]
+
+
+def load_declared(url: str, tmp_path: Path, text: str | None = None) -> LoadedTopology:
+    """Load ``text`` (or the shipped topology.yaml) and declare it in the vhost of ``url``."""
+    path = None
+    if text is not None:
+        path = tmp_path / "topology.yaml"
+        path.write_text(text)
+    loaded = load_topology(path)
+    declare_with_pika(url, loaded.expanded)
+    return loaded
+
+
+async def publish(
+    url: str,
+    messages: list[dict[str, Any]],
+) -> list[str]:
+    """Publish with confirms; each dict holds exchange, routing_key, body and properties.
+
+    ``mandatory`` defaults to True (an unroutable message raises); pass False for messages
+    the test expects no queue to receive.
+
+    Returns the message ids (a uuid when the dict gives none).
+    """
+    ids: list[str] = []
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        for spec in messages:
+            spec = dict(spec)
+            exchange_name = spec.pop("exchange", "")
+            routing_key = spec.pop("routing_key", "")
+            mandatory = spec.pop("mandatory", True)
+            body = spec.pop("body")
+            spec.setdefault("message_id", str(uuid.uuid4()))
+            spec.setdefault("delivery_mode", aio_pika.DeliveryMode.PERSISTENT)
+            ids.append(spec["message_id"])
+            if isinstance(body, str):
+                body = body.encode()
+            exchange = (
+                channel.default_exchange
+                if exchange_name == ""
+                else await channel.get_exchange(exchange_name, ensure=False)
+            )
+            await exchange.publish(aio_pika.Message(body, **spec), routing_key, mandatory=mandatory)
+    finally:
+        await connection.close()
+    return ids
+
+
+def drain(url: str, queue: str) -> list[tuple[Any, Any, bytes]]:
+    """Every message of ``queue`` (method, properties, body), removed from the broker."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        found = []
+        while True:
+            method, properties, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return found
+            found.append((method, properties, body))
+    finally:
+        connection.close()
+
+
+def queue_depth(url: str, queue: str) -> tuple[int, int]:
+    """(ready messages, consumers) from a passive declare: exact, unlike management stats."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        ok = connection.channel().queue_declare(queue, passive=True)
+        return ok.method.message_count, ok.method.consumer_count
+    finally:
+        connection.close()
+
+
+async def wait_until(condition: Callable[[], bool], seconds: float = 20.0) -> None:
+    """Poll ``condition`` until true; fails the test with a TimeoutError otherwise."""
+    async with asyncio.timeout(seconds):
+        # Polling on purpose: most conditions read broker state, which sends no event.
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)

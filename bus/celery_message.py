@@ -42,6 +42,7 @@ __all__ = [
 CONTENT_TYPE = "application/json"
 CONTENT_ENCODING = "utf-8"
 
+_REPR_MAX = 1024
 _EMBED: dict[str, None] = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
@@ -140,8 +141,9 @@ def build_task_message(
         "eta": None,
         "expires": expires.isoformat() if expires is not None else None,
         "timelimit": [time_limit, soft_time_limit],
-        "argsrepr": repr(tuple(args)),
-        "kwargsrepr": repr(kw),
+        # Display only (Flower, logs); Celery caps them at 1024 characters too.
+        "argsrepr": repr(args)[:_REPR_MAX],
+        "kwargsrepr": repr(kw)[:_REPR_MAX],
         "origin": origin,
         "ignore_result": ignore_result,
     }

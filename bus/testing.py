@@ -10,6 +10,8 @@ Fixtures:
   with full permissions for the URL's user. ``bus_vhost_url`` is the AMQP URL pointing at it.
 - ``bus_topology``: the :class:`~bus.topology.LoadedTopology` of ``--bus-topology`` or of the
   ``@pytest.mark.bus_topology("path/to/topology.yaml")`` marker (default: ./topology.yaml).
+- ``bus_applied_vhost``: ``bus_vhost`` with ``bus_topology`` applied by ``bus apply``
+  (the apply re-plans and fails unless the vhost matches the topology exactly).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from bus.topology import LoadedTopology, load_topology
 
 __all__ = [
     "amqp_url",
+    "bus_applied_vhost",
     "bus_broker",
     "bus_management",
     "bus_topology",
@@ -110,3 +113,13 @@ def bus_topology(request: pytest.FixtureRequest) -> LoadedTopology:
     marker = request.node.get_closest_marker("bus_topology")
     path = marker.args[0] if marker and marker.args else request.config.getoption("--bus-topology")
     return load_topology(Path(path) if path else None)
+
+
+@pytest.fixture
+def bus_applied_vhost(
+    bus_broker: ProvidedBroker, bus_vhost: str, bus_topology: LoadedTopology
+) -> str:
+    from bus.broker.apply import apply
+
+    apply(bus_topology, _settings_for(bus_broker), vhost=bus_vhost)
+    return bus_vhost

@@ -445,3 +445,15 @@ def test_a_missing_vhost_the_topology_does_not_name_is_an_error(
         plan(load("version: 1\nqueues:\n  q: {}\n"), settings)
     assert caught.value.__class__.__name__ == "NotFoundError"
     assert bus_management.vhost(name) is None
+
+
+def test_bus_applied_vhost_fixture_holds_the_topology(
+    bus_applied_vhost: str,
+    bus_topology: LoadedTopology,
+    bus_management: ManagementClient,
+    amqp_url: str,
+) -> None:
+    queues = {q["name"] for q in bus_management.queues(bus_applied_vhost)}
+    assert queues == set(bus_topology.expanded.queues)
+    settings = settings_for(with_vhost(amqp_url, bus_applied_vhost), bus_management)
+    assert not plan(bus_topology, settings).has_changes

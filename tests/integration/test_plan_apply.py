@@ -432,6 +432,19 @@ def test_a_vhost_named_by_the_topology_is_created(
         assert queue is not None
         assert queue["type"] == "classic"
         assert not plan(load(text), settings).has_changes
+
+        # A queue declared elsewhere without a type takes the vhost default: it is quorum.
+        connection = connect(with_vhost(amqp_url, name))
+        try:
+            connection.channel().queue_declare("untyped", durable=True)
+        finally:
+            connection.close()
+        as_quorum = load(text + "  untyped: {type: quorum}\n")
+        assert not plan(as_quorum, settings).has_changes
+        as_classic = plan(load(text + "  untyped: {}\n"), settings)
+        assert [(i.name, i.differences[0].field) for i in as_classic.conflicts] == [
+            ("untyped", "type")
+        ]
     finally:
         bus_management.delete_vhost(name)
 
@@ -457,3 +470,20 @@ def test_bus_applied_vhost_fixture_holds_the_topology(
     assert queues == set(bus_topology.expanded.queues)
     settings = settings_for(with_vhost(amqp_url, bus_applied_vhost), bus_management)
     assert not plan(bus_topology, settings).has_changes
+
+
+@pytest.mark.usefixtures("env")
+def test_dry_run_changes_nothing_and_data_loss_needs_prune(
+    capsys: pytest.CaptureFixture[str], bus_management: ManagementClient, bus_vhost: str
+) -> None:
+    before = definitions(bus_management, bus_vhost)
+    code, out, err = run_cli(["apply", "-f", str(SHIPPED), "--dry-run"], capsys)
+    assert (code, err) == (0, "")
+    assert "+ create     queue billing.orders" in out
+    assert "Dry run: nothing was changed." in out
+    assert definitions(bus_management, bus_vhost) == before
+
+    code, _, err = run_cli(["apply", "-f", str(SHIPPED), "--allow-data-loss"], capsys)
+    assert code == 2
+    assert "--allow-data-loss only applies with --prune" in err
+    assert definitions(bus_management, bus_vhost) == before

@@ -9,6 +9,7 @@ from typing import Any
 import click
 import yaml
 
+from bus.asyncapi import asyncapi_document, dump_document
 from bus.errors import BusError, TopologyError
 from bus.graph import render
 from bus.topology import LoadedTopology, load_topology
@@ -60,6 +61,29 @@ def validate(file: Path | None, expanded: bool) -> None:
 def graph(file: Path | None, fmt: str) -> None:
     """Draw the topology: bindings, alternate and dead-letter edges."""
     click.echo(render(_load(file).expanded, fmt), nl=False)
+
+
+@cli.command()
+@_file_option
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write to FILE instead of stdout (JSON when FILE ends in .json, else YAML).",
+)
+def asyncapi(file: Path | None, output: Path | None) -> None:
+    """AsyncAPI 3.0 document of the exchanges, queues and events. Exit 0, 1 bad model, 2 invalid."""
+    as_json = output is not None and output.suffix.lower() == ".json"
+    text = dump_document(asyncapi_document(_load(file)), as_json=as_json)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
+    click.echo(f"wrote {output}", err=True)
 
 
 @cli.command("publish")

@@ -63,6 +63,22 @@ def graph(file: Path | None, fmt: str) -> None:
     click.echo(render(_load(file).expanded, fmt), nl=False)
 
 
+@cli.command("consume")
+@_file_option
+@click.option("--app", "app_path", required=True, metavar="MODULE:APP", help="consumers.demo:app")
+@click.option("--grace", type=float, default=None, help="Seconds for running handlers at shutdown.")
+@click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics here.")
+@click.argument("queues", nargs=-1)
+def consume_command(
+    file: Path | None, app_path: str, grace: float | None, metrics_port: int | None,
+    queues: tuple[str, ...],
+) -> None:  # fmt: skip
+    """Run a consumer app until SIGTERM/SIGINT (exit 0 on a clean shutdown)."""
+    from consumers.cli import run_app
+
+    run_app(app_path, file=file, queues=queues, grace=grace, metrics_port=metrics_port)
+
+
 @cli.command()
 @_file_option
 @click.option(

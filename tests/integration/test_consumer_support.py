@@ -7,6 +7,7 @@ test, so the tests check the runtime against what the broker itself holds.
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -16,9 +17,19 @@ import aio_pika
 import pika
 
 from bus.topology import LoadedTopology, load_topology
+from consumers import ConsumerApp, Message
+from producers.events import OrderCreated
 from tests.helpers import declare_with_pika
 
-__all__ = ["drain", "load_declared", "publish", "queue_depth", "wait_until"]
+__all__ = [
+    "drain",
+    "load_declared",
+    "publish",
+    "queue_depth",
+    "read_trace",
+    "slow_app",
+    "wait_until",
+]
 
 
 def load_declared(url: str, tmp_path: Path, text: str | None = None) -> LoadedTopology:
@@ -100,3 +111,34 @@ async def wait_until(condition: Callable[[], bool], seconds: float = 20.0) -> No
         # Polling on purpose: most conditions read broker state, which sends no event.
         while not condition():  # noqa: ASYNC110
             await asyncio.sleep(0.05)
+
+
+# -- an app for the subprocess tests:
+#    bus consume --app tests.integration.test_consumer_support:slow_app
+# Each handler call appends "started <id>" and, once its sleep is over, "finished <id>" to the
+# file named by $CONSUMER_TEST_LOG; the sleep is $CONSUMER_TEST_DELAY seconds.
+slow_app = ConsumerApp("slow")
+
+
+def _trace(line: str) -> None:
+    with open(os.environ["CONSUMER_TEST_LOG"], "a", encoding="utf-8") as log:
+        log.write(line + "\n")
+        log.flush()
+
+
+@slow_app.handler("slow.q", prefetch=50, concurrency=50)
+async def slow_handler(event: OrderCreated, message: Message) -> None:
+    _trace(f"started {message.message_id}")
+    await asyncio.sleep(float(os.environ.get("CONSUMER_TEST_DELAY", "1")))
+    _trace(f"finished {message.message_id}")
+
+
+def read_trace(path: Path) -> tuple[list[str], list[str]]:
+    """(started ids, finished ids) in the order written."""
+    started: list[str] = []
+    finished: list[str] = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            kind, _, message_id = line.partition(" ")
+            (started if kind == "started" else finished).append(message_id)
+    return started, finished

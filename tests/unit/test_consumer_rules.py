@@ -255,3 +255,23 @@ def test_prometheus_metrics_count_per_queue() -> None:
         value("bus_consumer_messages_dead_lettered_total", {"queue": "q", "reason": "schema"}) == 1
     )
     assert value("bus_consumer_handler_seconds_count", {"queue": "q"}) == 1
+
+
+@pytest.mark.parametrize(
+    ("app", "error"),
+    [
+        ("consumers.demo", "MODULE:APP"),
+        ("consumers.nope:app", "cannot import consumer app"),
+        ("consumers.demo:recorder", "not a consumers.ConsumerApp"),
+    ],
+)
+def test_bus_consume_refuses_a_bad_app_with_one_error_line(
+    app: str, error: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bus.cli import main
+
+    assert main(["consume", "--app", app]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    assert error in err
+    assert len(err.strip().splitlines()) == 1

@@ -11,10 +11,11 @@ Layout of the document:
   operation binding's ``cc`` (the binding's field for "the routing keys of the publish");
 - a ``receive`` operation per queue that at least one event reaches, listing those events.
 
-Which queues an event reaches is computed from the topology alone (no broker), by the small
-router below: direct, topic (``*``/``#``), fanout and headers exchanges, exchange-to-exchange
-bindings, alternate exchanges and the default exchange. Dead-lettering is not routing: dead-letter
-and retry queues carry the messages of the queue they belong to, but get no ``receive`` operation.
+Which queues an event reaches comes from :mod:`bus.routing` (the simulator behind
+``bus route``, checked against the broker): the event's exchange, routing key and contract
+headers, through exchange-to-exchange bindings and alternate exchanges. Dead-lettering is not
+routing: dead-letter and retry queues carry the messages of the queue they belong to, but get
+no ``receive`` operation.
 
 The function is pure and deterministic (sorted keys), so the output diffs cleanly in review.
 """
@@ -25,7 +26,6 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -35,18 +35,16 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from bus.contracts import import_model
 from bus.errors import ContractError
-from bus.topology.checks import BUILTIN_EXCHANGES
-from bus.topology.expand import BindingSpec, ExpandedTopology
+from bus.routing import Router
 from bus.topology.load import LoadedTopology
 
 __all__ = [
     "AMQP_BINDING_VERSION",
     "ASYNCAPI_VERSION",
     "DEFAULT_EXCHANGE_ID",
-    "Route",
     "asyncapi_document",
-    "route",
-    "topic_matches",
+    "dump_document",
+    "passes_through",
 ]
 
 ASYNCAPI_VERSION = "3.0.0"
@@ -61,117 +59,20 @@ _SCHEMA_MODE: JsonSchemaMode = "validation"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
-# ---------------------------------------------------------------------------------------------
-# Routing (a minimal simulator: no bus.routing module existed when this was written)
-
-
-@dataclass(frozen=True)
-class Route:
-    """Where one publish ends up: the queues reached and every exchange it passed through."""
-
-    queues: tuple[str, ...]
-    exchanges: tuple[str, ...]
-
-
-def topic_matches(pattern: str, key: str) -> bool:
-    """RabbitMQ topic matching: ``*`` is exactly one word, ``#`` zero or more."""
-    # RabbitMQ splits an empty key or pattern into no words at all, not one empty word.
-    words = key.split(".") if key else []
-    parts = pattern.split(".") if pattern else []
-    memo: dict[tuple[int, int], bool] = {}
-
-    def match(p: int, w: int) -> bool:
-        if (p, w) in memo:
-            return memo[(p, w)]
-        if p == len(parts):
-            result = w == len(words)
-        elif parts[p] == "#":
-            result = match(p + 1, w) or (w < len(words) and match(p, w + 1))
-        elif w < len(words) and parts[p] in ("*", words[w]):
-            result = match(p + 1, w + 1)
-        else:
-            result = False
-        memo[(p, w)] = result
-        return result
-
-    return match(0, 0)
-
-
-def _headers_match(arguments: Mapping[str, Any], headers: Mapping[str, Any]) -> bool:
-    mode = str(arguments.get("x-match", "all"))
-    with_x = mode.endswith("-with-x")
-    wanted = {
-        k: v for k, v in arguments.items() if k != "x-match" and (with_x or not k.startswith("x-"))
-    }
-    # A binding argument without a value (void) matches on the header's presence alone.
-    hits = [k in headers and (v is None or headers[k] == v) for k, v in wanted.items()]
-    if mode.startswith("any"):
-        return any(hits)
-    return all(hits)
-
-
-def _binding_matches(
-    kind: str, binding: BindingSpec, routing_key: str, headers: Mapping[str, Any]
-) -> bool:
-    if kind == "fanout":
-        return True
-    if kind == "direct":
-        return binding.routing_key == routing_key
-    if kind == "topic":
-        return topic_matches(binding.routing_key, routing_key)
-    if kind == "headers":
-        return _headers_match(binding.arguments, headers)
-    return False
-
-
-def _exchange_type(topology: ExpandedTopology, name: str) -> str:
-    if name == "":
-        return "default"
-    if name in topology.exchanges:
-        return topology.exchanges[name].type
-    return BUILTIN_EXCHANGES.get(name, "")
-
-
-def route(
-    topology: ExpandedTopology,
-    exchange: str,
-    routing_key: str,
-    headers: Mapping[str, Any] | None = None,
-) -> Route:
-    """The queues a message published to ``exchange`` with ``routing_key`` reaches."""
-    headers = headers or {}
-    queues: list[str] = []
-    seen: list[str] = []
-    pending = [exchange]
-    while pending:
-        name = pending.pop(0)
-        if name in seen:
-            continue  # exchange-to-exchange cycles deliver once, as on the broker
-        seen.append(name)
-        kind = _exchange_type(topology, name)
-        if kind == "default":
-            if routing_key in topology.queues and routing_key not in queues:
-                queues.append(routing_key)
-            continue
-        matched = [
-            b
-            for b in topology.bindings
-            if b.source == name and _binding_matches(kind, b, routing_key, headers)
-        ]
-        for b in matched:
-            if b.destination_type == "exchange":
-                pending.append(b.destination)
-            elif b.destination not in queues:
-                queues.append(b.destination)
-        spec = topology.exchanges.get(name)
-        # The broker uses the alternate exchange when this exchange's own bindings match nothing.
-        if not matched and spec is not None and spec.alternate_exchange is not None:
-            pending.append(spec.alternate_exchange)
-    return Route(tuple(queues), tuple(seen))
-
-
-# ---------------------------------------------------------------------------------------------
-# Document
+def passes_through(
+    router: Router, exchange: str, routing_key: str, headers: Mapping[str, Any]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(queues reached, exchanges the message passes through) for one publish, sorted."""
+    result = router.route(exchange, routing_key, headers)
+    exchanges = {exchange}
+    for hop in result.trace:
+        if (
+            hop.kind in ("binding", "alternate")
+            and hop.destination_type == "exchange"
+            and hop.destination in router.exchanges
+        ):
+            exchanges.add(hop.destination)
+    return tuple(sorted(result.queues)), tuple(sorted(exchanges))
 
 
 def _ident(name: str) -> str:
@@ -223,10 +124,12 @@ def _vhost(loaded: LoadedTopology) -> dict[str, str]:
     return {"vhost": vhost.name} if vhost is not None and vhost.name else {}
 
 
-def _exchange_channel(loaded: LoadedTopology, name: str, messages: list[str]) -> dict[str, Any]:
-    topology = loaded.expanded
-    spec = topology.exchanges.get(name)
-    kind = _exchange_type(topology, name)
+def _exchange_channel(
+    loaded: LoadedTopology, router: Router, name: str, messages: list[str]
+) -> dict[str, Any]:
+    spec = loaded.expanded.exchanges.get(name)
+    # AsyncAPI's AMQP binding has a type of its own for the default exchange.
+    kind = "default" if name == "" else router.exchange_type(name)
     channel: dict[str, Any] = {"address": name}
     declared = loaded.model.exchanges.get(name)
     if name == "":
@@ -237,7 +140,7 @@ def _exchange_channel(loaded: LoadedTopology, name: str, messages: list[str]) ->
         notes: list[str] = []
         if declared is not None and declared.description:
             notes.append(declared.description)
-        if spec is not None and spec.internal:
+        if router.is_internal(name):
             notes.append("Internal: fed only by exchange-to-exchange bindings.")
         if spec is not None and spec.alternate_exchange:
             notes.append(
@@ -330,15 +233,14 @@ def asyncapi_document(loaded: LoadedTopology) -> dict[str, Any]:
     models = {name: import_model(e.model) for name, e in events.items()}
     payloads, schemas = _schemas(models.values())
 
-    routes = {
-        name: route(topology, e.exchange, e.routing_key, e.headers) for name, e in events.items()
-    }
+    router = Router(topology)
     on_exchange: dict[str, list[str]] = {}
     on_queue: dict[str, list[str]] = {}
-    for name, r in routes.items():
-        for x in r.exchanges:
+    for name, e in events.items():
+        queues, exchanges = passes_through(router, e.exchange, e.routing_key, e.headers)
+        for x in exchanges:
             on_exchange.setdefault(x, []).append(_ident(name))
-        for q in r.queues:
+        for q in queues:
             on_queue.setdefault(q, []).append(_ident(name))
     reached = dict(on_queue)
     for spec in topology.queues.values():
@@ -353,7 +255,9 @@ def asyncapi_document(loaded: LoadedTopology) -> dict[str, Any]:
     )
     channels: dict[str, Any] = {}
     for x in exchange_names:
-        channels[_exchange_channel_id(x)] = _exchange_channel(loaded, x, on_exchange.get(x, []))
+        channels[_exchange_channel_id(x)] = _exchange_channel(
+            loaded, router, x, on_exchange.get(x, [])
+        )
     for q in topology.queues:
         channels[_queue_channel_id(q)] = _queue_channel(loaded, q, on_queue.get(q, []))
 

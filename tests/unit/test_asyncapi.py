@@ -14,13 +14,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from bus.asyncapi import (
-    DEFAULT_EXCHANGE_ID,
-    asyncapi_document,
-    dump_document,
-    route,
-    topic_matches,
-)
+from bus.asyncapi import DEFAULT_EXCHANGE_ID, asyncapi_document, dump_document
 from bus.cli import main
 from bus.contracts import import_model
 from bus.errors import ContractError
@@ -285,35 +279,7 @@ def test_unimportable_model_is_a_contract_error(tmp_path: Path) -> None:
         asyncapi_document(load_topology(path))
 
 
-# --- routing --------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("pattern", "key", "matches"),
-    [
-        ("order.*", "order.created", True),
-        ("order.*", "order", False),
-        ("order.*", "order.created.eu", False),
-        ("order.#", "order", True),
-        ("order.#", "order.created.eu", True),
-        ("#", "", True),
-        ("#", "a.b.c", True),
-        ("*", "", False),
-        ("*.created", "order.created", True),
-        ("#.created", "created", True),
-        ("#.created", "a.b.created", True),
-        ("a.#.z", "a.z", True),
-        ("a.#.z", "a.b.c.z", True),
-        ("a.#.z", "a.b.c", False),
-        ("a.*.#", "a", False),
-        ("Order.*", "order.created", False),
-        ("", "", True),
-        ("", "a", False),
-    ],
-)
-def test_topic_matches(pattern: str, key: str, matches: bool) -> None:
-    assert topic_matches(pattern, key) is matches
-
+# --- reachability (bus.routing semantics, seen through the document) -----------------------
 
 ROUTING = """\
 version: 1
@@ -327,35 +293,46 @@ queues:
   lost.q: {bindings: [{exchange: lost}]}
   all.q: {bindings: [{exchange: hdr, arguments: {x-match: all, kind: k, tier: gold}}]}
   any.q: {bindings: [{exchange: hdr, arguments: {x-match: any, kind: k, tier: gold}}]}
-  void.q: {bindings: [{exchange: hdr, arguments: {x-match: all, flag: null}}]}
   ring.q: {bindings: [{exchange: ring}]}
 exchange_bindings:
   - {source: main, destination: ring, routing_key: "b.#"}
   - {source: ring, destination: main}
+events:
 """
 
 
 @pytest.mark.parametrize(
-    ("exchange", "key", "headers", "queues"),
+    ("event", "queues", "exchanges"),
     [
-        ("main", "a.x", {}, ["topic.q"]),
-        ("main", "zzz", {}, ["lost.q"]),  # nothing matched: alternate exchange
-        # the e2e binding matched, so the alternate exchange is not used; the cycle back to
-        # main is visited once
-        ("main", "b.c", {}, ["ring.q"]),
-        ("hdr", "", {"kind": "k", "tier": "gold"}, ["all.q", "any.q"]),
-        ("hdr", "", {"kind": "k"}, ["any.q"]),
-        ("hdr", "", {"kind": "other"}, []),
-        ("hdr", "", {"flag": "anything"}, ["void.q"]),
-        ("", "topic.q", {}, ["topic.q"]),
-        ("", "no.such.queue", {}, []),
+        ("{exchange: main, routing_key: a.x}", ["topic.q"], ["main"]),
+        # nothing matched: the alternate exchange takes it
+        ("{exchange: main, routing_key: zzz}", ["lost.q"], ["lost", "main"]),
+        # the e2e binding matched, so no alternate exchange; the cycle back to main ends
+        ("{exchange: main, routing_key: b.c}", ["ring.q"], ["main", "ring"]),
+        ("{exchange: hdr, headers: {kind: k, tier: gold}}", ["all.q", "any.q"], ["hdr"]),
+        ("{exchange: hdr, headers: {kind: k}}", ["any.q"], ["hdr"]),
+        ("{exchange: hdr, headers: {kind: other}}", [], ["hdr"]),
     ],
 )
-def test_route(
-    tmp_path: Path, exchange: str, key: str, headers: dict[str, Any], queues: list[str]
+def test_receive_operations_and_channels_follow_the_routing(
+    tmp_path: Path, event: str, queues: list[str], exchanges: list[str]
 ) -> None:
-    expanded = load_topology(_topology(tmp_path, ROUTING)).expanded
-    assert sorted(route(expanded, exchange, key, headers).queues) == queues
+    text = ROUTING + f"  ev: {event[:-1]}, model: 'producers.events:CancelOrder'}}\n"
+    document = asyncapi_document(load_topology(_topology(tmp_path, text)))
+    receivers = sorted(
+        k.removeprefix("receive.")
+        for k, op in document["operations"].items()
+        if op["action"] == "receive"
+    )
+    assert receivers == queues
+    carrying = sorted(
+        k.removeprefix("exchange.")
+        for k, channel in document["channels"].items()
+        if k.startswith("exchange.") and "ev" in channel.get("messages", {})
+    )
+    assert carrying == exchanges
+    for queue in queues:
+        assert list(document["channels"][f"queue.{queue}"]["messages"]) == ["ev"]
 
 
 def test_default_exchange_event_gets_its_own_channel(tmp_path: Path) -> None:

@@ -55,5 +55,8 @@ def run_app(
     if metrics_port is not None:
         app.metrics = PrometheusMetrics()
         prometheus_client: Any = importlib.import_module("prometheus_client")
-        prometheus_client.start_http_server(metrics_port)
+        try:
+            prometheus_client.start_http_server(metrics_port)
+        except OSError as exc:
+            raise UsageError(f"cannot serve metrics on port {metrics_port}: {exc}") from None
     asyncio.run(app.run(BusSettings(), topology=topology, queues=queues or None, grace=grace))

@@ -580,9 +580,7 @@ class Runtime:
                     session.done(tag)
                     return
             elif self.metrics is not None:
-                started = time.perf_counter()
-                await spec.func(*args)
-                self.metrics.handler_seconds(consumer.queue, time.perf_counter() - started)
+                await self._timed(consumer, args)
             else:
                 await spec.func(*args)
         except InvalidMessageError as exc:
@@ -609,15 +607,24 @@ class Runtime:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._inflight[key] = done
         try:
-            started = time.perf_counter()
-            await consumer.spec.func(*args)
             if self.metrics is not None:
-                self.metrics.handler_seconds(consumer.queue, time.perf_counter() - started)
+                await self._timed(consumer, args)
+            else:
+                await consumer.spec.func(*args)
             await store.remember(key)
             return True
         finally:
             del self._inflight[key]
             done.set_result(None)
+
+    async def _timed(self, consumer: _QueueConsumer, args: tuple[Any, ...]) -> None:
+        """Run the handler and observe its duration, whether it returns or raises."""
+        started = time.perf_counter()
+        try:
+            await consumer.spec.func(*args)
+        finally:
+            if self.metrics is not None:
+                self.metrics.handler_seconds(consumer.queue, time.perf_counter() - started)
 
     # -- failures ---------------------------------------------------------------------------
     def _attempts(self, consumer: _QueueConsumer, message: Message) -> int:

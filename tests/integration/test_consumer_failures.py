@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -357,3 +358,69 @@ async def test_start_up_names_a_missing_queue_and_declares_nothing(
             pass
     with pytest.raises(Exception, match="NOT_FOUND"):
         queue_depth(bus_vhost_url, "work.q.retry.700ms")
+
+
+class RecordingMetrics:
+    """A ConsumerMetrics that keeps plain counters (no prometheus-client needed)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.seconds: list[float] = []
+
+    def consumed(self, queue: str) -> None:
+        self.counts[f"consumed {queue}"] += 1
+
+    def acked(self, queue: str, count: int) -> None:
+        self.counts[f"acked {queue}"] += count
+
+    def retried(self, queue: str) -> None:
+        self.counts[f"retried {queue}"] += 1
+
+    def dead_lettered(self, queue: str, reason: str) -> None:
+        self.counts[f"dead {queue} {reason}"] += 1
+
+    def requeued(self, queue: str) -> None:
+        self.counts[f"requeued {queue}"] += 1
+
+    def duplicate(self, queue: str) -> None:
+        self.counts[f"duplicate {queue}"] += 1
+
+    def handler_seconds(self, queue: str, seconds: float) -> None:
+        self.seconds.append(seconds)
+
+
+async def test_metrics_count_each_outcome(
+    topology: LoadedTopology, settings: BusSettings, bus_vhost_url: str
+) -> None:
+    metrics = RecordingMetrics()
+    app = ConsumerApp("test", metrics=metrics, backoff=Backoff(0.05, 0.2), grace=5)
+
+    @app.handler("work.c")
+    async def handle(event: OrderCreated, message: Message) -> None:
+        if message.message_id == "fails":
+            raise Boom("always")
+
+    async with app.serve(settings, topology=topology):
+        await publish(
+            bus_vhost_url,
+            [
+                created("work.c", message_id="ok-1"),
+                created("work.c", message_id="fails"),
+                created("work.c", message_id="bad", body=b"[]"),
+                created("work.c", message_id="ok-2"),
+            ],
+        )
+        # 2 ok + 3 deliveries of "fails" (two retries) + 1 bad = 6 deliveries, all acked.
+        await wait_until(lambda: metrics.counts["acked work.c"] >= 6)
+    assert metrics.counts == Counter(
+        {
+            "consumed work.c": 6,
+            "acked work.c": 6,
+            "retried work.c": 2,
+            "dead work.c handler": 1,
+            "dead work.c schema": 1,
+        }
+    )
+    # The handler ran for ok-1, ok-2 and three times for "fails"; "bad" never reached it.
+    assert len(metrics.seconds) == 5
+    assert queue_depth(bus_vhost_url, "work.c.dlq")[0] == 2

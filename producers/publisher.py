@@ -61,6 +61,9 @@ from producers._common import (
 
 __all__ = ["Publisher"]
 
+# How long to wait between attempts to open a channel while the connection is reconnecting.
+_REOPEN_PAUSE = 0.1
+
 
 class Publisher:
     """Confirmed publishing on one robust aio-pika connection.
@@ -322,11 +325,20 @@ class Publisher:
         return underlay
 
     async def _channel_for_publish(self) -> aiormq.Channel:
+        """The open publishing channel, or a new one once the connection is back.
+
+        Callers bound this with their deadline: while the robust connection reconnects,
+        opening a channel fails, and we try again until it is back or the deadline passes.
+        """
         async with self._reopen_lock:
-            underlay = self._underlay
-            if underlay is not None and not underlay.is_closed:
-                return underlay
-            return await self._open_channel()
+            while True:
+                underlay = self._underlay
+                if underlay is not None and not underlay.is_closed:
+                    return underlay
+                try:
+                    return await self._open_channel()
+                except (RuntimeError, aiormq.exceptions.AMQPError, ConnectionError):
+                    await asyncio.sleep(_REOPEN_PAUSE)
 
     def _properties(self, message: Resolved) -> Basic.Properties:
         second = int(time.time())
@@ -345,23 +357,48 @@ class Publisher:
             app_id=self.app_id,
         )
 
+    @staticmethod
+    async def _basic_publish(
+        underlay: aiormq.Channel,
+        message: Resolved,
+        properties: Basic.Properties,
+        seconds: float | None,
+    ) -> None:
+        # wait=False: the confirm is what we wait for; waiting for the socket drain as well
+        # would hold aiormq's channel lock across a loop iteration per message.
+        await underlay.basic_publish(
+            message.body,
+            exchange=message.exchange,
+            routing_key=message.routing_key,
+            properties=properties,
+            mandatory=True,
+            timeout=seconds,
+            wait=False,
+        )
+
     async def _send(self, message: Resolved, seconds: float) -> None:
-        underlay = self._underlay
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        properties = self._properties(message)
         try:
-            if underlay is None or underlay.is_closed:
-                async with asyncio.timeout(seconds):
+            underlay = self._underlay
+            if underlay is not None and not underlay.is_closed:
+                try:
+                    # The fast path: aiormq's own timeout covers the lock and the confirm.
+                    await self._basic_publish(underlay, message, properties, seconds)
+                    return
+                except aiormq.exceptions.ChannelInvalidStateError:
+                    pass  # refused before anything was written: safe to send again below
+            async with asyncio.timeout_at(deadline):
+                while True:
                     underlay = await self._channel_for_publish()
-            # wait=False: the confirm is what we wait for; waiting for the socket drain as
-            # well would hold aiormq's channel lock across a loop iteration per message.
-            await underlay.basic_publish(
-                message.body,
-                exchange=message.exchange,
-                routing_key=message.routing_key,
-                properties=self._properties(message),
-                mandatory=True,
-                timeout=seconds,
-                wait=False,
-            )
+                    try:
+                        await self._basic_publish(underlay, message, properties, None)
+                        return
+                    except aiormq.exceptions.ChannelInvalidStateError:
+                        # The channel closed while we queued for its lock (a channel error
+                        # of another publish, a lost connection): not sent, try a fresh one.
+                        continue
         except aiormq.exceptions.PublishError as exc:
             frame = exc.frame
             raise UnroutableError(

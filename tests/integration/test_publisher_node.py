@@ -1,22 +1,24 @@
-"""A memory alarm blocks publishing connections: publish raises at its deadline, never hangs.
+"""Publishing through node-wide faults: a memory alarm and connections cut by the broker.
 
-The alarm changes a whole node, so it is raised on a throwaway node of our own (never the
-shared broker), stopped by pid when the module is done.
+A blocked connection makes publish raise at its deadline, never hang; a cut connection fails
+only the messages in flight, and nothing confirmed is lost. These faults change a whole node,
+so they hit a throwaway node of our own (never the shared broker), stopped by pid afterwards.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 
 import pika
 import pytest
 
-from bus.errors import PublishTimeoutError
+from bus.errors import PublishError, PublishTimeoutError
 from bus.node import LocalNode, rabbitmq_installed
 from bus.settings import BusSettings
-from producers import Publisher, SyncPublisher
+from producers import Outgoing, Publisher, SyncPublisher
 
 pytestmark = pytest.mark.skipif(not rabbitmq_installed(), reason="needs the rabbitmq-server binary")
 
@@ -116,3 +118,52 @@ async def test_sync_publish_times_out_while_blocked_then_recovers(
     bodies = queue_bodies(node)
     assert bodies[0] == b'{"n":1}'
     assert bodies[-1] == b'{"n":3}'
+
+
+def wait_for_depth(node: LocalNode, minimum: int) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(node.amqp_url))
+    try:
+        channel = connection.channel()
+        deadline = time.monotonic() + HANG
+        while channel.queue_declare("blocked.q", passive=True).method.message_count < minimum:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"blocked.q never reached {minimum} messages")
+            time.sleep(0.02)
+    finally:
+        connection.close()
+
+
+async def test_async_cut_fails_only_messages_in_flight_and_loses_nothing(node: LocalNode) -> None:
+    queue_bodies(node)  # start empty
+    settings = BusSettings(amqp_url=node.amqp_url, connect_timeout=10)
+    window = 200
+    messages = [Outgoing("", "blocked.q", {"n": n}) for n in range(20_000)]
+    async with Publisher.connect(settings, window=window, confirm_timeout=30.0) as publisher:
+        stream = asyncio.create_task(publisher.publish_many(messages))
+        await asyncio.to_thread(wait_for_depth, node, 100)
+        await asyncio.to_thread(node.ctl, "close_all_connections", "publisher test cut")
+        async with asyncio.timeout(HANG):
+            results = await stream
+        failed = [r.error for r in results if not r.ok]
+        # Only what was written and unconfirmed when the connection died may fail; the rest
+        # waited for the robust connection to come back.
+        assert len(failed) <= window
+        assert all(isinstance(error, PublishError) for error in failed)
+        await publisher.publish("", "blocked.q", {"n": "after"})
+    received = [json.loads(body)["n"] for body in queue_bodies(node)]
+    confirmed = {n for n, r in enumerate(results) if r.ok}
+    assert confirmed <= set(received)  # nothing confirmed is lost
+    assert received[-1] == "after"
+
+
+def test_sync_cut_fails_at_most_the_next_publish(node: LocalNode) -> None:
+    queue_bodies(node)
+    settings = BusSettings(amqp_url=node.amqp_url, connect_timeout=10)
+    with SyncPublisher.connect(settings) as publisher:
+        publisher.publish("", "blocked.q", {"n": 0})
+        node.ctl("close_all_connections", "publisher test cut")
+        results = publisher.publish_many([Outgoing("", "blocked.q", {"n": n}) for n in (1, 2, 3)])
+    assert all(r.ok for r in results[1:])
+    assert results[0].ok or isinstance(results[0].error, PublishError)
+    received = [json.loads(body)["n"] for body in queue_bodies(node)]
+    assert {0, 2, 3} <= set(received)

@@ -13,8 +13,9 @@ from pydantic import BaseModel
 
 from bus.contracts import ContractRegistry
 from bus.errors import UsageError
+from bus.settings import BusSettings
 from bus.topology import FailurePolicy, RetryStep, load_topology
-from consumers import MemoryIdempotencyStore, Message, PrometheusMetrics
+from consumers import ConsumerApp, MemoryIdempotencyStore, Message, PrometheusMetrics, Runtime
 from consumers.decode import Decoder, InvalidMessageError
 from consumers.handlers import HandlerOptions, inspect_handler
 from consumers.policy import Backoff, DeadLetter, Reject, Requeue, Retry, decide
@@ -275,3 +276,48 @@ def test_bus_consume_refuses_a_bad_app_with_one_error_line(
     assert err.startswith("error: ")
     assert error in err
     assert len(err.strip().splitlines()) == 1
+
+
+class TestAppSelection:
+    """What a run consumes is checked before any connection is made."""
+
+    def app_with(self, *queues: str) -> ConsumerApp:
+        app = ConsumerApp("t")
+        for queue in queues:
+
+            @app.handler(queue)
+            async def handle(message: Message) -> None: ...
+
+        return app
+
+    def test_celery_queues_are_refused(self) -> None:
+        with pytest.raises(UsageError, match="served by Celery"):
+            Runtime(self.app_with("email.send"), BusSettings(), load_topology(None), None)
+
+    def test_generated_and_unknown_queues_are_refused(self) -> None:
+        for queue in ("billing.orders.dlq", "no.such.queue"):
+            with pytest.raises(UsageError, match="is not a queue of the topology"):
+                Runtime(self.app_with(queue), BusSettings(), load_topology(None), None)
+
+    def test_selected_queue_needs_a_handler(self) -> None:
+        app = self.app_with("audit.log")
+        with pytest.raises(UsageError, match=r"no handler for queue 'cache\.web'"):
+            Runtime(app, BusSettings(), load_topology(None), ["cache.web"])
+        runtime = Runtime(app, BusSettings(), load_topology(None), ["audit.log"])
+        assert [c.queue for c in runtime.consumers] == ["audit.log"]
+
+    def test_one_handler_per_queue(self) -> None:
+        with pytest.raises(ValueError, match="already has a handler"):
+            self.app_with("audit.log", "audit.log")
+
+    def test_demo_app_serves_every_non_celery_queue_of_the_topology(self) -> None:
+        from consumers.demo import app
+
+        topology = load_topology(None)
+        wanted = {
+            name
+            for name, queue in topology.expanded.queues.items()
+            if queue.role == "queue" and queue.celery_routing_key is None
+        }
+        assert set(app.handlers) == wanted
+        Runtime(app, BusSettings(), topology, None)

@@ -196,12 +196,17 @@ def celery_config(
     routes: Mapping[str, str] | None = None,
     default_queue: str | None = None,
     monitoring: bool = False,
+    prefetch_multiplier: int = 1,
 ) -> dict[str, Any]:
     """The Celery settings for the topology's Celery queues.
 
     ``routes`` maps task names (or glob patterns) to topology Celery queues; the exchange and
     routing key come from the topology. ``default_queue`` defaults to the first Celery queue.
+    ``prefetch_multiplier`` stays 1 unless tasks are short: one reserved task per process
+    keeps long tasks from holding others back, at a cost on tiny tasks (bench/celery.py).
     """
+    if prefetch_multiplier < 1:
+        raise UsageError("prefetch_multiplier must be at least 1")
     queues = celery_queues(topology)
     if not queues:
         raise UsageError("the topology marks no queue with 'celery:'")
@@ -246,7 +251,7 @@ def celery_config(
         # being acknowledged away. Time limits keep Celery's default (ack): a requeue there
         # would loop forever on a classic queue.
         "task_acks_on_failure": False,
-        "worker_prefetch_multiplier": 1,
+        "worker_prefetch_multiplier": prefetch_multiplier,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "worker_enable_remote_control": monitoring,
         "worker_send_task_events": monitoring,
@@ -289,6 +294,7 @@ def configure_app(
     routes: Mapping[str, str] | None = None,
     default_queue: str | None = None,
     monitoring: bool = False,
+    prefetch_multiplier: int = 1,
 ) -> Celery:
     """Configure an existing Celery app for the topology's Celery queues (now, not lazily)."""
     settings = settings or BusSettings()
@@ -300,6 +306,7 @@ def configure_app(
             routes=routes,
             default_queue=default_queue,
             monitoring=monitoring,
+            prefetch_multiplier=prefetch_multiplier,
         )
     )
     return app
@@ -312,6 +319,7 @@ def build_app(
     routes: Mapping[str, str] | None = None,
     default_queue: str | None = None,
     monitoring: bool = False,
+    prefetch_multiplier: int = 1,
     main: str = "amqp-bus",
 ) -> Celery:
     """A Celery app for the topology's Celery queues.
@@ -332,6 +340,7 @@ def build_app(
             routes=routes,
             default_queue=default_queue,
             monitoring=monitoring,
+            prefetch_multiplier=prefetch_multiplier,
         )
 
     app.add_defaults(lazy_config)

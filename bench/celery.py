@@ -1,0 +1,221 @@
+"""Celery worker throughput: our topology app vs plain Celery defaults, same run, interleaved.
+
+    .venv/bin/python -m bench.celery [--tasks 5000] [--rounds 3] [--pool prefork]
+
+Each case: fill the queue with N ``noop`` tasks (raw protocol-2 messages, persistent), start a
+worker with 2 processes (``--without-gossip --without-mingle --without-heartbeat``), and time
+first to last task completion; every completion appends a timestamp to a file (the same cost
+in both cases). Cases run in a fresh worker process, in an order shuffled per round; ratios
+are paired within a round. A dedicated vhost is created and deleted through the management
+API. Both apps use ``task_acks_late`` (as the baseline in performance-baseline.md does);
+ours adds everything of :mod:`bus.celery_app` (prefetch multiplier 1, pre-flight check,
+confirmed publishing, no delayed delivery) on a classic topology queue with a DLX, once with
+the recipe's prefetch multiplier 1 (``ours``) and once with Celery's default 4 (``ours_p4``),
+which isolates the cost of the layer from the cost of the prefetch choice. Plain Celery keeps
+its defaults on an equivalent classic queue that it declares itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pika
+from celery import Celery
+
+from bus.broker.management import ManagementClient
+from bus.celery_app import build_app, worker_argv
+from bus.celery_message import build_task_message, celery_route
+from bus.settings import BusSettings, with_vhost
+from bus.topology import ExpandedTopology, parse_topology
+
+TOPOLOGY = """
+version: 1
+exchanges:
+  tasks: {type: topic}
+queues:
+  bench.ours:
+    dead_letter: true
+    celery: true
+    bindings: [{exchange: tasks, routing_key: bench.ours}]
+"""
+PLAIN_QUEUE = "bench.plain"
+TASK = "bench.celery.noop"
+CASES = ("ours", "ours_p4", "plain")
+
+
+def _out_fd() -> int | None:
+    path = os.environ.get("BENCH_CELERY_OUT")
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT) if path else None
+
+
+def _ours(prefetch_multiplier: int) -> Celery:
+    url = os.environ.get("BENCH_CELERY_URL", "amqp://guest:guest@localhost:5672/")
+    return build_app(
+        parse_topology(TOPOLOGY, "bench-celery.yaml"),
+        settings=BusSettings(amqp_url=url),
+        prefetch_multiplier=prefetch_multiplier,
+    )
+
+
+def _plain() -> Celery:
+    app = Celery("plain")
+    app.conf.update(
+        broker_url=os.environ.get("BENCH_CELERY_URL", "amqp://guest:guest@localhost:5672/"),
+        task_default_queue=PLAIN_QUEUE,
+        task_acks_late=True,
+    )
+    return app
+
+
+# The worker processes import this module: ``celery -A bench.celery:ours_app worker``.
+ours_app = _ours(1)
+ours_p4_app = _ours(4)
+plain_app = _plain()
+_fd: list[int | None] = []
+
+
+def _noop() -> None:
+    if not _fd:
+        _fd.append(_out_fd())
+    fd = _fd[0]
+    if fd is not None:
+        os.write(fd, f"{time.time():.6f}\n".encode())
+
+
+for _app in (ours_app, ours_p4_app, plain_app):
+    _app.task(name=TASK)(_noop)
+
+
+def _declare(url: str, topology: ExpandedTopology) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        for x in topology.exchanges.values():
+            channel.exchange_declare(x.name, x.type, durable=x.durable, arguments=x.arguments)
+        for q in topology.queues.values():
+            channel.queue_declare(q.name, durable=q.durable, arguments=q.arguments)
+        for b in topology.bindings:
+            channel.queue_bind(b.destination, b.source, b.routing_key, b.arguments or None)
+        # What plain Celery declares for its default queue, so it can be filled beforehand.
+        channel.exchange_declare(PLAIN_QUEUE, "direct", durable=True)
+        channel.queue_declare(PLAIN_QUEUE, durable=True)
+        channel.queue_bind(PLAIN_QUEUE, PLAIN_QUEUE, PLAIN_QUEUE)
+    finally:
+        connection.close()
+
+
+def _fill(url: str, exchange: str, key: str, queue: str, n: int) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        channel.queue_purge(queue)
+        for _ in range(n):
+            msg = build_task_message(TASK)
+            channel.basic_publish(exchange, key, msg.body, msg.pika_properties())
+        while channel.queue_declare(queue, passive=True).method.message_count < n:
+            time.sleep(0.05)
+    finally:
+        connection.close()
+
+
+def _run_case(case: str, url: str, n: int, pool: str, out: Path, ours_key: str) -> float:
+    if case.startswith("ours"):
+        _fill(url, "tasks", ours_key, "bench.ours", n)
+        queue = "bench.ours"
+    else:
+        _fill(url, PLAIN_QUEUE, PLAIN_QUEUE, PLAIN_QUEUE, n)
+        queue = PLAIN_QUEUE
+    out.write_text("")
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        f"bench.celery:{case}_app",
+        *worker_argv([queue], concurrency=2, pool=pool, loglevel="WARNING"),
+    ]
+    env = dict(os.environ, BENCH_CELERY_URL=url, BENCH_CELERY_OUT=str(out))
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{case} worker exited: {proc.stderr and proc.stderr.read()!r}")
+            if out.stat().st_size and out.read_text().count("\n") >= n:
+                break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError(f"{case}: not all {n} tasks ran within 120 s")
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        if proc.stderr is not None:
+            proc.stderr.close()
+    stamps = sorted(float(line) for line in out.read_text().split())
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+
+def _summary(values: list[float]) -> str:
+    return f"{statistics.median(values):,.0f} [{min(values):,.0f}-{max(values):,.0f}]"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--tasks", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pool", choices=["prefork", "threads"], default="prefork")
+    args = parser.parse_args(argv)
+
+    settings = BusSettings()
+    vhost = f"bus-bench-celery-{uuid.uuid4().hex[:8]}"
+    url = with_vhost(settings.amqp_url, vhost)
+    user, _ = settings.credentials()
+    topology = parse_topology(TOPOLOGY, "bench-celery.yaml").expanded
+    ours_key = celery_route(topology, "bench.ours").routing_key
+    out = Path(f"/tmp/{vhost}.stamps")
+    rates: dict[str, list[float]] = {c: [] for c in CASES}
+    ratios: dict[str, list[float]] = {"ours": [], "ours_p4": []}
+    with ManagementClient.from_settings(settings) as management:
+        management.create_vhost(vhost, description="bench/celery.py (safe to delete)")
+        try:
+            management.set_permissions(vhost, user)
+            _declare(url, topology)
+            for r in range(1, args.rounds + 1):
+                order = list(CASES)
+                random.shuffle(order)
+                this: dict[str, float] = {}
+                for case in order:
+                    this[case] = _run_case(case, url, args.tasks, args.pool, out, ours_key)
+                    rates[case].append(this[case])
+                for case in ratios:
+                    ratios[case].append(this[case] / this["plain"])
+                rounds = ", ".join(f"{c} {this[c]:,.0f}/s" for c in order)
+                print(f"round {r}: {rounds}", flush=True)
+        finally:
+            management.delete_vhost(vhost)
+            out.unlink(missing_ok=True)
+    print(
+        f"\nCelery worker, {args.tasks} noop tasks, acks_late, {args.pool} x2, "
+        f"{args.rounds} interleaved rounds (tasks/s, median [min-max])"
+    )
+    print(f"  ours    (topology queue, prefetch multiplier 1): {_summary(rates['ours'])}")
+    print(f"  ours_p4 (topology queue, prefetch multiplier 4): {_summary(rates['ours_p4'])}")
+    print(f"  plain   (Celery defaults, multiplier 4):         {_summary(rates['plain'])}")
+    for case, values in ratios.items():
+        print(
+            f"  ratio {case}/plain (paired per round): {statistics.median(values):.2f} "
+            f"[{min(values):.2f}-{max(values):.2f}]  goal >= 0.95"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

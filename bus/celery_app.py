@@ -459,10 +459,12 @@ def _check_with_management(management: ManagementClient, vhost: str, queue: Komb
 
 def _check_passively(app: Celery, selected: list[KombuQueue], settings: BusSettings) -> None:
     errors = _connection_errors(app)
+    current = ""
     try:
         with app.connection_for_read() as connection:
             connection.ensure_connection(max_retries=1)
             for queue in selected:
+                current = queue.name
                 channel = connection.channel()
                 try:
                     channel.exchange_declare(queue.exchange.name, queue.exchange.type, passive=True)
@@ -471,10 +473,10 @@ def _check_passively(app: Celery, selected: list[KombuQueue], settings: BusSetti
                     if channel.is_open:
                         channel.close()
     except errors as exc:
-        text = str(exc)
+        text = " ".join(str(exc).split())
         if "NOT_FOUND" in text or "404" in text:
             raise NotFoundError(
-                f"{text} (vhost {settings.vhost!r}): run `bus apply` first"
+                f"Celery queue {current!r}: {text}: run `bus apply` first"
             ) from None
         raise BrokerUnavailableError(
             f"pre-flight check against {mask_url(settings.amqp_url)} failed: {text}"

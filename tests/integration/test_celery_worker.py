@@ -27,9 +27,9 @@ import pika
 import pytest
 
 from bus.broker.management import ManagementClient
-from bus.celery_app import build_app
+from bus.celery_app import build_app, preflight
 from bus.celery_message import build_task_message, celery_route
-from bus.errors import PublishError
+from bus.errors import NotFoundError, PublishError
 from bus.provision import ProvidedBroker
 from bus.settings import BusSettings
 from bus.topology import LoadedTopology
@@ -460,3 +460,17 @@ def test_queue_not_marked_for_celery_is_refused(bus_topology: LoadedTopology) ->
     assert result.stderr.splitlines() == [
         f"error: queue 'billing.orders' is not marked 'celery:' in {bus_topology.file}"
     ]
+
+
+def test_preflight_without_management_api_still_checks_existence(
+    bus_vhost_url: str, bus_topology: LoadedTopology, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Port 9 has no management API: the check falls back to passive declares over AMQP.
+    settings = BusSettings(amqp_url=bus_vhost_url, management_url="http://127.0.0.1:9")
+    app = build_app(bus_topology.expanded, settings=settings)
+    with pytest.raises(NotFoundError, match=r"email\.send"):
+        preflight(app, ["email.send"])
+    declare_with_pika(bus_vhost_url, bus_topology.expanded)
+    with caplog.at_level("WARNING", logger="bus.celery_app"):
+        preflight(app, ["email.send", "reports.build"])
+    assert "NOT their arguments" in caplog.text

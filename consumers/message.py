@@ -105,7 +105,7 @@ class Message:
 
     @property
     def delivery_count(self) -> int | None:
-        """Quorum queues' ``x-delivery-count`` (absent on the first delivery and on classic)."""
+        """Quorum queues' ``x-delivery-count`` (0 on the first delivery); None on classic queues."""
         return int_header(self._delivered.header.properties.headers, "x-delivery-count")
 
     @property

@@ -9,15 +9,17 @@ from __future__ import annotations
 import json
 import sys
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
+from bus.celery_message import build_task_message, celery_route
 from bus.contracts import Contract, ContractRegistry
-from bus.errors import ContractError, MessageTooLargeError
+from bus.errors import ContractError, MessageTooLargeError, UsageError
 from bus.topology import ExpandedTopology, LoadedTopology
 
 __all__ = [
@@ -120,6 +122,8 @@ class Resolved:
     message_id: str
     correlation_id: str
     persistent: bool
+    content_encoding: str | None = None
+    reply_to: str | None = None
 
 
 class Resolver:
@@ -129,6 +133,7 @@ class Resolver:
         if max_message_size <= 0:
             raise ValueError("max_message_size must be positive")
         expanded = topology.expanded if isinstance(topology, LoadedTopology) else topology
+        self.expanded = expanded
         self.contracts = ContractRegistry(expanded.events if expanded is not None else {})
         self.max_message_size = max_message_size
         self._by_type: dict[type[BaseModel], Contract] = {}
@@ -205,6 +210,49 @@ class Resolver:
             message_id,
             correlation_id,
             persistent,
+        )
+
+    def task(
+        self,
+        queue: str,
+        task: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any] | None,
+        *,
+        task_id: str | None,
+        origin: str,
+        ignore_result: bool,
+        reply_to: str | None,
+        expires: datetime | None,
+    ) -> Resolved:
+        """A Celery protocol-2 task message for a topology queue marked ``celery:``."""
+        if self.expanded is None:
+            raise UsageError("send_task needs the topology (to find the Celery queue's route)")
+        route = celery_route(self.expanded, queue)
+        message = build_task_message(
+            task,
+            args,
+            kwargs,
+            task_id=task_id,
+            origin=origin,
+            ignore_result=ignore_result,
+            reply_to=reply_to,
+            expires=expires,
+        )
+        check_size(message.body, self.max_message_size, route.exchange, route.routing_key)
+        # Celery reads the task id from correlation_id; message_id carries it too so the
+        # id a caller logs is the one it sees on the wire.
+        return Resolved(
+            route.exchange,
+            route.routing_key,
+            message.body,
+            None,
+            message.headers,
+            message.task_id,
+            message.task_id,
+            True,
+            content_encoding=message.content_encoding,
+            reply_to=message.reply_to,
         )
 
     def item(self, item: Outgoing | BaseModel) -> Resolved:

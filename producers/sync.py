@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Any, overload
 
@@ -238,6 +239,34 @@ class SyncPublisher:
         self._send(message, self.confirm_timeout if confirm_timeout is None else confirm_timeout)
         return message.message_id
 
+    def send_task(
+        self,
+        queue: str,
+        task: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        task_id: str | None = None,
+        ignore_result: bool = True,
+        reply_to: str | None = None,
+        expires: datetime | None = None,
+        confirm_timeout: float | None = None,
+    ) -> str:
+        """Enqueue a Celery task on a topology queue as plain AMQP; returns the task id."""
+        message = self.resolver.task(
+            queue,
+            task,
+            args,
+            kwargs,
+            task_id=task_id,
+            origin=self.app_id,
+            ignore_result=ignore_result,
+            reply_to=reply_to,
+            expires=expires,
+        )
+        self._send(message, self.confirm_timeout if confirm_timeout is None else confirm_timeout)
+        return message.message_id
+
     def publish_many(
         self,
         messages: Iterable[Outgoing | BaseModel],
@@ -295,6 +324,8 @@ class SyncPublisher:
             timestamp=int(time.time()),
             type=message.event_type,
             app_id=self.app_id,
+            content_encoding=message.content_encoding,
+            reply_to=message.reply_to,
         )
 
     def _send(self, message: Resolved, seconds: float) -> None:

@@ -29,7 +29,7 @@ import pytest
 from bus.broker.management import ManagementClient
 from bus.celery_app import build_app, preflight
 from bus.celery_message import build_task_message, celery_route
-from bus.errors import NotFoundError, PublishError
+from bus.errors import NotFoundError, PublishError, UsageError
 from bus.provision import ProvidedBroker
 from bus.settings import BusSettings
 from bus.topology import LoadedTopology
@@ -474,3 +474,30 @@ def test_preflight_without_management_api_still_checks_existence(
     with caplog.at_level("WARNING", logger="bus.celery_app"):
         preflight(app, ["email.send", "reports.build"])
     assert "NOT their arguments" in caplog.text
+
+
+async def test_send_task_from_both_publishers_runs_on_the_worker(celery_vhost: CeleryVhost) -> None:
+    from producers import Publisher, SyncPublisher
+
+    cv = celery_vhost
+    cv.worker("email.send,reports.build").wait_ready()
+    out = cv.tmp / "records.jsonl"
+    settings = BusSettings(amqp_url=cv.admin_url)
+    async with Publisher.connect(settings, cv.topology) as publisher:
+        async_id = await publisher.send_task(
+            "email.send", "consumers.tasks.record", [str(out), "async-publisher"]
+        )
+    with SyncPublisher.connect(settings, cv.topology) as sync_publisher:
+        sync_id = sync_publisher.send_task(
+            "reports.build", "consumers.tasks.record", [str(out), "sync-publisher"]
+        )
+        with pytest.raises(UsageError, match=r"analytics\.all"):
+            sync_publisher.send_task("analytics.all", "consumers.tasks.record", [str(out), "x"])
+
+    records = _wait_for(lambda: len(cv.records(out)) >= 2 and cv.records(out), "2 task runs")
+    by_token = {r["token"]: r for r in records}
+    assert by_token["async-publisher"]["routing_key"] == "email.send"
+    assert by_token["async-publisher"]["task_id"] == async_id
+    assert by_token["sync-publisher"]["routing_key"] == "reports.build"
+    assert by_token["sync-publisher"]["task_id"] == sync_id
+    assert "x" not in by_token

@@ -63,6 +63,58 @@ def graph(file: Path | None, fmt: str) -> None:
     click.echo(render(_load(file).expanded, fmt), nl=False)
 
 
+@cli.command()
+@_file_option
+@click.option("-e", "--exchange", required=True, help='Exchange ("" = the default exchange).')
+@click.option("-k", "--key", "routing_key", default="", help="Routing key.")
+@click.option(
+    "-H",
+    "--header",
+    "headers",
+    multiple=True,
+    metavar="NAME[:TYPE]=VALUE",
+    help="Header; TYPE is str (default), int, bool, null or json: the broker compares types.",
+)
+@click.option("--trace", is_flag=True, help="Print the path through exchanges (to stderr).")
+@click.option(
+    "--on",
+    type=click.Choice(["reject", "expire"]),
+    default=None,
+    help="Print where the copies go when rejected / expired in each queue reached.",
+)
+def route(
+    file: Path | None,
+    exchange: str,
+    routing_key: str,
+    headers: tuple[str, ...],
+    trace: bool,
+    on: str | None,
+) -> None:
+    """Simulate a publish: the queues reached, one per line (no broker). Exit 0, 2."""
+    from bus.routing import DeadLetterReason, Router, parse_header_option
+
+    table = dict(parse_header_option(h) for h in headers)
+    reason: DeadLetterReason | None = "reject" if on == "reject" else "expire" if on else None
+    result = Router(_load(file).expanded).route(exchange, routing_key, table or None, on=reason)
+    if trace:
+        for line in result.describe_trace():
+            click.echo(line, err=True)
+    for queue in sorted(result.dead_letter_queues if on else result.queues):
+        click.echo(queue)
+
+
+@cli.command()
+@_file_option
+def check(file: Path | None) -> int:
+    """Reachability lint: exit 1 on errors, 0 with warnings only, 2 when invalid."""
+    from bus.lint import exit_code, lint
+
+    findings = lint(_load(file))
+    for finding in findings:
+        click.echo(str(finding))
+    return exit_code(findings)
+
+
 @cli.command("consume")
 @_file_option
 @click.option("--app", "app_path", required=True, metavar="MODULE:APP", help="consumers.demo:app")

@@ -52,6 +52,7 @@ __all__ = [
     "Route",
     "Router",
     "header_term",
+    "headers_binding_matches_everything",
     "headers_binding_matches_something",
     "parse_header_option",
     "topic_matches",
@@ -217,6 +218,12 @@ def headers_binding_matches_something(arguments: Mapping[str, Any]) -> bool:
     """False for headers bindings no message can match (``any`` with nothing to compare)."""
     is_any, items = _compile_headers(arguments)
     return not (is_any and not items)
+
+
+def headers_binding_matches_everything(arguments: Mapping[str, Any]) -> bool:
+    """True for headers bindings every message matches (all, nothing to compare)."""
+    is_any, items = _compile_headers(arguments)
+    return not is_any and not items
 
 
 def _headers_match(binding: _HeadersBinding, headers: Mapping[str, Hashable]) -> bool:

@@ -109,6 +109,8 @@ class Route:
     queues: frozenset[str]
     trace: tuple[Hop, ...]
     dead_letters: Mapping[str, Route] = field(default_factory=dict)
+    # The headers the exchanges saw (BCC removed; x-death and friends on a dead letter).
+    headers: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def routing_key(self) -> str:
@@ -499,6 +501,7 @@ class Router:
             route.queues,
             route.trace,
             {q: r for q, r in dead.items() if r is not None},
+            route.headers,
         )
 
     def _route(self, exchange: str, keys: tuple[str, ...], headers: Mapping[str, Any]) -> Route:
@@ -512,11 +515,11 @@ class Router:
                     trace.append(Hop("default", "", key, "queue", "queue named by the key"))
             if not queues:
                 trace.append(Hop("unrouted", "", "", "", "no queue has that name"))
-            return Route(exchange, keys, frozenset(queues), tuple(trace))
+            return Route(exchange, keys, frozenset(queues), tuple(trace), {}, headers)
         first = self._exchanges.get(exchange)
         if first is None:
             trace.append(Hop("unrouted", exchange, "", "", "exchange does not exist: dropped"))
-            return Route(exchange, keys, frozenset(), tuple(trace))
+            return Route(exchange, keys, frozenset(), tuple(trace), {}, headers)
         terms: dict[str, Hashable] | None = None
         work: deque[_Exchange] = deque([first])
         seen = {exchange}
@@ -549,7 +552,23 @@ class Router:
                 else:
                     queues.add(dest.name)
                 trace.append(Hop("binding", x.name, dest.name, kind, dest.label))
-        return Route(exchange, keys, frozenset(queues), tuple(trace))
+        return Route(exchange, keys, frozenset(queues), tuple(trace), {}, headers)
+
+    def dead_letter(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str,
+        headers: Mapping[str, Any] | None,
+        on: DeadLetterReason,
+    ) -> Route | None:
+        """Where a message in ``queue`` (published to ``exchange`` with ``routing_key`` and
+        ``headers``) goes when rejected or expired; None when ``queue`` has no DLX."""
+        if queue not in self.queues:
+            raise RoutingError(f"unknown queue {queue!r}")
+        keys, visible = _split_headers(routing_key, headers)
+        origin = Route(exchange, keys, frozenset({queue}), ())
+        return self._dead_letter(origin, queue, visible, on)
 
     def _dead_letter(
         self, route: Route, queue: str, headers: Mapping[str, Any], on: DeadLetterReason
@@ -588,7 +607,7 @@ class Router:
             trace.append(
                 Hop("unrouted", dlx, queue, "queue", f"cycle back to {queue}: the broker drops it")
             )
-        return Route(dlx, keys, queues, tuple(trace))
+        return Route(dlx, keys, queues, tuple(trace), {}, inner.headers)
 
     def queues_for(
         self, exchange: str, routing_key: str = "", headers: Mapping[str, Any] | None = None

@@ -10,6 +10,8 @@ Fixtures:
   with full permissions for the URL's user. ``bus_vhost_url`` is the AMQP URL pointing at it.
 - ``bus_topology``: the :class:`~bus.topology.LoadedTopology` of ``--bus-topology`` or of the
   ``@pytest.mark.bus_topology("path/to/topology.yaml")`` marker (default: ./topology.yaml).
+- ``fake_bus``: a :class:`~bus.fake.FakeBus` on ``bus_topology``: publish without a broker
+  and see what each queue would receive.
 - ``bus_applied_vhost``: ``bus_vhost`` with ``bus_topology`` applied by ``bus apply``
   (the apply re-plans and fails unless the vhost matches the topology exactly).
 """
@@ -24,11 +26,13 @@ import pytest
 
 from bus.broker.management import ManagementClient
 from bus.errors import BusError
+from bus.fake import FakeBus
 from bus.provision import ProvidedBroker, provide_broker
 from bus.settings import BusSettings, with_vhost
 from bus.topology import LoadedTopology, load_topology
 
 __all__ = [
+    "FakeBus",
     "amqp_url",
     "bus_applied_vhost",
     "bus_broker",
@@ -36,6 +40,7 @@ __all__ = [
     "bus_topology",
     "bus_vhost",
     "bus_vhost_url",
+    "fake_bus",
     "make_vhost",
 ]
 
@@ -123,3 +128,8 @@ def bus_applied_vhost(
 
     apply(bus_topology, _settings_for(bus_broker), vhost=bus_vhost)
     return bus_vhost
+
+
+@pytest.fixture
+def fake_bus(bus_topology: LoadedTopology) -> FakeBus:
+    return FakeBus(bus_topology)

@@ -1,0 +1,259 @@
+"""In-memory test double of the bus, on the routing simulator: no broker needed.
+
+Code under test publishes to a :class:`FakeBus` exactly as to the real publisher
+(``publish(event)`` or ``publish(exchange, routing_key, body)``; ``fake.aio`` for async code)
+and the test looks at what each queue would hold::
+
+    fake = FakeBus(load_topology())
+    fake.publish(OrderCreated(order_id="o-1"))
+    assert fake.events("billing.orders") == [OrderCreated(order_id="o-1")]
+    fake.reject("billing.orders")               # dead-letters as the broker would
+    assert fake.bodies("billing.orders.dlq") == [b'{"order_id":"o-1"}']
+
+Routing is the simulator's (proven against RabbitMQ by the differential test), and the
+publisher's failures are the real ones: a publish no queue receives raises
+:class:`~bus.errors.UnroutableError` (the real publisher is always ``mandatory``), a missing
+exchange :class:`~bus.errors.NotFoundError`, an internal one
+:class:`~bus.errors.AccessRefusedError`. Consumers, acks, TTLs and queue limits are not
+simulated: ``reject``/``expire`` move a message explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from bus.contracts import ContractRegistry
+from bus.errors import AccessRefusedError, ContractError, NotFoundError, UnroutableError
+from bus.routing import DeadLetterReason, Route, Router
+from bus.topology.expand import ExpandedTopology
+from bus.topology.load import LoadedTopology
+
+__all__ = ["AsyncFakePublisher", "FakeBus", "FakeMessage"]
+
+Body = bytes | bytearray | BaseModel | Any
+
+CONTENT_TYPE = "application/json"
+
+
+def _encode(body: Body) -> bytes:
+    """The wire body, as the real publisher builds it."""
+    if isinstance(body, bytes | bytearray):
+        return bytes(body)
+    if isinstance(body, BaseModel):
+        return body.model_dump_json().encode("utf-8")
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class FakeMessage:
+    """One copy of a message in one queue."""
+
+    queue: str
+    exchange: str
+    routing_key: str
+    body: bytes
+    headers: Mapping[str, Any]
+    message_id: str
+    type: str | None = None
+    correlation_id: str | None = None
+    content_type: str | None = CONTENT_TYPE
+    persistent: bool = True
+    timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class FakeBus:
+    """Records what each queue of the topology would receive; see the module docstring."""
+
+    def __init__(
+        self,
+        topology: LoadedTopology | ExpandedTopology,
+        *,
+        registry: ContractRegistry | None = None,
+    ) -> None:
+        expanded = topology.expanded if isinstance(topology, LoadedTopology) else topology
+        self.router = Router(expanded)
+        self.registry = registry if registry is not None else ContractRegistry(expanded.events)
+        self.published: list[tuple[FakeMessage, Route]] = []
+        self._queues: dict[str, deque[FakeMessage]] = {q: deque() for q in expanded.queues}
+
+    @property
+    def aio(self) -> AsyncFakePublisher:
+        """The same bus behind ``async def publish`` (shaped like the aio-pika publisher)."""
+        return AsyncFakePublisher(self)
+
+    # -- publishing -----------------------------------------------------------------------
+
+    def publish(
+        self,
+        target: BaseModel | str,
+        routing_key: str | None = None,
+        body: Body | None = None,
+        /,
+        *,
+        event_name: str | None = None,
+        event_type: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        traceparent: str | None = None,
+        persistent: bool = True,
+    ) -> str:
+        """``publish(event)`` through its contract, or ``publish(exchange, key, body)``;
+        returns the ``message_id``, like the real publisher."""
+        table: dict[str, Any] = {}
+        if isinstance(target, BaseModel):
+            if event_name is not None:
+                contract = self.registry.by_name(event_name)
+                if not isinstance(target, contract.model):
+                    raise ContractError(
+                        f"event {event_name!r} expects {contract.model.__name__}, "
+                        f"got {type(target).__name__}"
+                    )
+            else:
+                contract = self.registry.for_model(target)
+            exchange, key, event_type = contract.exchange, contract.routing_key, contract.name
+            table.update(contract.headers)
+            payload = _encode(target)
+        else:
+            if routing_key is None or body is None:
+                raise TypeError("publish(exchange, routing_key, body) needs all three")
+            exchange, key, payload = target, routing_key, _encode(body)
+        table.update(headers or {})
+        if traceparent is not None:
+            table["traceparent"] = traceparent
+        message = FakeMessage(
+            queue="",
+            exchange=exchange,
+            routing_key=key,
+            body=payload,
+            headers=table,
+            message_id=message_id or str(uuid.uuid4()),
+            type=event_type,
+            correlation_id=correlation_id,
+            persistent=persistent,
+        )
+        self._check_exchange(exchange)
+        route = self.router.route(exchange, key, table or None)
+        if not route.queues:
+            raise UnroutableError(exchange, key, "NO_ROUTE (simulated)")
+        self.published.append((message, route))
+        self._deliver(message, route)
+        return message.message_id
+
+    def _check_exchange(self, exchange: str) -> None:
+        if exchange == "":
+            return
+        if exchange not in self.router.exchanges:
+            raise NotFoundError(f"NOT_FOUND - no exchange {exchange!r} (simulated)")
+        if self.router.is_internal(exchange):
+            raise AccessRefusedError(
+                f"ACCESS_REFUSED - cannot publish to internal exchange {exchange!r} (simulated)"
+            )
+
+    def _deliver(self, message: FakeMessage, route: Route) -> None:
+        # A dead-lettered copy arrives from the DLX with the DL key and the x-death headers.
+        headers = dict(route.headers)
+        for queue in sorted(route.queues):
+            copy = FakeMessage(
+                queue=queue,
+                exchange=route.exchange,
+                routing_key=route.routing_key,
+                body=message.body,
+                headers=headers,
+                message_id=message.message_id,
+                type=message.type,
+                correlation_id=message.correlation_id,
+                content_type=message.content_type,
+                persistent=message.persistent,
+                timestamp=message.timestamp,
+            )
+            self._queues[queue].append(copy)
+
+    # -- looking at queues ----------------------------------------------------------------
+
+    def _queue(self, queue: str) -> deque[FakeMessage]:
+        try:
+            return self._queues[queue]
+        except KeyError:
+            raise NotFoundError(f"no queue {queue!r} in the topology") from None
+
+    def messages(self, queue: str) -> list[FakeMessage]:
+        """The messages waiting in ``queue``, oldest first (left in place)."""
+        return list(self._queue(queue))
+
+    def bodies(self, queue: str) -> list[bytes]:
+        return [m.body for m in self._queue(queue)]
+
+    def events(self, queue: str) -> list[BaseModel]:
+        """The messages of ``queue`` decoded through their event contract (AMQP ``type``)."""
+        out = []
+        for m in self._queue(queue):
+            if m.type is None:
+                raise ContractError(f"a message in {queue!r} has no type: not an event")
+            out.append(self.registry.decode(m.type, m.body))
+        return out
+
+    def counts(self) -> dict[str, int]:
+        """Queue name -> number of waiting messages, for queues that hold any."""
+        return {q: len(ms) for q, ms in self._queues.items() if ms}
+
+    def get(self, queue: str) -> FakeMessage | None:
+        """Take the oldest message of ``queue`` (``basic_get`` with auto-ack)."""
+        q = self._queue(queue)
+        return q.popleft() if q else None
+
+    def reject(self, queue: str) -> Route | None:
+        """Reject the oldest message of ``queue`` without requeue: it is dead-lettered as
+        the broker would (or dropped without a DLX). Returns the dead-letter route."""
+        return self._dead_letter(queue, "reject")
+
+    def expire(self, queue: str) -> Route | None:
+        """Expire the oldest message of ``queue`` (TTL): dead-lettered, never back into
+        ``queue`` itself (the broker's cycle rule)."""
+        return self._dead_letter(queue, "expire")
+
+    def _dead_letter(self, queue: str, reason: DeadLetterReason) -> Route | None:
+        q = self._queue(queue)
+        if not q:
+            raise IndexError(f"queue {queue!r} is empty")
+        message = q.popleft()
+        route = self.router.dead_letter(
+            queue, message.exchange, message.routing_key, message.headers, reason
+        )
+        if route is not None:
+            self._deliver(message, route)
+        return route
+
+    def clear(self) -> None:
+        """Empty every queue and forget what was published."""
+        for q in self._queues.values():
+            q.clear()
+        self.published.clear()
+
+
+class AsyncFakePublisher:
+    """``await publisher.publish(...)`` onto a :class:`FakeBus`."""
+
+    def __init__(self, bus: FakeBus) -> None:
+        self.bus = bus
+
+    async def publish(
+        self,
+        target: BaseModel | str,
+        routing_key: str | None = None,
+        body: Body | None = None,
+        /,
+        **options: Any,
+    ) -> str:
+        return self.bus.publish(target, routing_key, body, **options)

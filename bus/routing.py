@@ -33,10 +33,11 @@ from __future__ import annotations
 import calendar
 import json
 from collections import deque
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from functools import cached_property
 from typing import Any, Literal, NamedTuple
 
 from pika.compat import long as pika_long
@@ -69,6 +70,7 @@ _BUILTINS: dict[str, tuple[str, bool]] = {
 _ROUTING_HEADERS = ("CC", "BCC")
 _X_MATCH = {"all", "any", "all-with-x", "any-with-x"}
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+_CACHE_SIZE = 65_536
 
 
 class Hop(NamedTuple):
@@ -95,6 +97,10 @@ class Hop(NamedTuple):
         return f"{src} {arrow} {target}{extra}"
 
 
+def _publish_hop(exchange: str, keys: tuple[str, ...]) -> Hop:
+    return Hop("publish", "", exchange, "exchange", "key " + ", ".join(map(repr, keys)))
+
+
 def _show_exchange(name: str) -> str:
     return "(default exchange)" if name == "" else f"exchange {name}"
 
@@ -107,10 +113,38 @@ class Route:
     exchange: str
     routing_keys: tuple[str, ...]
     queues: frozenset[str]
-    trace: tuple[Hop, ...]
+    # Raw record of the routing; ``trace`` turns it into hops only when asked, so routing
+    # does not pay for a trace nobody reads.
+    steps: tuple[_Step, ...] = field(repr=False)
     dead_letters: Mapping[str, Route] = field(default_factory=dict)
     # The headers the exchanges saw (BCC removed; x-death and friends on a dead letter).
     headers: Mapping[str, Any] = field(default_factory=dict)
+    # How the message entered: None for a publish, the dead-letter hop for a dead letter.
+    entry: Hop | None = None
+
+    @cached_property
+    def trace(self) -> tuple[Hop, ...]:
+        """Every hop in routing order; a binding to an exchange seen before is marked
+        ``already visited`` (the broker visits each exchange once)."""
+        seen = {self.exchange}
+        hops: list[Hop] = [self.entry or _publish_hop(self.exchange, self.routing_keys)]
+        for step in self.steps:
+            if isinstance(step, Hop):
+                hops.append(step)
+                if step.kind == "alternate":
+                    seen.add(step.destination)
+                continue
+            source, dests = step
+            for dest in dests:
+                if not dest.is_exchange:
+                    hops.append(Hop("binding", source, dest.name, "queue", dest.label))
+                elif dest.name in seen:
+                    label = f"{dest.label}; already visited"
+                    hops.append(Hop("binding", source, dest.name, "exchange", label))
+                else:
+                    seen.add(dest.name)
+                    hops.append(Hop("binding", source, dest.name, "exchange", dest.label))
+        return tuple(hops)
 
     @property
     def routing_key(self) -> str:
@@ -131,6 +165,10 @@ class Route:
             lines.append(f"dead-lettered from queue {queue}:")
             lines.extend(f"  {hop.describe()}" for hop in dead.trace)
         return lines
+
+
+# A hop, or (exchange, the destinations its bindings matched) expanded into hops lazily.
+_Step = Hop | tuple[str, Sequence["_Dest"]]
 
 
 # --- header values as the broker compares them ----------------------------------------------
@@ -285,19 +323,20 @@ class _HeadersIndex:
 
 
 class _TopicNode:
-    __slots__ = ("children", "dests", "hash", "star")
+    __slots__ = ("children", "dests", "hash", "is_hash", "star")
 
-    def __init__(self) -> None:
+    def __init__(self, is_hash: bool = False) -> None:
         self.children: dict[str, _TopicNode] = {}
         self.star: _TopicNode | None = None
         self.hash: _TopicNode | None = None
+        self.is_hash = is_hash  # reached through a '#': may take any further word
         self.dests: list[_Dest] = []
 
     def insert(self, pattern: str, dest: _Dest) -> None:
         node = self
         for word in _words(pattern):
             if word == "#":
-                node.hash = node.hash or _TopicNode()
+                node.hash = node.hash or _TopicNode(is_hash=True)
                 node = node.hash
             elif word == "*":
                 node.star = node.star or _TopicNode()
@@ -307,30 +346,33 @@ class _TopicNode:
         node.dests.append(dest)
 
     def match(self, key: str, out: list[_Dest]) -> None:
-        words = _words(key)
-        end = len(words)
-        # (node, position) pairs already explored from a '#': without this, patterns such
-        # as '#.#.#' on long keys would explore the same state many times.
-        seen: set[tuple[int, int]] = set()
-
-        def walk(node: _TopicNode, i: int) -> None:
-            hash_node = node.hash
-            if hash_node is not None:
-                for j in range(i, end + 1):
-                    state = (id(hash_node), j)
-                    if state not in seen:
-                        seen.add(state)
-                        walk(hash_node, j)
-            if i == end:
-                out.extend(node.dests)
+        # Advance the set of live trie nodes word by word (an NFA), so a node is visited
+        # at most once per word however many '#' lead to it: linear in the key length.
+        # Dicts keep the states ordered, so results (and traces) are deterministic.
+        states: dict[_TopicNode, None] = {}
+        _enter(states, self)
+        for word in _words(key):
+            advanced: dict[_TopicNode, None] = {}
+            for node in states:
+                if node.is_hash:
+                    _enter(advanced, node)
+                child = node.children.get(word)
+                if child is not None:
+                    _enter(advanced, child)
+                if node.star is not None:
+                    _enter(advanced, node.star)
+            if not advanced:
                 return
-            child = node.children.get(words[i])
-            if child is not None:
-                walk(child, i + 1)
-            if node.star is not None:
-                walk(node.star, i + 1)
+            states = advanced
+        for node in states:
+            out.extend(node.dests)
 
-        walk(self, 0)
+
+def _enter(states: dict[_TopicNode, None], node: _TopicNode | None) -> None:
+    # A '#' may also take no word at all: entering a node enters its '#' chain too.
+    while node is not None and node not in states:
+        states[node] = None
+        node = node.hash
 
 
 def _words(key: str) -> list[str]:
@@ -365,6 +407,25 @@ def _label(binding: BindingSpec, exchange_type: str) -> str:
     return f"key {binding.routing_key!r}"
 
 
+class _Matched(NamedTuple):
+    """The bindings a message matched on one exchange, split for the routing loop."""
+
+    dests: Sequence[_Dest]
+    queues: frozenset[str]
+    exchanges: tuple[str, ...]
+
+
+def _matched(dests: Sequence[_Dest]) -> _Matched:
+    return _Matched(
+        dests,
+        frozenset(d.name for d in dests if not d.is_exchange),
+        tuple(dict.fromkeys(d.name for d in dests if d.is_exchange)),
+    )
+
+
+_NO_MATCH = _matched(())
+
+
 @dataclass
 class _Exchange:
     name: str
@@ -375,11 +436,16 @@ class _Exchange:
     fanout: list[_Dest] = field(default_factory=list)
     topic: _TopicNode = field(default_factory=_TopicNode)
     headers: _HeadersIndex = field(default_factory=_HeadersIndex)
+    # Routing keys repeat (a service publishes a handful of event types), and bindings
+    # never change after compiling, so results are memoised per key. Bounded: cleared
+    # when full, so a stream of unique keys costs one trie walk each, no more.
+    cache: dict[str, _Matched] = field(default_factory=dict)
 
     def add(self, binding: BindingSpec) -> None:
         dest = _Dest(
             binding.destination, binding.destination_type == "exchange", _label(binding, self.type)
         )
+        self.cache.clear()
         if self.type == "direct":
             self.direct.setdefault(binding.routing_key, []).append(dest)
         elif self.type == "topic":
@@ -391,19 +457,32 @@ class _Exchange:
         else:
             raise RoutingError(f"exchange {self.name!r}: type {self.type!r} is not simulated")
 
-    def match(self, keys: tuple[str, ...], headers: Mapping[str, Hashable] | None) -> list[_Dest]:
-        if self.type == "topic":
-            out: list[_Dest] = []
-            for key in keys:
-                self.topic.match(key, out)
-            return out
-        if self.type == "direct":
-            if len(keys) == 1:
-                return self.direct.get(keys[0], [])
-            return [d for key in dict.fromkeys(keys) for d in self.direct.get(key, ())]
+    def _by_key(self, key: str) -> _Matched:
+        found = self.cache.get(key)
+        if found is None:
+            dests: list[_Dest] = []
+            if self.type == "topic":
+                self.topic.match(key, dests)
+            elif self.type == "direct":
+                dests = self.direct.get(key, [])
+            else:
+                dests = self.fanout
+            found = _matched(dests) if dests else _NO_MATCH
+            if len(self.cache) >= _CACHE_SIZE:
+                self.cache.clear()
+            self.cache[key] = found
+        return found
+
+    def match(self, keys: tuple[str, ...], headers: Mapping[str, Hashable] | None) -> _Matched:
+        if self.type == "headers":
+            found = self.headers.match(headers or {})
+            return _matched(found) if found else _NO_MATCH
         if self.type == "fanout":
-            return self.fanout
-        return self.headers.match(headers or {})
+            return self._by_key("")
+        if len(keys) == 1:
+            return self._by_key(keys[0])
+        unique = dict.fromkeys(keys) if self.type == "direct" else keys
+        return _matched([d for key in unique for d in self._by_key(key).dests])
 
 
 def _split_headers(
@@ -499,60 +578,55 @@ class Router:
             route.exchange,
             route.routing_keys,
             route.queues,
-            route.trace,
+            route.steps,
             {q: r for q, r in dead.items() if r is not None},
             route.headers,
         )
 
     def _route(self, exchange: str, keys: tuple[str, ...], headers: Mapping[str, Any]) -> Route:
-        shown = ", ".join(repr(k) for k in keys)
-        trace: list[Hop] = [Hop("publish", "", exchange, "exchange", f"key {shown}")]
-        queues: set[str] = set()
+        steps: list[_Step] = []
+        named: set[str] = set()
         if exchange == "":
             for key in dict.fromkeys(keys):
                 if key in self.queues:
-                    queues.add(key)
-                    trace.append(Hop("default", "", key, "queue", "queue named by the key"))
-            if not queues:
-                trace.append(Hop("unrouted", "", "", "", "no queue has that name"))
-            return Route(exchange, keys, frozenset(queues), tuple(trace), {}, headers)
+                    named.add(key)
+                    steps.append(Hop("default", "", key, "queue", "queue named by the key"))
+            if not named:
+                steps.append(Hop("unrouted", "", "", "", "no queue has that name"))
+            return Route(exchange, keys, frozenset(named), tuple(steps), {}, headers)
         first = self._exchanges.get(exchange)
         if first is None:
-            trace.append(Hop("unrouted", exchange, "", "", "exchange does not exist: dropped"))
-            return Route(exchange, keys, frozenset(), tuple(trace), {}, headers)
+            steps.append(Hop("unrouted", exchange, "", "", "exchange does not exist: dropped"))
+            return Route(exchange, keys, frozenset(), tuple(steps), {}, headers)
         terms: dict[str, Hashable] | None = None
         work: deque[_Exchange] = deque([first])
         seen = {exchange}
+        reached: list[frozenset[str]] = []
         while work:
             x = work.popleft()
             if x.type == "headers" and terms is None:
                 terms = {name: header_term(value) for name, value in headers.items()}
-            dests = x.match(keys, terms)
-            if not dests:
+            matched = x.match(keys, terms)
+            if not matched.dests:
                 if x.alternate is None:
-                    trace.append(Hop("unrouted", x.name, "", "", "no binding matches"))
+                    steps.append(Hop("unrouted", x.name, "", "", "no binding matches"))
                     continue
-                trace.append(Hop("alternate", x.name, x.alternate, "exchange"))
+                steps.append(Hop("alternate", x.name, x.alternate, "exchange"))
                 ae = self._exchanges.get(x.alternate)
                 if ae is None:
-                    trace.append(Hop("unrouted", x.alternate, "", "", "does not exist: dropped"))
+                    steps.append(Hop("unrouted", x.alternate, "", "", "does not exist: dropped"))
                 elif x.alternate not in seen:
                     seen.add(x.alternate)
                     work.append(ae)
                 continue
-            for dest in dests:
-                kind: Literal["exchange", "queue"] = "exchange" if dest.is_exchange else "queue"
-                if dest.is_exchange:
-                    if dest.name in seen:
-                        label = f"{dest.label}; already visited"
-                        trace.append(Hop("binding", x.name, dest.name, kind, label))
-                        continue
-                    seen.add(dest.name)
-                    work.append(self._exchanges[dest.name])
-                else:
-                    queues.add(dest.name)
-                trace.append(Hop("binding", x.name, dest.name, kind, dest.label))
-        return Route(exchange, keys, frozenset(queues), tuple(trace), {}, headers)
+            steps.append((x.name, matched.dests))
+            reached.append(matched.queues)
+            for name in matched.exchanges:
+                if name not in seen:
+                    seen.add(name)
+                    work.append(self._exchanges[name])
+        queues = reached[0] if len(reached) == 1 else frozenset().union(*reached)
+        return Route(exchange, keys, queues, tuple(steps), {}, headers)
 
     def dead_letter(
         self,
@@ -601,13 +675,13 @@ class Router:
         hop = Hop("dead-letter", queue, dlx, "exchange", f"({reason}, key {shown})")
         inner = self._route(dlx, keys, dl_headers)
         queues = inner.queues
-        trace = [hop, *inner.trace[1:]]
+        steps = list(inner.steps)
         if on == "expire" and queue in queues:
             queues = queues - {queue}
-            trace.append(
+            steps.append(
                 Hop("unrouted", dlx, queue, "queue", f"cycle back to {queue}: the broker drops it")
             )
-        return Route(dlx, keys, queues, tuple(trace), {}, inner.headers)
+        return Route(dlx, keys, queues, tuple(steps), {}, inner.headers, hop)
 
     def queues_for(
         self, exchange: str, routing_key: str = "", headers: Mapping[str, Any] | None = None

@@ -521,3 +521,17 @@ def test_header_terms_follow_erlang_equality() -> None:
     assert header_term(1) == header_term(1.0)  # Erlang: 1 == 1.0
     assert header_term(1) != header_term(True)
     assert re.fullmatch(r"\('bin', b'a'\)", repr(header_term("a")))
+
+
+def test_memoised_results_stay_correct_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bus.routing
+
+    monkeypatch.setattr(bus.routing, "_CACHE_SIZE", 2)
+    router = _topology(SCENARIOS["e2e cycle ends, each queue once"][0])
+    keys = ["a.b", "c", "a.x", "a.b", "c", "a.b.c", "a.b"]
+    first = [router.route("x1", k).queues for k in keys]
+    again = [router.route("x1", k).queues for k in keys]
+    assert first == again
+    assert first[0] == {"q1", "q2", "q3"}
+    assert first[1] == {"q1"}
+    assert all(len(x.cache) <= 2 for x in router._exchanges.values())

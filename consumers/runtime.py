@@ -178,10 +178,15 @@ class ConsumerApp:
     ) -> AsyncIterator[Runtime]:
         """Consume while the block runs; shut down gracefully when it exits."""
         runtime = Runtime(self, settings or BusSettings(), topology, queues)
+        async with self._running(runtime, grace):
+            yield runtime
+
+    @asynccontextmanager
+    async def _running(self, runtime: Runtime, grace: float | None) -> AsyncIterator[None]:
         self._runtime = runtime
         try:
             await runtime.start()
-            yield runtime
+            yield
         finally:
             try:
                 await runtime.shutdown(self.grace if grace is None else grace)
@@ -202,20 +207,23 @@ class ConsumerApp:
         Raises :class:`~bus.errors.BrokerError` when consuming cannot go on (e.g. the broker
         cancelled a consumer because its queue was deleted).
         """
+        runtime = Runtime(self, settings or BusSettings(), topology, queues)
         loop = asyncio.get_running_loop()
         installed: list[signal.Signals] = []
-        async with self.serve(settings, topology=topology, queues=queues, grace=grace) as rt:
-            if handle_signals:
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    loop.add_signal_handler(sig, rt.request_stop, sig.name)
-                    installed.append(sig)
-            try:
-                await rt.wait()
-            finally:
-                for sig in installed:
-                    loop.remove_signal_handler(sig)
-        if rt.fatal is not None:
-            raise rt.fatal
+        if handle_signals:
+            # Before start-up: handlers run as soon as consuming starts, and a signal arriving
+            # then must still mean a graceful shutdown, not the default kill.
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, runtime.request_stop, sig.name)
+                installed.append(sig)
+        try:
+            async with self._running(runtime, grace):
+                await runtime.wait()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+        if runtime.fatal is not None:
+            raise runtime.fatal
 
     def stop(self) -> None:
         """Ask the running app to shut down gracefully (a second call skips the grace period)."""

@@ -138,7 +138,8 @@ def read_trace(path: Path) -> tuple[list[str], list[str]]:
     started: list[str] = []
     finished: list[str] = []
     if path.exists():
-        for line in path.read_text().splitlines():
+        # Only complete lines: the consumer process may be writing the last one right now.
+        for line in path.read_text().split("\n")[:-1]:
             kind, _, message_id = line.partition(" ")
-            (started if kind == "started" else finished).append(message_id)
+            {"started": started, "finished": finished}[kind].append(message_id)
     return started, finished

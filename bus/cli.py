@@ -131,29 +131,6 @@ def consume_command(
     run_app(app_path, file=file, queues=queues, grace=grace, metrics_port=metrics_port)
 
 
-@cli.command()
-@_file_option
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="Write to FILE instead of stdout (JSON when FILE ends in .json, else YAML).",
-)
-def asyncapi(file: Path | None, output: Path | None) -> None:
-    """AsyncAPI 3.0 document of the exchanges, queues and events. Exit 0, 1 bad model, 2 invalid."""
-    as_json = output is not None and output.suffix.lower() == ".json"
-    text = dump_document(asyncapi_document(_load(file)), as_json=as_json)
-    if output is None:
-        click.echo(text, nl=False)
-        return
-    try:
-        output.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
-    click.echo(f"wrote {output}", err=True)
-
-
 @cli.command("publish")
 @click.option(
     "-f",
@@ -301,6 +278,29 @@ def export_command(vhost: str | None, output: Path | None) -> None:
 
 @cli.command()
 @_file_option
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write to FILE instead of stdout (JSON when FILE ends in .json, else YAML).",
+)
+def asyncapi(file: Path | None, output: Path | None) -> None:
+    """AsyncAPI 3.0 document of the exchanges, queues and events. Exit 0, 1 bad model, 2 invalid."""
+    as_json = output is not None and output.suffix.lower() == ".json"
+    text = dump_document(asyncapi_document(_load(file)), as_json=as_json)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
+    click.echo(f"wrote {output}", err=True)
+
+
+@cli.command()
+@_file_option
 @click.option("-Q", "--queues", required=True, help="Comma-separated topology Celery queues.")
 @click.option("-c", "--concurrency", type=click.IntRange(min=1), default=None)
 @click.option(
@@ -323,6 +323,55 @@ def worker(
     from bus.celery_app import run_worker
 
     return run_worker(app_path, queues.split(","), file, concurrency, pool, loglevel)
+
+
+@cli.command()
+@_file_option
+@click.option("--vhost", default=None, help="Vhost (default: the topology's, then the URL's).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--watch",
+    type=float,
+    is_flag=False,
+    flag_value=2.0,
+    default=None,
+    help="Refresh every N seconds (default 2) until interrupted.",
+)
+@click.option(
+    "--allow-idle", multiple=True, metavar="REGEX", help="Queues allowed to have no consumer."
+)
+def status(
+    file: Path | None,
+    vhost: str | None,
+    as_json: bool,
+    watch: float | None,
+    allow_idle: tuple[str, ...],
+) -> int:
+    """Depths, consumers, rates; exit 4 when a DLQ holds messages or a queue is unserved."""
+    import json
+    import time
+
+    from bus.broker.management import ManagementClient
+    from bus.settings import BusSettings
+    from bus.status import UNHEALTHY, collect_status, render_table
+
+    loaded = _load(file)
+    settings = BusSettings()
+    target = vhost or (loaded.model.vhost.name if loaded.model.vhost else None) or settings.vhost
+    with ManagementClient.from_settings(settings) as management:
+        while True:
+            report = collect_status(
+                loaded.expanded, settings, management, target, allow_idle=allow_idle
+            )
+            if as_json:
+                click.echo(json.dumps(report.to_data(), indent=2))
+            else:
+                if watch:
+                    click.clear()
+                click.echo(render_table(report), nl=False)
+            if not watch:
+                return 0 if report.healthy else UNHEALTHY
+            time.sleep(watch)
 
 
 def main(argv: list[str] | None = None) -> int:

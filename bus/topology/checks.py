@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from bus.topology.model import (
+    CELERY_MONITORING_EXCHANGES,
     MAX_AGE,
     QUEUE_ARGUMENTS,
     RESERVED_PREFIX,
@@ -121,6 +122,7 @@ class _Checker:
         yield from self.policies()
         for index, pattern in enumerate(self.t.unmanaged):
             yield from _regex(("unmanaged", index), pattern)
+        yield from self.celery_section()
 
     def vhost(self) -> Iterator[Finding | tuple[Path, str]]:
         if self.t.vhost is not None and self.t.vhost.name is not None:
@@ -235,6 +237,33 @@ class _Checker:
                     "Celery publishes with"
                 ),
             )
+
+    def celery_section(self) -> Iterator[Finding | tuple[Path, str]]:
+        section = self.t.celery
+        if section.monitoring:
+            for name in CELERY_MONITORING_EXCHANGES:
+                if name in self.exchanges:
+                    yield Finding(
+                        ("exchanges", name),
+                        f"{name!r} is declared by celery.monitoring: remove it from exchanges",
+                        at_key=True,
+                    )
+        for name, schedule in section.schedules.items():
+            at: Path = ("celery", "schedules", name)
+            if not name:
+                yield Finding(at, "schedule name must not be empty", at_key=True)
+            queue = self.t.queues.get(schedule.queue)
+            if queue is not None and queue.celery is not None:
+                continue
+            if queue is not None:
+                problem = "is not marked 'celery:' (no Celery worker serves it)"
+            elif schedule.queue in self.queues:
+                continue  # declared but invalid: its own error is reported
+            elif schedule.queue in self.derived:
+                problem = f"is generated for {self.derived[schedule.queue]!r}, not a Celery queue"
+            else:
+                problem = "is not declared in queues"
+            yield (*at, "queue"), f"queue {schedule.queue!r} {problem}"
 
     def exchange_bindings(self) -> Iterator[Finding | tuple[Path, str]]:
         seen: dict[tuple[str, str, str, str], int] = {}

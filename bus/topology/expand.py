@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from bus.topology.model import (
+    CELERY_MONITORING_EXCHANGES,
+    CelerySection,
     EventContract,
     Exchange,
     Policy,
@@ -119,6 +121,8 @@ class ExpandedTopology:
     policies: dict[str, Policy]
     unmanaged: list[str]
     failure: dict[str, FailurePolicy]
+    # Schedules for `bus beat` and the monitoring switch the Celery app reads.
+    celery: CelerySection = field(default_factory=CelerySection)
 
     def to_data(self) -> dict[str, Any]:
         """Plain data for ``bus validate --expanded`` (YAML-serialisable, deterministic)."""
@@ -228,6 +232,12 @@ def expand(topology: Topology) -> ExpandedTopology:
             )
         failure[name] = FailurePolicy(dlx, dlq, tuple(steps), q.delivery_limit)
 
+    if topology.celery.monitoring:
+        # Declared here so that workers (remote control, events) never need configure rights
+        # on them; flags mirror what Celery itself declares, so its redeclares are no-ops.
+        for x_name, (x_type, durable) in CELERY_MONITORING_EXCHANGES.items():
+            exchanges[x_name] = ExchangeSpec(x_name, x_type, durable=durable)
+
     for eb in topology.exchange_bindings:
         bindings.append(
             BindingSpec(eb.source, eb.destination, "exchange", eb.routing_key, dict(eb.arguments))
@@ -241,4 +251,5 @@ def expand(topology: Topology) -> ExpandedTopology:
         policies=dict(topology.policies),
         unmanaged=list(topology.unmanaged),
         failure=failure,
+        celery=topology.celery,
     )

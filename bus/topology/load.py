@@ -17,7 +17,14 @@ from pydantic import BaseModel, ValidationError
 from bus.errors import TopologyError, TopologyIssue, UsageError
 from bus.topology.checks import as_finding, check_credentials, check_topology
 from bus.topology.expand import ExpandedTopology, expand
-from bus.topology.model import LIST_SECTIONS, SECTIONS, Topology, Vhost
+from bus.topology.model import (
+    LIST_SECTIONS,
+    SECTIONS,
+    CelerySection,
+    Schedule,
+    Topology,
+    Vhost,
+)
 from bus.topology.source import Path, SourceMap, parse_yaml
 
 __all__ = ["LoadedTopology", "default_topology_path", "load_topology", "parse_topology"]
@@ -124,6 +131,37 @@ class _Loader:
                 self.error(path, _describe(error))
         return bad_fields
 
+    def celery(self, raw: Any) -> CelerySection:
+        """The ``celery:`` section, each schedule on its own so one bad entry hides no other."""
+        if not isinstance(raw, dict):
+            self.error(("celery",), "celery must be a mapping (monitoring, schedules)")
+            return CelerySection()
+        head = {k: v for k, v in raw.items() if k != "schedules"}
+        checked = self.validate(CelerySection, head, ("celery",))
+        section = checked if isinstance(checked, CelerySection) else CelerySection()
+        raw_schedules = raw.get("schedules")
+        if raw_schedules is None:
+            return section
+        if not isinstance(raw_schedules, dict):
+            self.error(("celery", "schedules"), "schedules must be a mapping of name -> schedule")
+            return section
+        schedules: dict[str, Schedule] = {}
+        for name, entry in raw_schedules.items():
+            at: Path = ("celery", "schedules", name)
+            if isinstance(entry, dict):
+                # Checked on the raw keys: a cron value the model rejected still counts as given,
+                # so one typo gives one error, not a second "neither every nor cron".
+                if "every" in entry and "cron" in entry:
+                    self.error(
+                        (*at, "cron"), "give exactly one of every / cron, not both", key=True
+                    )
+                elif "every" not in entry and "cron" not in entry:
+                    self.error(at, "give exactly one of every (e.g. 30s) / cron", key=True)
+            schedule = self.validate(Schedule, {} if entry is None else entry, at)
+            if isinstance(schedule, Schedule):
+                schedules[name] = schedule
+        return section.model_copy(update={"schedules": schedules})
+
     def load(self) -> Topology | None:
         data = self.data
         if not isinstance(data, dict):
@@ -170,6 +208,8 @@ class _Loader:
                 for index, entry in enumerate(raw)
                 if (checked := self.validate(model, entry, (section, index))) is not None
             ]
+        if data.get("celery") is not None:
+            parts["celery"] = self.celery(data["celery"])
         unmanaged = data.get("unmanaged")
         if unmanaged is not None:
             if isinstance(unmanaged, list) and all(isinstance(p, str) for p in unmanaged):

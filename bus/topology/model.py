@@ -23,12 +23,15 @@ from pydantic import (
 )
 
 __all__ = [
+    "CELERY_MONITORING_EXCHANGES",
+    "CRON_FIELDS",
     "MAX_AGE",
     "QUEUE_ARGUMENTS",
     "RESERVED_PREFIX",
     "TYPED_X_ARGS",
     "Binding",
     "CeleryQueue",
+    "CelerySection",
     "DeadLetter",
     "Duration",
     "EventContract",
@@ -39,8 +42,10 @@ __all__ = [
     "Queue",
     "QueueType",
     "Retry",
+    "Schedule",
     "Topology",
     "Vhost",
+    "parse_cron",
     "parse_duration",
 ]
 
@@ -283,6 +288,104 @@ class Policy(_Strict):
     definition: dict[str, ArgumentValue]
 
 
+# Celery's remote control and events exchanges, as a Celery 5.7 worker declares them on
+# RabbitMQ 3.10 (observed): name -> (type, durable); none is auto-delete or internal.
+CELERY_MONITORING_EXCHANGES: dict[str, tuple[ExchangeType, bool]] = {
+    "celery.pidbox": ("fanout", False),
+    "reply.celery.pidbox": ("direct", False),
+    "celeryev": ("topic", True),
+}
+
+# (name, lowest, highest, names) of the five cron fields, in crontab(5) order. Day of week
+# follows Celery: 0-6 with 0 = Sunday (7 is refused rather than silently meaning Sunday).
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+CRON_FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (
+    ("minute", 0, 59, {}),
+    ("hour", 0, 23, {}),
+    ("day of month", 1, 31, {}),
+    ("month", 1, 12, {m: i for i, m in enumerate(_MONTHS, start=1)}),
+    ("day of week", 0, 6, {d: i for i, d in enumerate(_DAYS)}),
+)
+_CRON_ITEM = re.compile(r"^(?P<range>\*|[A-Za-z0-9]+(?:-[A-Za-z0-9]+)?)(?:/(?P<step>[^/]*))?$")
+
+
+def _cron_value(text: str, field: str, low: int, high: int, names: dict[str, int]) -> int:
+    if text.isdigit():
+        value = int(text)
+    elif text.lower() in names:
+        return names[text.lower()]
+    elif names:
+        raise ValueError(f"{field} {text!r} is neither a number nor one of {', '.join(names)}")
+    else:
+        raise ValueError(f"{field} {text!r} is not a number")
+    if not low <= value <= high:
+        sunday = " (0 is Sunday)" if field == "day of week" and value == 7 else ""
+        raise ValueError(f"{field} {value} is out of range {low}-{high}{sunday}")
+    return value
+
+
+def _cron_field(text: str, field: str, low: int, high: int, names: dict[str, int]) -> None:
+    for item in text.split(","):
+        match = _CRON_ITEM.match(item)
+        if match is None:
+            raise ValueError(f"{field} {item!r}: expected *, N, N-M, */S or N-M/S")
+        part, step = match.group("range"), match.group("step")
+        if step is not None and (not step.isdigit() or int(step) == 0):
+            raise ValueError(f"{field} {item!r}: the step must be a positive integer")
+        if step is not None and part != "*" and "-" not in part:
+            raise ValueError(f"{field} {item!r}: a step needs * or a range (N-M/S)")
+        if part == "*":
+            continue
+        start_text, _, end_text = part.partition("-")
+        start = _cron_value(start_text, field, low, high, names)
+        if end_text:
+            end = _cron_value(end_text, field, low, high, names)
+            if end < start:
+                # Celery would wrap such a range around the field's end: almost never meant.
+                raise ValueError(
+                    f"{field} range {part!r} is reversed: write {end_text}-{start_text}"
+                )
+
+
+def parse_cron(value: object) -> object:
+    """A five-field cron expression, checked field by field; returned with single spaces."""
+    if not isinstance(value, str):
+        return value
+    fields = value.split()
+    if len(fields) != 5:
+        raise ValueError(
+            f"cron {value!r} has {len(fields)} fields; expected 5: "
+            "minute hour day-of-month month day-of-week"
+        )
+    for text, (field, low, high, names) in zip(fields, CRON_FIELDS, strict=True):
+        _cron_field(text, field, low, high, names)
+    return " ".join(fields)
+
+
+class Schedule(_Strict):
+    """A periodic task sent by ``bus beat`` to a queue marked ``celery:``.
+
+    Exactly one of ``every`` / ``cron`` is required; the loader checks it on the raw keys so
+    that an invalid cron value is not reported a second time as a missing one.
+    """
+
+    task: Name
+    queue: StrictStr
+    every: Annotated[Duration, Field(gt=0)] | None = None
+    cron: Annotated[StrictStr, BeforeValidator(parse_cron)] | None = None
+    args: list[Any] = Field(default_factory=list)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    description: StrictStr | None = None
+
+
+class CelerySection(_Strict):
+    """``celery:``: periodic schedules and whether workers can be monitored."""
+
+    monitoring: StrictBool = False
+    schedules: dict[str, Schedule] = Field(default_factory=dict)
+
+
 class Topology(_Strict):
     """The whole file."""
 
@@ -294,6 +397,7 @@ class Topology(_Strict):
     events: dict[str, EventContract] = Field(default_factory=dict)
     policies: dict[str, Policy] = Field(default_factory=dict)
     unmanaged: list[StrictStr] = Field(default_factory=list)
+    celery: CelerySection = Field(default_factory=CelerySection)
 
 
 # Section name -> model of one entry; used by the loader to validate entry by entry so one

@@ -15,6 +15,12 @@ from bus.cli import main
 V = "version: 1\n"
 X = V + "exchanges:\n  events: {type: topic}\n"
 LONG = "q" * 256
+# A Celery queue `c` and a plain queue `plain`, for the celery.schedules rows.
+CQ = (
+    X
+    + "queues:\n  c:\n    celery: true\n    bindings: [{exchange: events, routing_key: c}]\n"
+    + "  plain:\n    bindings: [{exchange: events, routing_key: p}]\n"
+)
 
 CASES: list[tuple[str, str, str, str]] = [
     # id, yaml (with @@ at the error), expected field path, expected message fragment
@@ -263,6 +269,80 @@ CASES: list[tuple[str, str, str, str]] = [
         + "queues:\n  q:\n    celery: @@true\n    bindings: [{exchange: events, routing_key: 'a.*'}]\n",
         "queues.q.celery",
         "celery.routing_key",
+    ),
+    (
+        "schedule-queue-not-celery",
+        CQ + "celery:\n  schedules:\n    s: {task: t.a, queue: @@plain, every: 1s}\n",
+        "celery.schedules.s.queue",
+        "not marked 'celery:'",
+    ),
+    (
+        "schedule-queue-undeclared",
+        CQ + "celery:\n  schedules:\n    s: {task: t.a, queue: @@nope, every: 1s}\n",
+        "celery.schedules.s.queue",
+        "not declared",
+    ),
+    (
+        "schedule-cron-out-of-range",
+        CQ
+        + "celery:\n  schedules:\n    s:\n      task: t.a\n      queue: c\n      cron: @@'0 24 * * *'\n",
+        "celery.schedules.s.cron",
+        "hour 24 is out of range 0-23",
+    ),
+    (
+        "schedule-cron-four-fields",
+        CQ + "celery:\n  schedules:\n    s: {task: t.a, queue: c, cron: @@'*/5 * * *'}\n",
+        "celery.schedules.s.cron",
+        "has 4 fields; expected 5",
+    ),
+    (
+        "schedule-cron-day-name-in-month",
+        CQ + "celery:\n  schedules:\n    s: {task: t.a, queue: c, cron: @@'0 0 1 mon *'}\n",
+        "celery.schedules.s.cron",
+        "month 'mon'",
+    ),
+    (
+        "schedule-cron-zero-step",
+        CQ + "celery:\n  schedules:\n    s: {task: t.a, queue: c, cron: @@'*/0 * * * *'}\n",
+        "celery.schedules.s.cron",
+        "step must be a positive integer",
+    ),
+    (
+        "schedule-every-and-cron",
+        CQ
+        + "celery:\n  schedules:\n    s:\n      task: t.a\n      queue: c\n      every: 1m\n      @@cron: '* * * * *'\n",
+        "celery.schedules.s.cron",
+        "exactly one of every / cron",
+    ),
+    (
+        "schedule-neither-every-nor-cron",
+        CQ + "celery:\n  schedules:\n    @@s: {task: t.a, queue: c}\n",
+        "celery.schedules.s",
+        "exactly one of every",
+    ),
+    (
+        "schedule-zero-every",
+        CQ + "celery:\n  schedules:\n    s: {task: t.a, queue: c, every: @@0s}\n",
+        "celery.schedules.s.every",
+        "greater than 0",
+    ),
+    (
+        "schedule-unknown-key",
+        CQ + "celery:\n  schedules:\n    s: {task: t.a, queue: c, every: 1s, @@countdown: 5}\n",
+        "celery.schedules.s.countdown",
+        "unknown key",
+    ),
+    (
+        "celery-unknown-key",
+        CQ + "celery:\n  @@monitorin: true\n",
+        "celery.monitorin",
+        "did you mean 'monitoring'",
+    ),
+    (
+        "monitoring-exchange-declared",
+        V + "exchanges:\n  @@celeryev: {type: topic}\ncelery: {monitoring: true}\n",
+        "exchanges.celeryev",
+        "declared by celery.monitoring",
     ),
 ]
 

@@ -29,7 +29,15 @@ from consumers.message import Message
 from consumers.runtime import ConsumerApp
 from producers.events import CacheInvalidated, CancelOrder, EmailRequested, OrderCreated, OrderPaid
 
-__all__ = ["DEMO_QUEUES", "Received", "Recorder", "app", "recorder"]
+__all__ = [
+    "DEMO_QUEUES",
+    "FLAKY_PREFIX",
+    "Received",
+    "Recorder",
+    "TransientBillingError",
+    "app",
+    "recorder",
+]
 
 log = logging.getLogger("consumers.demo")
 
@@ -54,6 +62,7 @@ class Received:
     routing_key: str
     exchange: str
     body: bytes
+    retry_count: int = 0
 
 
 class Recorder:
@@ -72,6 +81,7 @@ class Recorder:
                 message.routing_key,
                 message.exchange,
                 message.body,
+                message.retry_count,
             )
         )
         self._changed.set()
@@ -99,9 +109,18 @@ class Recorder:
 recorder = Recorder()
 app = ConsumerApp("demo")
 
+FLAKY_PREFIX = "flaky-"
+"""Orders whose id starts with this fail on their first attempt: the demo's retry ladder."""
+
+
+class TransientBillingError(RuntimeError):
+    """A failure worth retrying (in real life: the payment provider timed out)."""
+
 
 @app.handler("billing.orders", prefetch=50)
 async def bill_order(event: OrderCreated | OrderPaid, message: Message) -> None:
+    if event.order_id.startswith(FLAKY_PREFIX) and message.retry_count == 0:
+        raise TransientBillingError(f"payment provider timed out for {event.order_id}")
     log.info("billing.orders: %s %s", message.type, event.order_id)
     recorder.record(message)
 

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["DEFAULT_AMQP_URL", "BusSettings", "mask_url", "vhost_from_url", "with_vhost"]
+__all__ = [
+    "DEFAULT_AMQP_URL",
+    "BusSettings",
+    "install_log_redaction",
+    "mask_url",
+    "redact",
+    "vhost_from_url",
+    "with_vhost",
+]
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/"
 
@@ -25,6 +36,44 @@ def mask_url(url: str) -> str:
     if parts.port is not None:
         netloc += f":{parts.port}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+# scheme://user:password@ anywhere in a text (amqp, amqps, http(s), redis...).
+_USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s'\"<>]*):[^@\s'\"<>]*@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@`` replaced by ``***``."""
+    return _USERINFO.sub(r"\g<head>:***@", text)
+
+
+def install_log_redaction() -> None:
+    """Mask URL passwords in every log record of this process, whatever logger or handler.
+
+    A record factory, not a filter: a filter sits on one logger or handler and misses records
+    that libraries (pika, aio-pika, kombu, Celery) log through handlers configured later.
+    """
+    factory = logging.getLogRecordFactory()
+    if getattr(factory, "bus_redacting", False):
+        return
+
+    def make_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string: logging reports it itself when emitting
+            return record
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+            text = logging.Formatter().formatException(record.exc_info)
+            if redact(text) != text:
+                record.exc_text = redact(text)
+        return record
+
+    make_record.bus_redacting = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(make_record)
 
 
 def vhost_from_url(url: str) -> str:

@@ -52,7 +52,7 @@ def task(**options: Any) -> Callable[[Callable[..., Any]], Any]:
 
 def _append(path: str, **entry: Any) -> None:
     # O_APPEND writes of one short line are atomic, so concurrent pool processes do not interleave.
-    line = json.dumps({"pid": os.getpid(), **entry}) + "\n"
+    line = json.dumps({"pid": os.getpid(), "at": time.time(), **entry}) + "\n"
     with Path(path).open("a", encoding="utf-8") as f:
         f.write(line)
 

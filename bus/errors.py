@@ -26,6 +26,7 @@ on one line; a traceback means a bug.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "TopologyIssue",
     "UnroutableError",
     "UsageError",
+    "parse_access_refused",
 ]
 
 
@@ -110,7 +112,70 @@ class BrokerUnavailableError(BrokerError):
 
 
 class AccessRefusedError(BrokerError):
-    """The broker refused an operation for lack of permission."""
+    """The broker refused an operation for lack of permission.
+
+    Built with :meth:`missing`, the message names the permission and the object:
+    ``access refused: write permission on exchange 'events' in vhost 'v' for user 'u'``.
+    """
+
+    permission: str | None = None
+    kind: str | None = None
+    name: str | None = None
+
+    @classmethod
+    def missing(
+        cls,
+        permission: str,
+        kind: str,
+        name: str,
+        *,
+        vhost: str,
+        user: str,
+        detail: str = "",
+    ) -> AccessRefusedError:
+        what = f"{kind} {name!r}"
+        if kind == "exchange" and name == "amq.default":
+            what += " (the default exchange)"
+        text = (
+            f"access refused: {permission} permission on {what} in vhost {vhost!r} "
+            f"for user {user!r}"
+        )
+        error = cls(f"{text}; {detail}" if detail else text)
+        error.permission, error.kind, error.name = permission, kind, name
+        return error
+
+    @classmethod
+    def from_reply(
+        cls,
+        reply_text: str,
+        permission: str,
+        *,
+        kind: str,
+        name: str,
+        vhost: str,
+        user: str,
+        detail: str = "",
+    ) -> AccessRefusedError:
+        """From the broker's 403 text; the object it names wins over ``kind`` / ``name``."""
+        refused = parse_access_refused(reply_text)
+        if refused is not None:
+            kind, name, vhost, user = refused
+        return cls.missing(permission, kind, name, vhost=vhost, user=user, detail=detail)
+
+
+# RabbitMQ's 403 text: "ACCESS_REFUSED - access to exchange 'x' in vhost 'v' refused for user 'u'"
+_REFUSED = re.compile(
+    r"access to (?P<kind>exchange|queue|topic) '(?P<name>.*?)' in vhost '(?P<vhost>.*?)' "
+    r"refused for user '(?P<user>.*?)'"
+)
+
+
+def parse_access_refused(text: str) -> tuple[str, str, str, str] | None:
+    """(kind, name, vhost, user) of a broker ACCESS_REFUSED text, or None."""
+    match = _REFUSED.search(text)
+    if match is None:
+        return None
+    return match["kind"], match["name"], match["vhost"], match["user"]
 
 
 class NotFoundError(BrokerError):

@@ -265,9 +265,17 @@ class _QueueConsumer:
         session = ChannelSession(underlay, self.queue, self.runtime.metrics)
         self.session = session
         underlay.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
-        await underlay.basic_consume(
-            self.queue, partial(self._on_delivery, session), consumer_tag=self.consumer_tag
-        )
+        try:
+            await underlay.basic_consume(
+                self.queue, partial(self._on_delivery, session), consumer_tag=self.consumer_tag
+            )
+        except aiormq.exceptions.ChannelAccessRefused as exc:
+            # basic.consume needs read on the queue (and nothing else).
+            settings = self.runtime.settings
+            raise AccessRefusedError.from_reply(
+                str(exc), "read", kind="queue", name=self.queue, vhost=settings.vhost,
+                user=settings.credentials()[0],
+            ) from None  # fmt: skip
 
     async def _on_reopen(self, channel: AbstractRobustChannel | None) -> None:
         if self.stopping or channel is None:
@@ -787,8 +795,15 @@ class Runtime:
             app_id=props.app_id,
         )
         target = await self._exchange(exchange)
-        async with asyncio.timeout(self.app.publish_timeout):
-            await target.publish(copy, routing_key, mandatory=True)
+        try:
+            async with asyncio.timeout(self.app.publish_timeout):
+                await target.publish(copy, routing_key, mandatory=True)
+        except aiormq.exceptions.ChannelAccessRefused as exc:
+            # Retries go through the default exchange: write on 'amq.default' is needed.
+            raise AccessRefusedError.from_reply(
+                str(exc), "write", kind="exchange", name=exchange or "amq.default",
+                vhost=self.settings.vhost, user=self.settings.credentials()[0],
+            ) from None  # fmt: skip
 
 
 def _tag(delivered: DeliveredMessage) -> int:

@@ -453,7 +453,7 @@ class Publisher:
                 "unreachable); the message may or may not have been delivered"
             ) from None
         except aiormq.exceptions.ChannelClosed as exc:
-            raise _channel_error(exc, message) from None
+            raise _channel_error(exc, message, self.settings) from None
         except (
             aiormq.exceptions.AMQPError,
             aiormq.exceptions.ChannelInvalidStateError,
@@ -466,13 +466,19 @@ class Publisher:
             ) from None
 
 
-def _channel_error(exc: aiormq.exceptions.ChannelClosed, message: Resolved) -> BusError:
+def _channel_error(
+    exc: aiormq.exceptions.ChannelClosed, message: Resolved, settings: BusSettings
+) -> BusError:
     text = " ".join(str(exc).split()) or type(exc).__name__
     where = f"exchange {message.exchange!r} routing key {message.routing_key!r}"
     if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):
         return NotFoundError(f"publish to {where} failed, channel closed by the broker: {text}")
     if isinstance(exc, aiormq.exceptions.ChannelAccessRefused):
-        return AccessRefusedError(f"publish to {where} refused by the broker: {text}")
+        # basic.publish needs write on the exchange (on 'amq.default' for the default one).
+        return AccessRefusedError.from_reply(
+            text, "write", kind="exchange", name=message.exchange or "amq.default",
+            vhost=settings.vhost, user=settings.credentials()[0],
+        )  # fmt: skip
     if "larger than configured max size" in text:
         return MessageTooLargeError(f"broker refused the message to {where}: {text}")
     return BrokerError(f"publish to {where} failed, channel closed by the broker: {text}")

@@ -383,7 +383,7 @@ class SyncPublisher:
             ) from None
         except pika.exceptions.ChannelClosedByBroker as exc:
             self._channel = None
-            raise _channel_error(exc, where) from None
+            raise _channel_error(exc, where, message.exchange, self.settings) from None
         except (pika.exceptions.AMQPError, OSError) as exc:
             self._drop()
             raise PublishError(
@@ -414,12 +414,18 @@ class SyncPublisher:
                     connection.process_data_events(0.05)
 
 
-def _channel_error(exc: pika.exceptions.ChannelClosedByBroker, where: str) -> BusError:
+def _channel_error(
+    exc: pika.exceptions.ChannelClosedByBroker, where: str, exchange: str, settings: BusSettings
+) -> BusError:
     text = f"{exc.reply_code} {exc.reply_text}"
     if exc.reply_code == 404:
         return NotFoundError(f"publish to {where} failed, channel closed by the broker: {text}")
     if exc.reply_code == 403:
-        return AccessRefusedError(f"publish to {where} refused by the broker: {text}")
+        # basic.publish needs write on the exchange (on 'amq.default' for the default one).
+        return AccessRefusedError.from_reply(
+            exc.reply_text, "write", kind="exchange", name=exchange or "amq.default",
+            vhost=settings.vhost, user=settings.credentials()[0],
+        )  # fmt: skip
     if "larger than configured max size" in exc.reply_text:
         return MessageTooLargeError(f"broker refused the message to {where}: {text}")
     return BrokerError(f"publish to {where} failed, channel closed by the broker: {text}")

@@ -36,6 +36,7 @@ from bus.errors import (
     ManagementAPIError,
     NotFoundError,
     PlanConflictError,
+    parse_access_refused,
 )
 from bus.settings import BusSettings
 from bus.topology.expand import BindingSpec, ExchangeSpec, ExpandedTopology, QueueSpec
@@ -44,13 +45,26 @@ from bus.topology.model import Vhost
 
 __all__ = ["ApplyResult", "apply"]
 
-# The permission each AMQP operation needs, for an error that says what to grant.
-_PERMISSION = {
-    "declare": "configure",
-    "delete": "configure",
-    "bind": "write (destination) and read (source)",
-    "unbind": "write (destination) and read (source)",
-}
+
+def _needed_permission(
+    operation: str, kind: str, name: str, refused: tuple[str, str] | None, refers: str | None
+) -> str:
+    """The permission a 403 on ``operation`` of ``kind name`` says is missing (3.10.8).
+
+    The broker's text names the refused object, not the permission. Declare and delete need
+    configure on the object; declaring one that names an alternate or dead-letter exchange
+    (``refers``) also needs read on the object (checked after configure, so the text cannot
+    tell them apart) and write on that exchange; (un)bind needs write on the destination and
+    read on the source.
+    """
+    same = refused is None or refused == (kind, name)
+    if operation == "declare":
+        if not same:
+            return "write"
+        return "configure or read" if refers else "configure"
+    if operation in ("bind", "unbind"):
+        return "write" if same else "read"
+    return "configure"
 
 
 @dataclass
@@ -127,10 +141,25 @@ class _Executor:
         text = f"{exc.reply_code} {exc.reply_text}"
         user, _ = self.settings.credentials()
         if exc.reply_code == 403:
-            return AccessRefusedError(
-                f"user {user!r} lacks {_PERMISSION[operation]} permission on {kind} {name!r} "
-                f"in vhost {self.vhost!r} ({text}); stopped {self.progress()}"
+            refused = parse_access_refused(exc.reply_text)
+            spec: ExchangeSpec | QueueSpec | None = (
+                self.expanded.exchanges.get(name)
+                if kind == "exchange"
+                else self.expanded.queues.get(name)
             )
+            args = spec.arguments if spec is not None else {}
+            refers = args.get("alternate-exchange") or args.get("x-dead-letter-exchange")
+            permission = _needed_permission(
+                operation, kind, name, refused and (refused[0], refused[1]), refers
+            )
+            why = f"{operation} {kind} {name!r}"
+            if refers and operation == "declare":
+                role = "alternate" if kind == "exchange" else "dead-letter"
+                why += f" needs configure and read on it, write on {role} exchange {refers!r}"
+            return AccessRefusedError.from_reply(
+                exc.reply_text, permission, kind=kind, name=name, vhost=self.vhost, user=user,
+                detail=f"{why}; stopped {self.progress()}",
+            )  # fmt: skip
         if exc.reply_code == 406:
             return PlanConflictError(
                 f"the broker refused to {operation} {kind} {name!r} ({text}): it changed since "

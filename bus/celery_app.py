@@ -484,9 +484,13 @@ def _check_passively(app: Celery, selected: list[KombuQueue], settings: BusSetti
 
 
 def _connection_errors(app: Celery) -> tuple[type[BaseException], ...]:
+    # ensure_connection wraps a refused or failed connection in kombu's OperationalError.
+    from kombu.exceptions import OperationalError
+
     conn = app.connection_for_read()
     try:
-        return tuple(conn.connection_errors) + tuple(conn.channel_errors) + (OSError,)
+        errors = tuple(conn.connection_errors) + tuple(conn.channel_errors)
+        return (*errors, OSError, OperationalError)
     finally:
         conn.release()
 

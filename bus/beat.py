@@ -20,7 +20,7 @@ from typing import Any
 from celery import Celery
 from celery.schedules import crontab
 
-from bus.celery_app import build_app
+from bus.celery_app import build_app, start_celery
 from bus.errors import UsageError
 from bus.settings import BusSettings
 from bus.topology import ExpandedTopology, LoadedTopology, load_topology
@@ -96,5 +96,4 @@ def run_beat(
     target = schedule_file if schedule_file is not None else default_schedule_file()
     if not target.parent.is_dir():
         raise UsageError(f"schedule file directory does not exist: {target.parent}")
-    code = app.start(beat_argv(target, loglevel))
-    return int(code) if isinstance(code, int) else 0
+    return start_celery(app, beat_argv(target, loglevel))

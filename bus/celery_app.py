@@ -12,6 +12,11 @@ x-arguments mirror the declared ones exactly) and a worker that declares nothing
   with ``countdown`` or ``eta`` fail with :class:`~bus.errors.PublishError` before anything is
   sent. (Celery would otherwise publish it into the ``celery_delayed_27`` exchange, which does
   not exist.) Delay work with the bus's own ``retry:`` queues, or schedule it outside Celery.
+- Monitoring (``celery: {monitoring: true}`` in the topology, or ``build_app(monitoring=True)``)
+  turns on remote control and task events. The exchanges they use are then declared by
+  ``bus apply``; :class:`TopologyControl` and :class:`TopologyEventDispatcher` only refer to
+  them (``no_declare``), so a worker needs configure permission on nothing but its own
+  exclusive pidbox queue, and an inspecting client on nothing but its reply queue.
 - :class:`TopologyPreflight` checks, before the worker starts, that every queue the worker
   will consume exists on the broker with exactly the mirrored arguments, and that its exchange
   and binding are there; a drift ends the start with one ``error: ...`` line instead of the
@@ -26,13 +31,20 @@ import os
 import ssl
 import weakref
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
+import click
 from celery import Celery, bootsteps
+from celery.app.control import Control
+from celery.app.events import Events
+from celery.events.dispatcher import EventDispatcher
 from celery.worker.consumer import Consumer
 from kombu import entity as _kombu_entity
+from kombu.exceptions import InconsistencyError
+from kombu.pidbox import Mailbox
 
 from bus.broker.management import ManagementClient, quote_name
 from bus.celery_message import binding_routes, celery_routes
@@ -49,15 +61,23 @@ from bus.settings import BusSettings, mask_url
 from bus.topology import ExpandedTopology, LoadedTopology, load_topology
 
 __all__ = [
+    "INSPECT_CONFIGURE_REGEX",
+    "WORKER_CONFIGURE_REGEX",
     "TopologyConsumer",
+    "TopologyControl",
+    "TopologyEventDispatcher",
+    "TopologyEvents",
+    "TopologyMailbox",
     "TopologyPreflight",
     "build_app",
     "celery_config",
     "celery_queues",
     "configure_app",
+    "inspect_active",
     "load_app",
     "preflight",
     "run_worker",
+    "start_celery",
     "worker_argv",
 ]
 
@@ -70,6 +90,15 @@ _Exchange: Any = _kombu_entity.Exchange
 
 TopologySource = LoadedTopology | ExpandedTopology | Path | str | None
 
+# Configure permission with monitoring on (names observed on RabbitMQ 3.10 / Celery 5.7): a
+# worker declares only its exclusive pidbox queue "<name>@<host>.celery.pidbox", an
+# inspecting client only its exclusive reply queue "<uuid>.reply.celery.pidbox". Neither
+# pattern matches the exchanges celery.pidbox, reply.celery.pidbox or celeryev.
+WORKER_CONFIGURE_REGEX = r"^[^@]+@.+\.celery\.pidbox$"
+INSPECT_CONFIGURE_REGEX = (
+    r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.reply\.celery\.pidbox$"
+)
+
 # The settings an app was configured with, for the pre-flight check in the worker process.
 _SETTINGS: weakref.WeakKeyDictionary[Celery, BusSettings] = weakref.WeakKeyDictionary()
 
@@ -79,9 +108,9 @@ class TopologyConsumer(Consumer):  # type: ignore[misc]
 
     - no ``DelayedDelivery`` bootstep (it declares the ``celery_delayed_*`` ladder even with
       ``no_declare=True`` queues);
-    - gossip, mingle and heartbeat forced off unless the app was built with
-      ``monitoring=True``, so ``celery -A ... worker`` without the ``--without-*`` flags stays
-      passive too;
+    - gossip and mingle always off (they exist to coordinate workers and would need event
+      receiver queues and broadcast replies at every start), heartbeat off unless monitoring
+      is on, so ``celery -A ... worker`` without the ``--without-*`` flags stays passive too;
     - a message whose body cannot be decoded (e.g. a pickle) is rejected without requeue, so
       it dead-letters instead of being acknowledged away.
     """
@@ -95,9 +124,10 @@ class TopologyConsumer(Consumer):  # type: ignore[misc]
 
     def __init__(self, *args: Any, worker_options: Mapping[str, Any] | None = None, **kw: Any):
         options = dict(worker_options or {})
+        options.update(without_gossip=True, without_mingle=True)
         app = kw.get("app")
         if app is None or not app.conf.get("bus_monitoring", False):
-            options.update(without_gossip=True, without_mingle=True, without_heartbeat=True)
+            options.update(without_heartbeat=True)
         super().__init__(*args, worker_options=options, **kw)
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
@@ -108,6 +138,73 @@ class TopologyConsumer(Consumer):  # type: ignore[misc]
             exc,
         )
         message.reject_log_error(log, self.connection_errors, requeue=False)
+
+
+class TopologyMailbox(Mailbox):
+    """kombu's pidbox mailbox referring to ``bus apply``'s exchanges without declaring them.
+
+    kombu declares ``celery.pidbox`` with every broadcast and ``reply.celery.pidbox`` with
+    every reply; each declare needs configure permission on the exchange even when it exists
+    with the same flags. Queues (the worker's ``<node>.celery.pidbox``, the client's
+    ``<oid>.reply.celery.pidbox``) are still declared: they are exclusive to one connection.
+    """
+
+    def _get_exchange(self, namespace: str, type: str) -> Any:
+        base: Any = super()  # kombu leaves these methods unannotated
+        exchange = base._get_exchange(namespace, type)
+        exchange.no_declare = True
+        return exchange
+
+    def _get_reply_exchange(self, namespace: str) -> Any:
+        base: Any = super()
+        exchange = base._get_reply_exchange(namespace)
+        exchange.no_declare = True
+        return exchange
+
+    def _publish_reply(
+        self,
+        reply: Any,
+        exchange: str,
+        routing_key: str,
+        ticket: str,
+        channel: Any = None,
+        producer: Any = None,
+        **opts: Any,
+    ) -> None:
+        # kombu's own version builds a fresh Exchange and passes it in declare=[...].
+        connection: Any = self.connection
+        chan = channel or connection.default_channel
+        # InconsistencyError: the client's reply queue is gone, nobody waits for this reply.
+        with self.producer_or_acquire(producer, chan) as prod, suppress(InconsistencyError):
+            prod.publish(
+                reply,
+                exchange=exchange,
+                routing_key=routing_key,
+                headers={"ticket": ticket, "clock": self.clock.forward()},
+                retry=True,
+                **opts,
+            )
+
+
+class TopologyControl(Control):  # type: ignore[misc]
+    """``app.control`` on :class:`TopologyMailbox`."""
+
+    Mailbox = TopologyMailbox
+
+
+class TopologyEventDispatcher(EventDispatcher):  # type: ignore[misc]
+    """Task and worker events published to ``celeryev`` without declaring it first."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # A copy made for this dispatcher (celery.events.event.get_exchange), safe to change.
+        self.exchange.no_declare = True
+
+
+class TopologyEvents(Events):  # type: ignore[misc]
+    """``app.events`` with :class:`TopologyEventDispatcher`."""
+
+    dispatcher_cls = "bus.celery_app:TopologyEventDispatcher"
 
 
 class TopologyPreflight(bootsteps.Step):  # type: ignore[misc]
@@ -195,18 +292,23 @@ def celery_config(
     *,
     routes: Mapping[str, str] | None = None,
     default_queue: str | None = None,
-    monitoring: bool = False,
+    monitoring: bool | None = None,
     prefetch_multiplier: int = 1,
 ) -> dict[str, Any]:
     """The Celery settings for the topology's Celery queues.
 
     ``routes`` maps task names (or glob patterns) to topology Celery queues; the exchange and
     routing key come from the topology. ``default_queue`` defaults to the first Celery queue.
+    ``monitoring`` (remote control and task events) defaults to the topology's
+    ``celery.monitoring``; turning it on when the topology does not declare the exchanges
+    makes the worker fail at start with NOT_FOUND.
     ``prefetch_multiplier`` stays 1 unless tasks are short: one reserved task per process
     keeps long tasks from holding others back, at a cost on tiny tasks (bench/celery.py).
     """
     if prefetch_multiplier < 1:
         raise UsageError("prefetch_multiplier must be at least 1")
+    if monitoring is None:
+        monitoring = topology.celery.monitoring
     queues = celery_queues(topology)
     if not queues:
         raise UsageError("the topology marks no queue with 'celery:'")
@@ -275,6 +377,10 @@ def _reject_delays(send_task: Callable[..., Any]) -> Callable[..., Any]:
     return guarded
 
 
+_CONTROL = "bus.celery_app:TopologyControl"
+_EVENTS = "bus.celery_app:TopologyEvents"
+
+
 def _install(app: Celery, settings: BusSettings | None) -> None:
     if settings is not None:
         _SETTINGS[app] = settings
@@ -282,6 +388,10 @@ def _install(app: Celery, settings: BusSettings | None) -> None:
         return
     # Instance attribute: Task.apply_async and Task.retry both publish through app.send_task.
     app.send_task = _reject_delays(app.send_task)
+    app.control_cls, app.events_cls = _CONTROL, _EVENTS
+    # Created before this call (with kombu's declaring mailbox): built again on next use.
+    app.__dict__.pop("control", None)
+    app.__dict__.pop("events", None)
     app.steps["worker"].add(TopologyPreflight)
     app._bus_installed = True
 
@@ -293,7 +403,7 @@ def configure_app(
     settings: BusSettings | None = None,
     routes: Mapping[str, str] | None = None,
     default_queue: str | None = None,
-    monitoring: bool = False,
+    monitoring: bool | None = None,
     prefetch_multiplier: int = 1,
 ) -> Celery:
     """Configure an existing Celery app for the topology's Celery queues (now, not lazily)."""
@@ -318,7 +428,7 @@ def build_app(
     settings: BusSettings | None = None,
     routes: Mapping[str, str] | None = None,
     default_queue: str | None = None,
-    monitoring: bool = False,
+    monitoring: bool | None = None,
     prefetch_multiplier: int = 1,
     main: str = "amqp-bus",
 ) -> Celery:
@@ -328,7 +438,7 @@ def build_app(
     (``BUS_*``) are read when the app's configuration is first used, so importing a module that
     builds the app neither reads files nor connects.
     """
-    app = Celery(main)
+    app = Celery(main, control=_CONTROL, events=_EVENTS)
     _install(app, settings)
 
     def lazy_config() -> dict[str, Any]:
@@ -495,6 +605,34 @@ def _connection_errors(app: Celery) -> tuple[type[BaseException], ...]:
         conn.release()
 
 
+def inspect_active(app: Celery, timeout: float = 1.0) -> dict[str, list[dict[str, Any]]]:
+    """Active tasks per worker node that replied within ``timeout`` seconds (remote control).
+
+    The client declares its own exclusive reply queue; with the topology's monitoring
+    exchanges it needs configure permission for :data:`INSPECT_CONFIGURE_REGEX` only.
+    """
+    settings = _settings_for(app)
+    errors = _connection_errors(app)
+    try:
+        replies = app.control.inspect(timeout=timeout).active()
+    except errors as exc:
+        text = " ".join(str(exc).split())
+        if "ACCESS_REFUSED" in text:
+            raise AccessRefusedError(
+                f"inspecting workers: {text} (the user needs configure permission on its "
+                f"reply queue: {INSPECT_CONFIGURE_REGEX})"
+            ) from None
+        if "NOT_FOUND" in text:
+            raise NotFoundError(
+                f"inspecting workers: {text} (monitoring exchanges missing: run `bus apply` "
+                "with celery: {monitoring: true})"
+            ) from None
+        raise BrokerUnavailableError(
+            f"inspecting workers on {mask_url(settings.amqp_url)} failed: {text}"
+        ) from None
+    return {str(node): list(tasks or []) for node, tasks in (replies or {}).items()}
+
+
 def worker_argv(
     queues: Iterable[str],
     *,
@@ -502,8 +640,13 @@ def worker_argv(
     pool: str = "prefork",
     loglevel: str = "INFO",
     hostname: str | None = None,
+    heartbeat: bool = False,
 ) -> list[str]:
-    """``celery worker`` arguments for a passive worker on ``queues``."""
+    """``celery worker`` arguments for a passive worker on ``queues``.
+
+    ``heartbeat`` keeps worker-heartbeat events (monitoring on), which tools such as Flower
+    use to tell a live worker from a gone one.
+    """
     argv = [
         "worker",
         "-Q",
@@ -512,13 +655,33 @@ def worker_argv(
         f"--loglevel={loglevel}",
         "--without-gossip",
         "--without-mingle",
-        "--without-heartbeat",
     ]
+    if not heartbeat:
+        argv.append("--without-heartbeat")
     if concurrency is not None:
         argv.append(f"--concurrency={concurrency}")
     if hostname is not None:
         argv.append(f"--hostname={hostname}")
     return argv
+
+
+def start_celery(app: Celery, argv: list[str]) -> int:
+    """Run a ``celery`` subcommand for ``app``; returns its exit code.
+
+    ``Celery.start`` drops the code: click 8 returns it from ``main(standalone_mode=False)``
+    instead of raising ``Exit``, so a worker ending with "Unrecoverable error" (e.g.
+    ACCESS_REFUSED) exited 0 through it.
+    """
+    from celery.bin.celery import celery as celery_command
+
+    celery_command.params[0].default = app
+    try:
+        code = celery_command.main(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    finally:
+        celery_command.params[0].default = None
+    return code if isinstance(code, int) else 0
 
 
 def load_app(path: str) -> Celery:
@@ -564,6 +727,11 @@ def run_worker(
     preflight(app, names)
     # Checked just now; the worker bootstep would repeat the same HTTP calls.
     app.conf.bus_preflight = False
-    argv = worker_argv(names, concurrency=concurrency, pool=pool, loglevel=loglevel)
-    code = app.start(argv)
-    return int(code) if isinstance(code, int) else 0
+    argv = worker_argv(
+        names,
+        concurrency=concurrency,
+        pool=pool,
+        loglevel=loglevel,
+        heartbeat=bool(app.conf.get("bus_monitoring", False)),
+    )
+    return start_celery(app, argv)

@@ -357,12 +357,24 @@ def beat(file: Path | None, schedule_file: Path | None, loglevel: str) -> int:
 @click.option(
     "--allow-idle", multiple=True, metavar="REGEX", help="Queues allowed to have no consumer."
 )
+@click.option(
+    "--workers", is_flag=True, help="Celery workers and their active tasks (needs monitoring)."
+)
+@click.option(
+    "--workers-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Seconds to wait for workers to answer.",
+)
 def status(
     file: Path | None,
     vhost: str | None,
     as_json: bool,
     watch: float | None,
     allow_idle: tuple[str, ...],
+    workers: bool,
+    workers_timeout: float,
 ) -> int:
     """Depths, consumers, rates; exit 4 when a DLQ holds messages or a queue is unserved."""
     import json
@@ -370,7 +382,7 @@ def status(
 
     from bus.broker.management import ManagementClient
     from bus.settings import BusSettings
-    from bus.status import UNHEALTHY, collect_status, render_table
+    from bus.status import UNHEALTHY, collect_status, collect_workers, render_table
 
     loaded = _load(file)
     settings = BusSettings()
@@ -380,6 +392,9 @@ def status(
             report = collect_status(
                 loaded.expanded, settings, management, target, allow_idle=allow_idle
             )
+            if workers:
+                found = collect_workers(loaded.expanded, settings, target, timeout=workers_timeout)
+                report.monitoring, report.workers = found is not None, found
             if as_json:
                 click.echo(json.dumps(report.to_data(), indent=2))
             else:

@@ -9,11 +9,17 @@ Health rules (exit code :data:`UNHEALTHY` when any holds):
 - a queue that should be served has no consumer. Every queue declared in the topology should
   be served, except generated dead-letter and retry queues and queues matched by
   ``--allow-idle`` patterns.
+
+``--workers`` adds the Celery workers and their active tasks, asked through Celery's remote
+control (``inspect().active()``). It needs ``celery: {monitoring: true}`` in the topology;
+the answer never changes the exit code, since a worker that is busy past the timeout is
+not a broken bus.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -23,11 +29,22 @@ import pika.exceptions
 
 from bus.broker.connect import connect_sync
 from bus.broker.management import ManagementClient, quote_name
-from bus.errors import BrokerError, NotFoundError
+from bus.celery_message import celery_routes
+from bus.errors import AccessRefusedError, BrokerError, NotFoundError
 from bus.settings import BusSettings, with_vhost
 from bus.topology.expand import ExpandedTopology
 
-__all__ = ["UNHEALTHY", "QueueStatus", "StatusReport", "collect_status", "render_table"]
+__all__ = [
+    "UNHEALTHY",
+    "ActiveTask",
+    "QueueStatus",
+    "StatusReport",
+    "WorkerStatus",
+    "collect_status",
+    "collect_workers",
+    "render_table",
+    "render_workers",
+]
 
 UNHEALTHY = 4
 
@@ -50,9 +67,28 @@ class QueueStatus:
 
 
 @dataclass
+class ActiveTask:
+    id: str
+    name: str
+    args: Any
+    kwargs: Any
+    routing_key: str | None
+    started: float | None
+
+
+@dataclass
+class WorkerStatus:
+    hostname: str
+    active: list[ActiveTask]
+
+
+@dataclass
 class StatusReport:
     vhost: str
     queues: list[QueueStatus]
+    # Set by --workers: None = not asked; monitoring False = the topology has it off.
+    monitoring: bool | None = None
+    workers: list[WorkerStatus] | None = None
 
     @property
     def problems(self) -> list[str]:
@@ -63,12 +99,16 @@ class StatusReport:
         return not self.problems
 
     def to_data(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "vhost": self.vhost,
             "healthy": self.healthy,
             "problems": self.problems,
             "queues": [asdict(q) for q in self.queues],
         }
+        if self.monitoring is not None:
+            data["monitoring"] = self.monitoring
+            data["workers"] = [asdict(w) for w in self.workers or []]
+        return data
 
 
 def _rate(stats: dict[str, Any], key: str) -> float | None:
@@ -103,6 +143,16 @@ def _passive_counts(
     return counts
 
 
+def _vhost_exists(management: ManagementClient, vhost: str) -> bool:
+    try:
+        return management.vhost(vhost) is not None
+    except AccessRefusedError:
+        # RabbitMQ 3.10 answers GET /vhosts/<name> only to administrators ("Not administrator
+        # user"); a `management` user may still list the vhosts it has permissions in.
+        listed = management.request("GET", "/vhosts", params={"columns": "name"}) or []
+        return any(v.get("name") == vhost for v in listed)
+
+
 def collect_status(
     topology: ExpandedTopology,
     settings: BusSettings,
@@ -111,7 +161,7 @@ def collect_status(
     *,
     allow_idle: Iterable[str] = (),
 ) -> StatusReport:
-    if management.vhost(vhost) is None:
+    if not _vhost_exists(management, vhost):
         raise NotFoundError(f"vhost {vhost!r} does not exist")
     idle = [re.compile(p) for p in allow_idle]
     counts = _passive_counts(settings, vhost, topology.queues)
@@ -159,6 +209,65 @@ def collect_status(
     return StatusReport(vhost, report)
 
 
+def collect_workers(
+    topology: ExpandedTopology, settings: BusSettings, vhost: str, *, timeout: float = 1.0
+) -> list[WorkerStatus] | None:
+    """Workers that answered ``inspect().active()`` in ``timeout`` s; None if monitoring is off."""
+    if not topology.celery.monitoring:
+        return None
+    if not celery_routes(topology):
+        return []  # no Celery queue: no worker can be attached
+    # Importing Celery costs ~0.3 s: only when workers are asked for.
+    from bus.celery_app import build_app, inspect_active
+
+    app = build_app(
+        topology,
+        settings=settings.model_copy(update={"amqp_url": with_vhost(settings.amqp_url, vhost)}),
+        monitoring=True,
+    )
+    try:
+        replies = inspect_active(app, timeout)
+    finally:
+        app.close()
+    workers = []
+    for hostname, tasks in sorted(replies.items()):
+        active = [
+            ActiveTask(
+                id=str(t.get("id")),
+                name=str(t.get("name") or t.get("type")),
+                args=t.get("args"),
+                kwargs=t.get("kwargs"),
+                routing_key=(t.get("delivery_info") or {}).get("routing_key"),
+                started=t.get("time_start"),
+            )
+            for t in tasks
+        ]
+        workers.append(WorkerStatus(hostname, active))
+    return workers
+
+
+def render_workers(report: StatusReport, now: float | None = None) -> str:
+    if report.monitoring is None:
+        return ""
+    if not report.monitoring:
+        return (
+            "workers: monitoring is off in the topology "
+            "(celery: {monitoring: true}, then bus apply)\n"
+        )
+    workers = report.workers or []
+    if not workers:
+        return "workers: none answered\n"
+    now = time.time() if now is None else now
+    lines = [f"workers: {len(workers)} answered"]
+    for worker in workers:
+        lines.append(f"  {worker.hostname}: {len(worker.active)} active")
+        for task in worker.active:
+            running = f" running {now - task.started:.1f}s" if task.started else ""
+            key = f" via {task.routing_key}" if task.routing_key else ""
+            lines.append(f"    {task.name} [{task.id}]{key}{running} args={task.args!r}")
+    return "\n".join(lines) + "\n"
+
+
 def _cell(value: object) -> str:
     if value is None:
         return "-"
@@ -201,4 +310,5 @@ def render_table(report: StatusReport) -> str:
         "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows
     ]
     verdict = "healthy" if report.healthy else f"UNHEALTHY ({len(report.problems)} problems)"
-    return "\n".join([f"vhost {report.vhost}: {verdict}", *lines]) + "\n"
+    table = "\n".join([f"vhost {report.vhost}: {verdict}", *lines]) + "\n"
+    return table + render_workers(report)

@@ -6,21 +6,40 @@ CA generated for the test.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import re
+import signal
 import ssl
-from collections.abc import Iterator
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pika
 import pytest
 import trustme
 
 from bus.broker.connect import connect_async, connect_sync, ssl_context
 from bus.broker.management import ManagementClient
+from bus.celery_app import build_app
 from bus.errors import BrokerUnavailableError
 from bus.node import LocalNode, rabbitmq_installed
 from bus.settings import BusSettings
+from bus.topology import LoadedTopology, load_topology
+from consumers import ConsumerApp
+from consumers.tasks import ROUTES
+from producers import Publisher, SyncPublisher
+from producers.events import OrderCreated
+from tests.helpers import declare_with_pika
 
 pytestmark = pytest.mark.skipif(not rabbitmq_installed(), reason="needs the rabbitmq-server binary")
+
+SHIPPED = Path(__file__).resolve().parents[2] / "topology.yaml"
 
 TLS_CONFIG = """
 listeners.ssl.default = {extra_port_0}
@@ -140,3 +159,161 @@ def test_no_setting_disables_verification() -> None:
     assert context is not None
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert context.check_hostname is True
+
+
+# -- producers, consumers and Celery over amqps -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_topology(tls_broker: TlsBroker) -> LoadedTopology:
+    """The shipped topology, declared on the throwaway node over its plain listener."""
+    loaded = load_topology(SHIPPED)
+    declare_with_pika(tls_broker.node.amqp_url, loaded.expanded)
+    return loaded
+
+
+def _get(broker: TlsBroker, queue: str) -> bytes | None:
+    connection = pika.BlockingConnection(pika.URLParameters(broker.node.amqp_url))
+    try:
+        method, _, body = connection.channel().basic_get(queue, auto_ack=True)
+    finally:
+        connection.close()
+    return None if method is None else bytes(body)
+
+
+async def test_publisher_and_consumer_app_over_verified_amqps(
+    tls_broker: TlsBroker, tls_topology: LoadedTopology
+) -> None:
+    settings = tls_broker.settings()
+    app = ConsumerApp("tls", grace=5)
+    got: list[str] = []
+    both = asyncio.Event()
+
+    @app.handler("billing.orders")
+    async def handle(event: OrderCreated) -> None:
+        got.append(event.order_id)
+        if len(got) == 2:
+            both.set()
+
+    async with app.serve(settings, topology=tls_topology):
+        async with Publisher.connect(settings, tls_topology) as publisher:
+            await publisher.publish(OrderCreated(order_id="tls-async", customer_id="c", total=1))
+        with SyncPublisher.connect(settings, tls_topology) as sync:
+            sync.publish(OrderCreated(order_id="tls-sync", customer_id="c", total=1))
+        await asyncio.wait_for(both.wait(), 30)
+    assert sorted(got) == ["tls-async", "tls-sync"]
+
+
+async def test_publishers_and_consumer_app_refuse_an_untrusted_ca(
+    tls_broker: TlsBroker, tls_topology: LoadedTopology
+) -> None:
+    settings = tls_broker.settings(ca=tls_broker.other_ca_file)
+    with pytest.raises(BrokerUnavailableError, match=r"(?i)certificate verify failed"):
+        await Publisher.connect(settings, tls_topology)
+    with pytest.raises(BrokerUnavailableError, match=r"(?i)certificate verify failed"):
+        SyncPublisher.connect(settings, tls_topology).start()
+    app = ConsumerApp("tls-untrusted")
+
+    @app.handler("billing.orders")
+    async def handle(event: OrderCreated) -> None:
+        raise AssertionError("never delivered")
+
+    with pytest.raises(BrokerUnavailableError, match=r"(?i)certificate verify failed"):
+        async with app.serve(settings, topology=tls_topology):
+            pass
+
+
+def _worker_env(broker: TlsBroker, ca: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BUS_", "CELERY_"))}
+    env["PYTHONWARNINGS"] = "ignore:You're running the worker with superuser privileges"
+    settings = broker.settings(ca=ca)
+    env.update(
+        BUS_AMQP_URL=settings.amqp_url,
+        BUS_MANAGEMENT_URL=str(settings.management_url),
+        BUS_TLS_CA_FILE=str(ca),
+        BUS_TOPOLOGY=str(SHIPPED),
+        BUS_CONNECT_TIMEOUT="5",
+    )
+    return env
+
+
+def _worker_argv() -> list[str]:
+    bus = str(Path(sys.executable).parent / "bus")
+    return [bus, "worker", "-Q", "reports.build", "--pool", "solo"]
+
+
+def test_celery_task_published_and_run_over_verified_amqps(
+    tls_broker: TlsBroker, tls_topology: LoadedTopology, tmp_path: Path
+) -> None:
+    lines: list[str] = []
+    worker = subprocess.Popen(
+        _worker_argv(),
+        env=_worker_env(tls_broker, tls_broker.ca_file),
+        cwd=SHIPPED.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+    def read() -> None:
+        assert worker.stdout is not None
+        lines.extend(worker.stdout)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    out = tmp_path / "records.jsonl"
+    try:
+        _wait(lambda: any(line.rstrip().endswith(" ready.") for line in lines), worker, lines)
+        app = build_app(tls_topology.expanded, settings=tls_broker.settings(), routes=ROUTES)
+        assert app.conf.broker_use_ssl["cert_reqs"] == ssl.CERT_REQUIRED
+        app.send_task("consumers.tasks.record", (str(out), "over-tls"), queue="reports.build")
+        _wait(out.exists, worker, lines)
+        _wait(lambda: "over-tls" in out.read_text(), worker, lines)
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(10)
+        reader.join(5)
+        if worker.stdout is not None:
+            worker.stdout.close()
+    assert json.loads(out.read_text().splitlines()[0])["token"] == "over-tls"
+    assert f"amqps://guest:**@localhost:{tls_broker.amqps_port}" in "".join(lines)
+
+
+def test_celery_refuses_an_untrusted_ca(
+    tls_broker: TlsBroker, tls_topology: LoadedTopology
+) -> None:
+    settings = tls_broker.settings(ca=tls_broker.other_ca_file)
+    app = build_app(tls_topology.expanded, settings=settings, routes=ROUTES)
+    connection = app.connection_for_write()
+    with pytest.raises(Exception, match=r"(?i)certificate verify failed"), connection:
+        connection.ensure_connection(max_retries=1)
+    result = subprocess.run(
+        _worker_argv(),
+        env=_worker_env(tls_broker, tls_broker.other_ca_file),
+        cwd=SHIPPED.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    assert re.search(r"(?i)certificate verify failed", errors[0]), errors[0]
+    assert "ready." not in result.stdout
+
+
+def _wait(
+    condition: Callable[[], object], process: subprocess.Popen[str], lines: list[str]
+) -> None:
+    end = time.monotonic() + 60
+    while not condition():
+        if process.poll() is not None or time.monotonic() > end:
+            raise AssertionError("worker output:\n" + "".join(lines))
+        time.sleep(0.1)

@@ -3,18 +3,17 @@
 Targets (2-core machine, local broker): apply <= 5 s, no-op plan <= 1 s. The apply time
 includes its own plan before and its verifying re-plan after the changes.
 
-    .venv/bin/python -m bench.apply [--amqp-url URL] [--management-url URL] [--keep]
+    .venv/bin/python -m bench.apply [suite options]   # = python -m bench --only apply
 """
 
 from __future__ import annotations
 
-import argparse
+import sys
 import time
-import uuid
+from typing import Any
 
 from bus.broker import apply, plan
-from bus.broker.management import ManagementClient
-from bus.settings import BusSettings, with_vhost
+from bus.settings import BusSettings
 from bus.topology import ExpandedTopology, parse_topology
 
 APPLY_TARGET_S = 5.0
@@ -56,46 +55,26 @@ def count(x: ExpandedTopology) -> int:
     return len(x.exchanges) + len(x.queues) + len(x.bindings)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--amqp-url", default=None, help="default: $BUS_AMQP_URL or local guest")
-    parser.add_argument("--management-url", default=None)
-    parser.add_argument("--keep", action="store_true", help="keep the bench vhost")
-    args = parser.parse_args()
-    base = BusSettings()
-    amqp_url = args.amqp_url or base.amqp_url
-    vhost = f"bus-bench-{uuid.uuid4().hex[:8]}"
-    settings = BusSettings(
-        amqp_url=with_vhost(amqp_url, vhost),
-        management_url=args.management_url or base.management_url,
-    )
+def apply_and_plan() -> dict[str, Any]:
+    """Apply the 1,000-object topology to a vhost of its own, then time a no-op plan."""
+    from bench._harness import bench_vhost
+
     topology = parse_topology(topology_text(), "bench-topology.yaml")
     objects = count(topology.expanded)
-    with ManagementClient.from_settings(settings) as management:
-        management.create_vhost(vhost, description="amqp-bus bench (safe to delete)")
-        management.set_permissions(vhost, settings.credentials()[0])
-        try:
-            started = time.perf_counter()
-            result = apply(topology, settings)
-            apply_s = time.perf_counter() - started
-            started = time.perf_counter()
-            noop = plan(topology, settings)
-            plan_s = time.perf_counter() - started
-        finally:
-            if not args.keep:
-                management.delete_vhost(vhost)
+    with bench_vhost("apply") as url:
+        settings = BusSettings(amqp_url=url)
+        started = time.perf_counter()
+        result = apply(topology, settings)
+        apply_s = time.perf_counter() - started
+        started = time.perf_counter()
+        noop = plan(topology, settings)
+        plan_s = time.perf_counter() - started
     if result.created != objects or noop.has_changes or noop.conflicts:
         raise SystemExit(f"bench did not converge: {result.summary()} / {noop.summary()}")
-    quorum = sum(1 for q in topology.expanded.queues.values() if q.type == "quorum")
-    print(
-        f"objects: {objects} ({len(topology.expanded.exchanges)} exchanges, "
-        f"{len(topology.expanded.queues)} queues of which {quorum} quorum, "
-        f"{len(topology.expanded.bindings)} bindings)"
-    )
-    print(f"apply (plan + {objects} changes + verifying re-plan): {apply_s:.2f} s "
-          f"(target <= {APPLY_TARGET_S:.0f} s)")  # fmt: skip
-    print(f"no-op plan: {plan_s:.2f} s (target <= {PLAN_TARGET_S:.0f} s)")
+    return {"objects": objects, "apply_s": apply_s, "plan_s": plan_s}
 
 
 if __name__ == "__main__":
-    main()
+    from bench.suite import main
+
+    sys.exit(main(["--only", "apply", *sys.argv[1:]]))

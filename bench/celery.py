@@ -1,13 +1,11 @@
-"""Celery worker throughput: our topology app vs plain Celery defaults, same run, interleaved.
+"""Celery worker throughput: our topology app vs plain Celery (cases of ``python -m bench``).
 
-    .venv/bin/python -m bench.celery [--tasks 5000] [--rounds 3] [--pool prefork]
+    .venv/bin/python -m bench.celery [suite options]   # = python -m bench --only celery
 
 Each case: fill the queue with N ``noop`` tasks (raw protocol-2 messages, persistent), start a
 worker with 2 processes (``--without-gossip --without-mingle --without-heartbeat``), and time
 first to last task completion; every completion appends a timestamp to a file (the same cost
-in both cases). Cases run in a fresh worker process, in an order shuffled per round; ratios
-are paired within a round. A dedicated vhost is created and deleted through the management
-API. Both apps use ``task_acks_late`` (as the baseline in performance-baseline.md does);
+in both cases). Both apps use ``task_acks_late`` (as the baseline in performance-baseline.md does);
 ours adds everything of :mod:`bus.celery_app` (prefetch multiplier 1, pre-flight check,
 confirmed publishing, no delayed delivery) on a classic topology queue with a DLX, once with
 the recipe's prefetch multiplier 1 (``ours``) and once with Celery's default 4 (``ours_p4``),
@@ -17,23 +15,20 @@ its defaults on an equivalent classic queue that it declares itself.
 
 from __future__ import annotations
 
-import argparse
 import os
-import random
-import statistics
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pika
 from celery import Celery
 
-from bus.broker.management import ManagementClient
 from bus.celery_app import build_app, worker_argv
 from bus.celery_message import build_task_message, celery_route
-from bus.settings import BusSettings, with_vhost
+from bus.settings import BusSettings
 from bus.topology import ExpandedTopology, parse_topology
 
 TOPOLOGY = """
@@ -163,59 +158,20 @@ def _run_case(case: str, url: str, n: int, pool: str, out: Path, ours_key: str) 
     return (len(stamps) - 1) / (stamps[-1] - stamps[0])
 
 
-def _summary(values: list[float]) -> str:
-    return f"{statistics.median(values):,.0f} [{min(values):,.0f}-{max(values):,.0f}]"
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
-    parser.add_argument("--tasks", type=int, default=5000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--pool", choices=["prefork", "threads"], default="prefork")
-    args = parser.parse_args(argv)
-
-    settings = BusSettings()
-    vhost = f"bus-bench-celery-{uuid.uuid4().hex[:8]}"
-    url = with_vhost(settings.amqp_url, vhost)
-    user, _ = settings.credentials()
+def worker(url: str, case: str, tasks: int, pool: str) -> dict[str, Any]:
+    """One case: fill the queue, start a worker with 2 processes, time first to last task."""
     topology = parse_topology(TOPOLOGY, "bench-celery.yaml").expanded
+    _declare(url, topology)
     ours_key = celery_route(topology, "bench.ours").routing_key
-    out = Path(f"/tmp/{vhost}.stamps")
-    rates: dict[str, list[float]] = {c: [] for c in CASES}
-    ratios: dict[str, list[float]] = {"ours": [], "ours_p4": []}
-    with ManagementClient.from_settings(settings) as management:
-        management.create_vhost(vhost, description="bench/celery.py (safe to delete)")
-        try:
-            management.set_permissions(vhost, user)
-            _declare(url, topology)
-            for r in range(1, args.rounds + 1):
-                order = list(CASES)
-                random.shuffle(order)
-                this: dict[str, float] = {}
-                for case in order:
-                    this[case] = _run_case(case, url, args.tasks, args.pool, out, ours_key)
-                    rates[case].append(this[case])
-                for case in ratios:
-                    ratios[case].append(this[case] / this["plain"])
-                rounds = ", ".join(f"{c} {this[c]:,.0f}/s" for c in order)
-                print(f"round {r}: {rounds}", flush=True)
-        finally:
-            management.delete_vhost(vhost)
-            out.unlink(missing_ok=True)
-    print(
-        f"\nCelery worker, {args.tasks} noop tasks, acks_late, {args.pool} x2, "
-        f"{args.rounds} interleaved rounds (tasks/s, median [min-max])"
-    )
-    print(f"  ours    (topology queue, prefetch multiplier 1): {_summary(rates['ours'])}")
-    print(f"  ours_p4 (topology queue, prefetch multiplier 4): {_summary(rates['ours_p4'])}")
-    print(f"  plain   (Celery defaults, multiplier 4):         {_summary(rates['plain'])}")
-    for case, values in ratios.items():
-        print(
-            f"  ratio {case}/plain (paired per round): {statistics.median(values):.2f} "
-            f"[{min(values):.2f}-{max(values):.2f}]  goal >= 0.95"
-        )
-    return 0
+    out = Path(f"/tmp/bus-bench-celery-{uuid.uuid4().hex[:8]}.stamps")
+    try:
+        rate = _run_case(case, url, tasks, pool, out, ours_key)
+    finally:
+        out.unlink(missing_ok=True)
+    return {"tasks": tasks, "tasks_s": rate}
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from bench.suite import main
+
+    sys.exit(main(["--only", "celery", *sys.argv[1:]]))

@@ -5,14 +5,15 @@ do; the figure with every key new is printed too). For scale, the same keys are
 also matched by a linear scan that tries every binding word by word (what a matcher without
 a trie does); the ratio is printed.
 
-    .venv/bin/python -m bench.routing [--bindings 1000] [--seconds 3] [--seed 1]
+    .venv/bin/python -m bench.routing [suite options]   # = python -m bench --only routing
 """
 
 from __future__ import annotations
 
-import argparse
 import random
+import sys
 import time
+from typing import Any
 
 from bus.routing import Router
 from bus.topology.expand import BindingSpec, ExchangeSpec, ExpandedTopology, QueueSpec
@@ -89,14 +90,10 @@ def rate(seconds: float, step: object, sample: list[str]) -> tuple[float, int]:
     return done / (time.perf_counter() - started), done
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--bindings", type=int, default=1000)
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args()
-    rng = random.Random(args.seed)
-    bound = patterns(args.bindings, rng)
+def route(bindings: int, seconds: float, seed: int) -> dict[str, Any]:
+    """Routes/s of the router (memoised, and with every key new) and of a linear scan."""
+    rng = random.Random(seed)
+    bound = patterns(bindings, rng)
     sample = keys(10_000, rng)
     router = Router(topology(bound))
 
@@ -112,7 +109,7 @@ def main() -> None:
             raise SystemExit(f"trie and scan disagree on {key!r}")
     hits = sum(1 for key in sample if router.route("events", key).queues) / len(sample)
 
-    ours, routed = rate(args.seconds, lambda key: router.route("events", key), sample)
+    ours, _ = rate(seconds, lambda key: router.route("events", key), sample)
     # The router memoises per routing key; "cold" forgets before every route, i.e. every
     # key is new (the worst case, e.g. keys carrying ids).
     memo = router._exchanges["events"].cache
@@ -121,18 +118,18 @@ def main() -> None:
         memo.clear()
         return router.route("events", key)
 
-    cold, _ = rate(min(args.seconds, 1.0), cold_route, sample)
-    naive, _ = rate(min(args.seconds, 1.0), scan, sample[:500])
-    verdict = "ok" if ours >= TARGET else "BELOW TARGET"
-    print(f"topic bindings: {len(bound)}, keys: {len(sample)} ({hits:.0%} routed to a queue)")
-    print(
-        f"Router.route: {ours:,.0f} routes/s ({routed:,} routes; target >= {TARGET:,}: {verdict})"
-    )
-    print(f"Router.route, every key new (no memo): {cold:,.0f} routes/s")
-    print(
-        f"scan of every binding: {naive:,.0f} routes/s (trie without memo is {cold / naive:.0f}x)"
-    )
+    cold, _ = rate(min(seconds, 1.0), cold_route, sample)
+    naive, _ = rate(min(seconds, 1.0), scan, sample[:500])
+    return {
+        "bindings": len(bound),
+        "routed_share": hits,
+        "routes_s": ours,
+        "cold_routes_s": cold,
+        "scan_routes_s": naive,
+    }
 
 
 if __name__ == "__main__":
-    main()
+    from bench.suite import main
+
+    sys.exit(main(["--only", "routing", *sys.argv[1:]]))

@@ -1,0 +1,38 @@
+"""``python -m bench --quick``: the suite runs against the broker and reports ratios.
+
+Never asserts a timing or a ratio: only that the cases ran and the report has its lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from bus.provision import ProvidedBroker
+
+
+def test_quick_publish_suite_reports_paired_ratios(
+    bus_broker: ProvidedBroker, tmp_path: Path
+) -> None:
+    report = tmp_path / "bench.json"
+    env = dict(os.environ, BUS_AMQP_URL=bus_broker.amqp_url)
+    if bus_broker.management_url:
+        env["BUS_MANAGEMENT_URL"] = bus_broker.management_url
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--no-uvloop", "--seconds", "0.5",
+         "--only", "publish/w100", "--json", str(report)],
+        capture_output=True, text=True, timeout=120, env=env, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("| w100 | ") for line in lines), done.stdout
+    assert any(
+        line.startswith("ratio publish w100 msg_s: ours / raw aio-pika = ") for line in lines
+    ), done.stdout
+    document = json.loads(report.read_text())
+    assert set(document["cases"]) == {"publish/w100/raw-aio-pika", "publish/w100/ours"}
+    assert all(case["spread"]["msg_s"]["median"] > 0 for case in document["cases"].values())
+    assert document["failures"] == []

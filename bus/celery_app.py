@@ -29,6 +29,8 @@ import importlib
 import logging
 import os
 import ssl
+import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import suppress
@@ -37,7 +39,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import click
-from celery import Celery, bootsteps
+from celery import Celery, bootsteps, signals
 from celery.app.control import Control
 from celery.app.events import Events
 from celery.events.dispatcher import EventDispatcher
@@ -69,6 +71,7 @@ __all__ = [
     "TopologyEvents",
     "TopologyMailbox",
     "TopologyPreflight",
+    "WorkerMetrics",
     "build_app",
     "celery_config",
     "celery_queues",
@@ -77,6 +80,7 @@ __all__ = [
     "load_app",
     "preflight",
     "run_worker",
+    "serve_worker_metrics",
     "start_celery",
     "worker_argv",
 ]
@@ -633,6 +637,86 @@ def inspect_active(app: Celery, timeout: float = 1.0) -> dict[str, list[dict[str
     return {str(node): list(tasks or []) for node, tasks in (replies or {}).items()}
 
 
+class WorkerMetrics:
+    """Prometheus metrics of the tasks this process runs, fed by Celery's signals.
+
+    - ``bus_celery_tasks_total{task, state}``: finished runs by final state: SUCCESS,
+      FAILURE, RETRY, REJECTED (``Reject``), IGNORED; UNKNOWN for a message naming a task
+      this worker does not have; INVALID for a message it cannot decode.
+    - ``bus_celery_task_seconds{task}``: run time of each run, whatever its state.
+
+    The signals fire where the task runs: with the prefork pool that is a child process,
+    whose counters the main process cannot serve, so :func:`run_worker` refuses metrics with
+    prefork. ``prometheus-client`` is imported only when this class is created.
+    """
+
+    def __init__(self, registry: Any = None, namespace: str = "bus") -> None:
+        try:
+            prom = importlib.import_module("prometheus_client")
+        except ImportError:
+            raise UsageError(
+                "worker metrics need the prometheus-client package: "
+                "pip install 'amqp-bus[prometheus]' (or pip install prometheus-client)"
+            ) from None
+        kwargs: dict[str, Any] = {"namespace": namespace, "subsystem": "celery"}
+        if registry is not None:
+            kwargs["registry"] = registry
+        self.tasks = prom.Counter("tasks", "Finished task runs.", ["task", "state"], **kwargs)
+        self.seconds = prom.Histogram("task_seconds", "Task run time.", ["task"], **kwargs)
+        # Per thread, not per task id: a retry keeps its id and, republished at once, can
+        # start on another thread before this run's postrun (observed with --pool threads).
+        # A stack, because an eager call runs a task inside another on the same thread.
+        self._local = threading.local()
+
+    def connect(self) -> WorkerMetrics:
+        # weak=False: bound methods would otherwise be dropped with the last reference.
+        signals.task_prerun.connect(self._prerun, weak=False)
+        signals.task_postrun.connect(self._postrun, weak=False)
+        signals.task_unknown.connect(self._unknown, weak=False)
+        signals.task_rejected.connect(self._invalid, weak=False)
+        return self
+
+    def disconnect(self) -> None:
+        signals.task_prerun.disconnect(self._prerun)
+        signals.task_postrun.disconnect(self._postrun)
+        signals.task_unknown.disconnect(self._unknown)
+        signals.task_rejected.disconnect(self._invalid)
+
+    def _stack(self) -> list[float]:
+        stack: list[float] | None = getattr(self._local, "stack", None)
+        if stack is None:
+            stack = self._local.stack = []
+        return stack
+
+    def _prerun(self, **_: Any) -> None:
+        self._stack().append(time.perf_counter())
+
+    def _postrun(self, task: Any = None, state: str | None = None, **_: Any) -> None:
+        stack = self._stack()
+        started = stack.pop() if stack else None
+        name = str(getattr(task, "name", None) or "?")
+        self.tasks.labels(name, state or "?").inc()
+        if started is not None:
+            self.seconds.labels(name).observe(time.perf_counter() - started)
+
+    def _unknown(self, name: str | None = None, **_: Any) -> None:
+        self.tasks.labels(str(name), "UNKNOWN").inc()
+
+    def _invalid(self, **_: Any) -> None:
+        self.tasks.labels("?", "INVALID").inc()
+
+
+def serve_worker_metrics(port: int, host: str = "0.0.0.0") -> WorkerMetrics:
+    """Start the metrics endpoint on ``host:port`` (``/metrics``) and connect the signals."""
+    metrics = WorkerMetrics()
+    prom = importlib.import_module("prometheus_client")
+    try:
+        prom.start_http_server(port, addr=host)
+    except OSError as exc:
+        raise UsageError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
+    return metrics.connect()
+
+
 def worker_argv(
     queues: Iterable[str],
     *,
@@ -704,15 +788,22 @@ def run_worker(
     concurrency: int | None = None,
     pool: str = "prefork",
     loglevel: str = "INFO",
+    metrics_port: int | None = None,
 ) -> int:
     """Start a passive worker on topology Celery queues; returns Celery's exit code.
 
     Every queue must be marked ``celery:`` in the topology (:class:`~bus.errors.UsageError`
     otherwise), and must match the broker (:func:`preflight`), before Celery starts.
+    ``metrics_port`` serves :class:`WorkerMetrics` (threads or solo pool only).
     """
     names = [q.strip() for q in queues if q.strip()]
     if not names:
         raise UsageError("no queue given: -Q QUEUE[,QUEUE]")
+    if metrics_port is not None and pool == "prefork":
+        raise UsageError(
+            "--metrics-port needs --pool threads or solo: prefork runs tasks in child "
+            "processes whose counters this process cannot serve"
+        )
     if topology_file is not None:
         # The app reads its topology lazily from $BUS_TOPOLOGY: make it read the same file.
         os.environ["BUS_TOPOLOGY"] = str(topology_file)
@@ -727,6 +818,8 @@ def run_worker(
     preflight(app, names)
     # Checked just now; the worker bootstep would repeat the same HTTP calls.
     app.conf.bus_preflight = False
+    if metrics_port is not None:
+        serve_worker_metrics(metrics_port)
     argv = worker_argv(
         names,
         concurrency=concurrency,

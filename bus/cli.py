@@ -312,6 +312,7 @@ def asyncapi(file: Path | None, output: Path | None) -> None:
 )
 @click.option("-A", "--app", "app_path", default="consumers.tasks:app", show_default=True)
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.option("--metrics-port", type=int, default=None, help="Serve Prometheus task metrics here.")
 def worker(
     file: Path | None,
     queues: str,
@@ -319,11 +320,14 @@ def worker(
     pool: str,
     app_path: str,
     loglevel: str,
+    metrics_port: int | None,
 ) -> int:
     """A Celery worker on topology queues, declaring nothing (exit codes as celery)."""
     from bus.celery_app import run_worker
 
-    return run_worker(app_path, queues.split(","), file, concurrency, pool, loglevel)
+    return run_worker(
+        app_path, queues.split(","), file, concurrency, pool, loglevel, metrics_port=metrics_port
+    )
 
 
 @cli.command()

@@ -5,7 +5,7 @@ Run a worker with ``bus worker -Q email.send,reports.build`` or
 ``$BUS_TOPOLOGY`` (else ``./topology.yaml``) and ``BUS_*`` settings on first use, so importing
 this module neither reads the topology nor connects.
 
-``record``, ``slow``, ``reject`` and ``fail`` exist for the integration tests: they leave
+``record``, ``slow``, ``reject``, ``fail`` and ``flaky`` exist for the integration tests: they leave
 their trace in a file named by the caller, because the app keeps no result backend.
 """
 
@@ -28,6 +28,7 @@ __all__ = [
     "app",
     "build_report",
     "fail",
+    "flaky",
     "record",
     "reject",
     "send_email",
@@ -99,3 +100,16 @@ def reject(reason: str) -> None:
 def fail(reason: str) -> None:
     """Fail for good: with acks_on_failure_or_timeout off the message is rejected to the DLQ."""
     raise RuntimeError(reason)
+
+
+@task(name="consumers.tasks.flaky", bind=True, max_retries=5)
+def flaky(self: Any, path: str, token: str, failures: int) -> str:
+    """Retry ``failures`` times, then succeed; each attempt leaves a line in ``path``.
+
+    ``countdown=0`` republishes at once: delayed retries need Celery's delayed-delivery
+    exchanges, which topology workers do without.
+    """
+    _append(path, token=token, event="attempt", retries=self.request.retries)
+    if self.request.retries < failures:
+        raise self.retry(countdown=0)
+    return token

@@ -2,7 +2,7 @@
 
 Conventions of the README's ```bash blocks: one command per line; a trailing comment
 ``# exit N`` states the expected exit code (0 otherwise); ``runs until`` marks a long-running
-command, which must start, keep running, and stop cleanly on SIGINT.
+command, which must start, keep running, and stop cleanly on SIGTERM.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def _run_until_interrupted(
         if process.poll() is not None:
             output, _ = process.communicate()
             raise AssertionError(f"{command.line!r} stopped by itself:\n{output[-3000:]}")
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
     finally:
         if process.poll() is None:

@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from bus.errors import UsageError
+from bus.routing import topic_matches
 from bus.topology.expand import ExpandedTopology
 
 if TYPE_CHECKING:
@@ -36,7 +37,6 @@ __all__ = [
     "build_task_message",
     "celery_route",
     "celery_routes",
-    "topic_matches",
 ]
 
 CONTENT_TYPE = "application/json"
@@ -158,22 +158,6 @@ class CeleryRoute:
     exchange: str
     exchange_type: str
     routing_key: str
-
-
-def topic_matches(pattern: str, key: str) -> bool:
-    """AMQP topic matching: ``*`` is one word, ``#`` zero or more words."""
-    words, parts = key.split(".") if key else [], pattern.split(".") if pattern else []
-
-    def match(i: int, j: int) -> bool:
-        if j == len(parts):
-            return i == len(words)
-        if parts[j] == "#":
-            return any(match(k, j + 1) for k in range(i, len(words) + 1))
-        if i == len(words):
-            return False
-        return (parts[j] == "*" or parts[j] == words[i]) and match(i + 1, j + 1)
-
-    return match(0, 0)
 
 
 def _reaches(exchange_type: str, binding_key: str, key: str) -> bool:

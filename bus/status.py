@@ -30,7 +30,7 @@ import pika.exceptions
 from bus.broker.connect import connect_sync
 from bus.broker.management import ManagementClient, quote_name
 from bus.celery_message import celery_routes
-from bus.errors import AccessRefusedError, BrokerError, NotFoundError
+from bus.errors import BrokerError, NotFoundError
 from bus.settings import BusSettings, with_vhost
 from bus.topology.expand import ExpandedTopology
 
@@ -144,13 +144,7 @@ def _passive_counts(
 
 
 def _vhost_exists(management: ManagementClient, vhost: str) -> bool:
-    try:
-        return management.vhost(vhost) is not None
-    except AccessRefusedError:
-        # RabbitMQ 3.10 answers GET /vhosts/<name> only to administrators ("Not administrator
-        # user"); a `management` user may still list the vhosts it has permissions in.
-        listed = management.request("GET", "/vhosts", params={"columns": "name"}) or []
-        return any(v.get("name") == vhost for v in listed)
+    return management.vhost(vhost) is not None
 
 
 def collect_status(

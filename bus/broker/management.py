@@ -113,9 +113,18 @@ class ManagementClient:
         return result
 
     def vhost(self, name: str) -> dict[str, Any] | None:
-        result: dict[str, Any] | None = self.request(
-            "GET", f"/vhosts/{quote_name(name)}", allow_404=True
-        )
+        """The vhost's definition, or None when it does not exist (or is not visible)."""
+        try:
+            result: dict[str, Any] | None = self.request(
+                "GET", f"/vhosts/{quote_name(name)}", allow_404=True
+            )
+        except AccessRefusedError:
+            # RabbitMQ 3.10 answers GET /vhosts/<name> only to administrators; a `management`
+            # user may still list the vhosts it has permissions in, with the same fields.
+            listed = self.request(
+                "GET", "/vhosts", params={"columns": "name,description,default_queue_type"}
+            )
+            return next((v for v in listed or [] if v.get("name") == name), None)
         return result
 
     def create_vhost(

@@ -804,6 +804,18 @@ class Runtime:
                 str(exc), "write", kind="exchange", name=exchange or "amq.default",
                 vhost=self.settings.vhost, user=self.settings.credentials()[0],
             ) from None  # fmt: skip
+        except asyncio.CancelledError:
+            # aiormq rejects pending confirms with CancelledError when it drops a link it
+            # found stuck (no frame within the heartbeat grace). This worker was not
+            # cancelled: report a lost connection (the delivery is redelivered) instead of
+            # letting the worker task end, which would leave the consumer holding its
+            # prefetched deliveries with nobody to handle them.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            raise BrokerError(
+                f"connection lost before the broker confirmed the copy to {exchange!r}"
+            ) from None
 
 
 def _tag(delivered: DeliveredMessage) -> int:

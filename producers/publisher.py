@@ -459,11 +459,23 @@ class Publisher:
             aiormq.exceptions.ChannelInvalidStateError,
             ConnectionError,
         ) as exc:
-            raise PublishError(
-                f"connection to the broker lost before the confirm for exchange "
-                f"{message.exchange!r} routing key {message.routing_key!r}: "
-                f"{exc or type(exc).__name__}; the message may or may not have been delivered"
-            ) from None
+            raise _connection_lost(exc, message) from None
+        except asyncio.CancelledError as exc:
+            # aiormq rejects the pending confirms with CancelledError when it drops a link it
+            # found stuck (no frame within the heartbeat grace). Our caller was not cancelled:
+            # that is a lost connection, and must not end the caller's task.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            raise _connection_lost(exc, message) from None
+
+
+def _connection_lost(exc: BaseException, message: Resolved) -> PublishError:
+    return PublishError(
+        f"connection to the broker lost before the confirm for exchange "
+        f"{message.exchange!r} routing key {message.routing_key!r}: "
+        f"{exc or type(exc).__name__}; the message may or may not have been delivered"
+    )
 
 
 def _channel_error(

@@ -279,7 +279,9 @@ def _broker_use_ssl(settings: BusSettings) -> dict[str, Any] | None:
     # CERT_REQUIRED and no CA file it loads the system trust store. Verification cannot be off.
     options: dict[str, Any] = {
         "cert_reqs": ssl.CERT_REQUIRED,
-        "server_hostname": parts.hostname,
+        # None makes kombu use the host of the URL it connects to: a cluster's failover list
+        # has several.
+        "server_hostname": parts.hostname if len(settings.amqp_urls) == 1 else None,
     }
     if settings.tls_ca_file is not None:
         options["ca_certs"] = str(settings.tls_ca_file)
@@ -331,7 +333,9 @@ def celery_config(
         task_routes[task] = {"queue": queue, "routing_key": queues[queue].routing_key}
     default_q = queues[default]
     config: dict[str, Any] = {
-        "broker_url": settings.amqp_url,
+        # Several nodes: Celery's failover list (kombu moves to the next URL on a lost
+        # connection, round-robin).
+        "broker_url": ";".join(settings.amqp_urls),
         "broker_use_ssl": _broker_use_ssl(settings),
         "broker_connection_timeout": settings.connect_timeout,
         "broker_heartbeat": settings.heartbeat,
@@ -489,12 +493,13 @@ def _settings_for(app: Celery) -> BusSettings:
     # Reading the conf first runs build_app's lazy configuration, which records the settings.
     url = app.conf.broker_url
     base = _SETTINGS.get(app) or BusSettings()
-    if isinstance(url, list | tuple):
-        url = url[0]
-    url = str(url).split(";")[0]
-    if url.startswith(("amqp://", "amqps://")) and url != base.amqp_url:
-        return base.model_copy(update={"amqp_url": url})
-    return base
+    urls = [str(u) for u in url] if isinstance(url, list | tuple) else str(url).split(";")
+    urls = [u.strip() for u in urls if u.strip()]
+    if not urls or not urls[0].startswith(("amqp://", "amqps://")) or urls == base.amqp_urls:
+        return base
+    hosts = (urlsplit(u).netloc.rpartition("@")[2] for u in urls[1:])
+    nodes = tuple(host for host in hosts if host)
+    return base.model_copy(update={"amqp_url": urls[0], "amqp_nodes": nodes})
 
 
 def preflight(app: Celery, queues: Iterable[str] | None = None) -> None:

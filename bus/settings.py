@@ -5,17 +5,18 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = [
     "DEFAULT_AMQP_URL",
     "BusSettings",
     "install_log_redaction",
     "mask_url",
+    "mask_urls",
     "redact",
     "vhost_from_url",
     "with_vhost",
@@ -36,6 +37,11 @@ def mask_url(url: str) -> str:
     if parts.port is not None:
         netloc += f":{parts.port}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def mask_urls(urls: list[str] | tuple[str, ...]) -> str:
+    """Several URLs, comma-separated, passwords masked (the nodes of a cluster)."""
+    return ", ".join(mask_url(url) for url in urls)
 
 
 # scheme://user:password@ anywhere in a text (amqp, amqps, http(s), redis...).
@@ -92,12 +98,40 @@ def with_vhost(url: str, vhost: str) -> str:
     )
 
 
+_DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
+
+
+def _node_address(entry: str) -> str:
+    """``host``, ``host:port`` or ``[v6]:port`` checked and given its explicit port form."""
+    if "://" in entry or "@" in entry or "/" in entry:
+        # Credentials, scheme and vhost come from BUS_AMQP_URL only: one place for the secret.
+        raise ValueError(
+            f"BUS_AMQP_NODES takes host:port entries only (scheme, credentials and vhost come "
+            f"from BUS_AMQP_URL), got {entry.rpartition('@')[2]!r}"
+        )
+    parts = urlsplit(f"//{entry}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"BUS_AMQP_NODES: bad port in {entry!r}") from None
+    if not parts.hostname:
+        raise ValueError(f"BUS_AMQP_NODES: no host in {entry!r}")
+    return entry if port is None else parts.netloc
+
+
 class BusSettings(BaseSettings):
-    """Where the broker is and how to reach it."""
+    """Where the broker is and how to reach it.
+
+    A cluster: ``BUS_AMQP_URL`` names the first node (with scheme, credentials and vhost) and
+    ``BUS_AMQP_NODES`` the others as comma-separated ``host:port`` entries sharing all of
+    that; :attr:`amqp_urls` lists one URL per node, the first node first. Code that derives
+    settings for another vhost (``model_copy(update={"amqp_url": ...})``) keeps the nodes.
+    """
 
     model_config = SettingsConfigDict(env_prefix="BUS_", extra="ignore")
 
     amqp_url: str = DEFAULT_AMQP_URL
+    amqp_nodes: Annotated[tuple[str, ...], NoDecode] = ()
     management_url: str | None = None
     topology: Path = Path("topology.yaml")
     tls_ca_file: Path | None = None
@@ -114,21 +148,50 @@ class BusSettings(BaseSettings):
             raise ValueError(f"BUS_AMQP_URL must start with amqp:// or amqps://, got {scheme!r}")
         return value
 
+    @field_validator("amqp_nodes", mode="before")
+    @classmethod
+    def _split_nodes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list | tuple):
+            return tuple(_node_address(str(v).strip()) for v in value if str(v).strip())
+        return value
+
     @property
     def vhost(self) -> str:
         return vhost_from_url(self.amqp_url)
 
+    @property
+    def amqp_urls(self) -> list[str]:
+        """One AMQP URL per cluster node: ``amqp_url`` first, then each of ``amqp_nodes``."""
+        parts = urlsplit(self.amqp_url)
+        userinfo = parts.netloc.rpartition("@")[0]
+        urls = [self.amqp_url]
+        for address in self.amqp_nodes:
+            netloc = f"{userinfo}@{address}" if userinfo else address
+            url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+            if url not in urls:
+                urls.append(url)
+        return urls
+
     def management_base_url(self) -> str:
         """The management API root: ``BUS_MANAGEMENT_URL`` or http(s)://<amqp host>:15672."""
+        return self.management_base_urls()[0]
+
+    def management_base_urls(self) -> list[str]:
+        """``BUS_MANAGEMENT_URL`` alone, else http(s)://<host>:15672 (15671) of every node."""
         if self.management_url:
-            return self.management_url.rstrip("/")
-        parts = urlsplit(self.amqp_url)
-        host = parts.hostname or "localhost"
-        if ":" in host:
-            host = f"[{host}]"
-        if parts.scheme == "amqps":
-            return f"https://{host}:15671"
-        return f"http://{host}:15672"
+            return [self.management_url.rstrip("/")]
+        result: list[str] = []
+        for url in self.amqp_urls:
+            parts = urlsplit(url)
+            host = parts.hostname or "localhost"
+            if ":" in host:
+                host = f"[{host}]"
+            base = f"https://{host}:15671" if parts.scheme == "amqps" else f"http://{host}:15672"
+            if base not in result:
+                result.append(base)
+        return result
 
     def credentials(self) -> tuple[str, str]:
         """User and password from the AMQP URL (RabbitMQ's default guest/guest when absent)."""

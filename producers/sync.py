@@ -21,7 +21,7 @@ import pika
 import pika.exceptions
 from pydantic import BaseModel
 
-from bus.broker.connect import pika_parameters, translate_error
+from bus.broker.connect import pika_parameters_all, translate_error
 from bus.errors import (
     AccessRefusedError,
     BrokerError,
@@ -33,7 +33,7 @@ from bus.errors import (
     PublishTimeoutError,
     UnroutableError,
 )
-from bus.settings import BusSettings
+from bus.settings import BusSettings, mask_urls
 from producers._common import (
     CONTENT_TYPE,
     DEFAULT_CONFIRM_TIMEOUT,
@@ -294,14 +294,17 @@ class SyncPublisher:
         if connection is not None and connection.is_open:
             return connection
         self._connection = self._channel = None
-        params = pika_parameters(self.settings, self._connection_name)
-        # pika tears the connection down when a broker alarm blocks it for this long; it
-        # matches the confirm deadline so a blocked publish fails like an unconfirmed one.
-        params.blocked_connection_timeout = self.confirm_timeout
+        # One parameter set per cluster node: pika tries them in order, so the connection
+        # opened again after a lost one lands on a node that is up.
+        nodes = pika_parameters_all(self.settings, self._connection_name)
+        for params in nodes:
+            # pika tears the connection down when a broker alarm blocks it for this long; it
+            # matches the confirm deadline so a blocked publish fails like an unconfirmed one.
+            params.blocked_connection_timeout = self.confirm_timeout
         try:
-            self._connection = pika.BlockingConnection(params)
+            self._connection = pika.BlockingConnection(nodes if len(nodes) > 1 else nodes[0])
         except (pika.exceptions.AMQPError, OSError) as exc:
-            raise translate_error(exc, self.settings.amqp_url) from None
+            raise translate_error(exc, mask_urls(self.settings.amqp_urls)) from None
         return self._connection
 
     def _ensure_channel(self) -> Any:

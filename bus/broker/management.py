@@ -24,6 +24,23 @@ def quote_name(name: str) -> str:
     return quote(name, safe="")
 
 
+def _first_answering(bases: list[str], settings: BusSettings, verify: ssl.SSLContext | bool) -> str:
+    """The first of a cluster's management API roots that answers HTTP at all.
+
+    Any HTTP status counts as an answer (a 401 is the caller's to report); a refused or
+    timed-out connection moves on to the next node. When none answers, the first one is
+    returned so that the caller reports the usual "unreachable" error.
+    """
+    for base in bases:
+        try:
+            with httpx.Client(timeout=settings.connect_timeout, verify=verify) as client:
+                client.get(base.rstrip("/") + "/api/overview")
+        except httpx.TransportError:
+            continue
+        return base
+    return bases[0]
+
+
 class ManagementClient:
     """Synchronous management API calls; errors map to :mod:`bus.errors`."""
 
@@ -55,10 +72,9 @@ class ManagementClient:
                     str(settings.tls_cert_file),
                     settings.tls_key_file and str(settings.tls_key_file),
                 )
-        return cls(
-            settings.management_base_url(), user, password,
-            timeout=settings.connect_timeout, verify=verify,
-        )  # fmt: skip
+        bases = settings.management_base_urls()
+        base = bases[0] if len(bases) == 1 else _first_answering(bases, settings, verify)
+        return cls(base, user, password, timeout=settings.connect_timeout, verify=verify)
 
     def close(self) -> None:
         self._client.close()

@@ -244,7 +244,8 @@ class Queue(_Strict):
     max_priority: Annotated[StrictInt, Field(ge=1, le=255)] | None = None
     queue_mode: Literal["default", "lazy"] | None = None
     queue_version: Literal[1, 2] | None = None
-    leader_locator: Literal["client-local", "balanced"] | None = None
+    # random and least-leaders: the 3.9 names, which 3.10.8 still accepts (observed).
+    leader_locator: Literal["client-local", "balanced", "random", "least-leaders"] | None = None
     initial_cluster_size: Positive | None = None
     max_in_memory_length: NonNegative | None = None
     max_in_memory_bytes: NonNegative | None = None

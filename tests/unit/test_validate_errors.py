@@ -177,6 +177,36 @@ CASES: list[tuple[str, str, str, str]] = [
         "does not apply to stream",
     ),
     (
+        "cluster-size-zero",
+        V + "queues:\n  q: {type: quorum, initial_cluster_size: @@0}\n",
+        "queues.q.initial_cluster_size",
+        "greater than 0",
+    ),
+    (
+        "cluster-size-quoted",
+        V + 'queues:\n  q: {type: stream, initial_cluster_size: @@"3"}\n',
+        "queues.q.initial_cluster_size",
+        "write 3 without quotes",
+    ),
+    (
+        "cluster-size-on-classic",
+        V + "queues:\n  q: {initial_cluster_size: @@3}\n",
+        "queues.q.initial_cluster_size",
+        "does not apply to classic",
+    ),
+    (
+        "leader-locator-unknown",
+        V + "queues:\n  q: {type: quorum, leader_locator: @@nearest}\n",
+        "queues.q.leader_locator",
+        "'client-local'",
+    ),
+    (
+        "leader-locator-on-classic",
+        V + "queues:\n  q: {leader_locator: @@balanced}\n",
+        "queues.q.leader_locator",
+        "does not apply to classic",
+    ),
+    (
         "exclusive",
         V + "queues:\n  q: {exclusive: @@true}\n",
         "queues.q.exclusive",

@@ -299,7 +299,7 @@ def celery_config(
     routes: Mapping[str, str] | None = None,
     default_queue: str | None = None,
     monitoring: bool | None = None,
-    prefetch_multiplier: int = 1,
+    prefetch_multiplier: int | None = None,
 ) -> dict[str, Any]:
     """The Celery settings for the topology's Celery queues.
 
@@ -308,9 +308,12 @@ def celery_config(
     ``monitoring`` (remote control and task events) defaults to the topology's
     ``celery.monitoring``; turning it on when the topology does not declare the exchanges
     makes the worker fail at start with NOT_FOUND.
-    ``prefetch_multiplier`` stays 1 unless tasks are short: one reserved task per process
-    keeps long tasks from holding others back, at a cost on tiny tasks (bench/celery.py).
+    ``prefetch_multiplier`` defaults to the topology's ``celery.prefetch_multiplier`` (1: one
+    reserved task per process keeps long tasks from holding others back, at a cost on tiny
+    tasks, see bench/celery.py).
     """
+    if prefetch_multiplier is None:
+        prefetch_multiplier = topology.celery.prefetch_multiplier
     if prefetch_multiplier < 1:
         raise UsageError("prefetch_multiplier must be at least 1")
     if monitoring is None:
@@ -412,7 +415,7 @@ def configure_app(
     routes: Mapping[str, str] | None = None,
     default_queue: str | None = None,
     monitoring: bool | None = None,
-    prefetch_multiplier: int = 1,
+    prefetch_multiplier: int | None = None,
 ) -> Celery:
     """Configure an existing Celery app for the topology's Celery queues (now, not lazily)."""
     settings = settings or BusSettings()
@@ -437,7 +440,7 @@ def build_app(
     routes: Mapping[str, str] | None = None,
     default_queue: str | None = None,
     monitoring: bool | None = None,
-    prefetch_multiplier: int = 1,
+    prefetch_multiplier: int | None = None,
     main: str = "amqp-bus",
 ) -> Celery:
     """A Celery app for the topology's Celery queues.

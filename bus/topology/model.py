@@ -384,6 +384,9 @@ class CelerySection(_Strict):
     """``celery:``: periodic schedules and whether workers can be monitored."""
 
     monitoring: StrictBool = False
+    # Tasks reserved per worker process: 1 keeps a long task from holding short ones back;
+    # short-task queues gain throughput from more (Celery's own default is 4).
+    prefetch_multiplier: Annotated[StrictInt, Field(ge=1)] = 1
     schedules: dict[str, Schedule] = Field(default_factory=dict)
 
 

@@ -363,6 +363,12 @@ CASES: list[tuple[str, str, str, str]] = [
         "unknown key",
     ),
     (
+        "celery-prefetch-zero",
+        V + "celery: {prefetch_multiplier: @@0}\n",
+        "celery.prefetch_multiplier",
+        "greater than or equal to 1",
+    ),
+    (
         "celery-unknown-key",
         CQ + "celery:\n  @@monitorin: true\n",
         "celery.monitorin",

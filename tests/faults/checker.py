@@ -40,6 +40,14 @@ class TotalQueue:
         with self._lock:
             self.consumed[message_id] += 1
 
+    def merge(self, other: TotalQueue) -> None:
+        """Add everything ``other`` recorded (a part of the run checked on its own)."""
+        with self._lock:
+            self.sent |= other.sent
+            self.confirmed |= other.confirmed
+            self.failed |= other.failed
+            self.consumed.update(other.consumed)
+
     @property
     def lost(self) -> set[str]:
         return self.confirmed - set(self.consumed)

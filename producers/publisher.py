@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence, Sized
 from datetime import UTC, datetime
 from types import TracebackType
@@ -29,7 +30,9 @@ from typing import Any, cast, overload
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractRobustConnection
+from aiormq.abc import ChannelFrame
 from pamqp.commands import Basic
+from pamqp.header import ContentHeader
 from pydantic import BaseModel
 
 from bus.broker.connect import connect_async
@@ -98,6 +101,7 @@ class Publisher:
         self._connection: AbstractRobustConnection | None = None
         self._channel: aio_pika.Channel | None = None
         self._underlay: aiormq.Channel | None = None
+        self._lane: _Lane | None = None
         self._reopen_lock = asyncio.Lock()
         self._second = -1
         self._timestamp = datetime.now(UTC)
@@ -128,7 +132,7 @@ class Publisher:
 
     async def close(self) -> None:
         connection, self._connection = self._connection, None
-        self._channel = self._underlay = None
+        self._channel = self._underlay = self._lane = None
         if connection is not None and not connection.is_closed:
             await connection.close()
 
@@ -352,9 +356,10 @@ class Publisher:
         channel = aio_pika.Channel(connection, publisher_confirms=True, on_return_raises=True)
         await channel.initialize()
         self._channel = channel
-        # The concrete aiormq channel: its basic_publish takes wait=False (see _send).
+        # The concrete aiormq channel: _Lane writes its frames and registers its confirms.
         underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
         self._underlay = underlay
+        self._lane = _Lane(underlay)
         return underlay
 
     async def _channel_for_publish(self) -> aiormq.Channel:
@@ -392,48 +397,32 @@ class Publisher:
             reply_to=message.reply_to,
         )
 
-    @staticmethod
-    async def _basic_publish(
-        underlay: aiormq.Channel,
-        message: Resolved,
-        properties: Basic.Properties,
-        seconds: float | None,
-    ) -> None:
-        # wait=False: the confirm is what we wait for; waiting for the socket drain as well
-        # would hold aiormq's channel lock across a loop iteration per message.
-        await underlay.basic_publish(
-            message.body,
-            exchange=message.exchange,
-            routing_key=message.routing_key,
-            properties=properties,
-            mandatory=True,
-            timeout=seconds,
-            wait=False,
-        )
-
     async def _send(self, message: Resolved, seconds: float) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         properties = self._properties(message)
         try:
-            underlay = self._underlay
-            if underlay is not None and not underlay.is_closed:
-                try:
-                    # The fast path: aiormq's own timeout covers the lock and the confirm.
-                    await self._basic_publish(underlay, message, properties, seconds)
-                    return
-                except aiormq.exceptions.ChannelInvalidStateError:
-                    pass  # refused before anything was written: safe to send again below
             async with asyncio.timeout_at(deadline):
                 while True:
-                    underlay = await self._channel_for_publish()
-                    try:
-                        await self._basic_publish(underlay, message, properties, None)
-                        return
-                    except aiormq.exceptions.ChannelInvalidStateError:
-                        # The channel closed while we queued for its lock (a channel error
-                        # of another publish, a lost connection): not sent, try a fresh one.
+                    lane = self._lane
+                    if lane is None or lane.channel.is_closed:
+                        await self._channel_for_publish()
                         continue
+                    confirmation, tag, batch = lane.publish(message, properties)
+                    try:
+                        await confirmation
+                        return
+                    except (
+                        aiormq.exceptions.AMQPError,
+                        aiormq.exceptions.ChannelInvalidStateError,
+                        ConnectionError,
+                    ):
+                        if batch.sent:
+                            raise
+                        # The channel closed before our batch was written (a channel error
+                        # of another publish, a lost connection): not sent, try a fresh one.
+                    finally:
+                        lane.forget(confirmation, message.message_id, tag)
         except aiormq.exceptions.PublishError as exc:
             frame = exc.frame
             raise UnroutableError(
@@ -476,6 +465,117 @@ def _connection_lost(exc: BaseException, message: Resolved) -> PublishError:
         f"{message.exchange!r} routing key {message.routing_key!r}: "
         f"{exc or type(exc).__name__}; the message may or may not have been delivered"
     )
+
+
+class _Batch:
+    """Publishes flushed together; ``sent`` once their frames are in aiormq's write queue."""
+
+    __slots__ = ("sent",)
+
+    def __init__(self) -> None:
+        self.sent = False
+
+
+class _Lane:
+    """The publishing side of one aiormq channel, written in batches.
+
+    aiormq's ``basic_publish`` costs a lock, two context managers, a timeout and one slot of
+    the connection's 10-frame write queue per message, so pipelined publishing spends its
+    time switching between publishers and the writer. Here a publish only takes the next
+    delivery tag, registers its confirm where aiormq's reader resolves it (ack, nack, return)
+    and appends its frames; once per loop iteration every frame appended goes to the write
+    queue as one payload. Nothing awaits between taking a tag and appending the frames and
+    payloads are queued in order, so the wire order is the tag order, as the broker's
+    confirms assume. The lane must be the only publisher on its channel.
+    """
+
+    __slots__ = ("_backlog", "_batch", "_frames", "_pending", "_putter", "channel", "loop")
+
+    def __init__(self, channel: aiormq.Channel) -> None:
+        self.channel = channel
+        self.loop = asyncio.get_running_loop()
+        self._frames: list[Any] = []
+        self._batch = _Batch()
+        self._pending: set[asyncio.Future[Any]] = set()
+        self._backlog: deque[tuple[ChannelFrame, _Batch]] = deque()
+        self._putter: asyncio.Task[None] | None = None
+        channel.closing.add_done_callback(self._on_close)
+
+    def publish(
+        self, message: Resolved, properties: Basic.Properties
+    ) -> tuple[asyncio.Future[Any], int, _Batch]:
+        channel = self.channel
+        if channel.is_closed:
+            raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
+        if len(message.routing_key) > 255:
+            raise ValueError("Routing key too long (max 255 bytes)")
+        channel.delivery_tag += 1
+        tag = channel.delivery_tag
+        confirmation = self.loop.create_future()
+        channel.confirmations[tag] = confirmation
+        # aiormq finds the confirm of a returned (unroutable) message by its message_id.
+        channel.message_id_delivery_tag[message.message_id] = tag
+        frames = self._frames
+        if not frames:
+            self.loop.call_soon(self._flush)
+        exchange, routing_key = message.exchange, message.routing_key
+        frames.append(Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=True))
+        frames.append(ContentHeader(properties=properties, body_size=len(message.body)))
+        frames.extend(channel._split_body(message.body))
+        self._pending.add(confirmation)
+        return confirmation, tag, self._batch
+
+    def forget(self, confirmation: asyncio.Future[Any], message_id: str, tag: int) -> None:
+        self._pending.discard(confirmation)
+        mapping = self.channel.message_id_delivery_tag
+        if mapping.get(message_id) == tag:
+            del mapping[message_id]
+
+    def _flush(self) -> None:
+        frames, self._frames = self._frames, []
+        batch, self._batch = self._batch, _Batch()
+        channel = self.channel
+        if not frames or channel.is_closed:
+            return
+        payload = ChannelFrame.marshall(channel_number=channel.number, frames=frames)
+        if self._putter is None:
+            try:
+                channel.write_queue.put_nowait(payload)
+            except asyncio.QueueFull:
+                pass  # the writer is behind (e.g. a blocked connection): queue in order
+            else:
+                batch.sent = True
+                return
+        self._backlog.append((payload, batch))
+        if self._putter is None:
+            self._putter = self.loop.create_task(self._put_backlog())
+
+    async def _put_backlog(self) -> None:
+        channel = self.channel
+        try:
+            while self._backlog and not channel.is_closed:
+                payload, batch = self._backlog[0]
+                await channel.write_queue.put(payload)
+                self._backlog.popleft()
+                batch.sent = True
+        finally:
+            self._putter = None
+            if channel.is_closed:
+                self._backlog.clear()
+
+    def _on_close(self, closing: asyncio.Future[Any]) -> None:
+        # Our confirms are plain futures (aiormq's future store would add three callbacks
+        # per message): reject the unresolved ones with the channel's close reason.
+        reason = None if closing.cancelled() else closing.exception()
+        if not isinstance(reason, Exception):
+            reason = aiormq.exceptions.ChannelInvalidStateError(f"{self.channel!r} closed")
+        pending, self._pending = self._pending, set()
+        for confirmation in pending:
+            if not confirmation.done():
+                confirmation.set_exception(reason)
+        if self._putter is not None:
+            # Its queue belongs to a dead connection: a put there may never return.
+            self._putter.cancel()
 
 
 def _channel_error(

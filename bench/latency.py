@@ -23,6 +23,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -204,22 +205,27 @@ def run(url: str, impl: str, rate: int, seconds: float, loop: str) -> dict[str, 
     _declare(url)
     total = int(rate * seconds)
     params = {"impl": impl, "url": url, "count": total, "loop": loop}
-    consumer = subprocess.Popen(
-        [sys.executable, "-m", "bench._harness", "bench.latency:consumer", json.dumps(params)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert consumer.stdout is not None
-        if consumer.stdout.readline().strip() != "ready":
-            raise RuntimeError("latency consumer did not start")
-        publish = _publish_ours if impl == "ours" else _publish_raw
-        sent, lag = run_loop(publish(url, rate, seconds), loop)
-        out, _ = consumer.communicate(timeout=120)
-    finally:
-        if consumer.poll() is None:
-            consumer.kill()
-            consumer.wait()
+    with tempfile.TemporaryFile("w+") as errors:
+        consumer = subprocess.Popen(
+            [sys.executable, "-m", "bench._harness", "bench.latency:consumer", json.dumps(params)],
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+        )
+        try:
+            assert consumer.stdout is not None
+            if consumer.stdout.readline().strip() != "ready":
+                consumer.wait(10)
+                errors.seek(0)
+                tail = "\n".join(errors.read().strip().splitlines()[-10:])
+                raise RuntimeError(f"latency consumer did not start:\n{tail}")
+            publish = _publish_ours if impl == "ours" else _publish_raw
+            sent, lag = run_loop(publish(url, rate, seconds), loop)
+            out, _ = consumer.communicate(timeout=120)
+        finally:
+            if consumer.poll() is None:
+                consumer.kill()
+                consumer.wait()
     latencies: list[float] = json.loads(out.strip().splitlines()[-1])["latencies"]
     if len(latencies) != sent:
         raise RuntimeError(f"sent {sent}, received {len(latencies)}")

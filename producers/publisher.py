@@ -103,6 +103,8 @@ class Publisher:
         self._underlay: aiormq.Channel | None = None
         self._lane: _Lane | None = None
         self._reopen_lock = asyncio.Lock()
+        # message_id -> publishes waiting for the one in flight with that id (see _send_in_turn)
+        self._in_flight: dict[str, list[asyncio.Future[None]] | None] = {}
         self._second = -1
         self._timestamp = datetime.now(UTC)
 
@@ -259,7 +261,7 @@ class Publisher:
                 traceparent=traceparent,
                 persistent=persistent,
             )
-        await self._send(
+        await self._send_in_turn(
             message, self.confirm_timeout if confirm_timeout is None else confirm_timeout
         )
         return message.message_id
@@ -292,7 +294,7 @@ class Publisher:
             reply_to=reply_to,
             expires=expires,
         )
-        await self._send(
+        await self._send_in_turn(
             message, self.confirm_timeout if confirm_timeout is None else confirm_timeout
         )
         return message.message_id
@@ -329,7 +331,7 @@ class Publisher:
                 try:
                     message = self.resolver.item(item)
                     message_id = message.message_id
-                    await self._send(message, deadline)
+                    await self._send_in_turn(message, deadline)
                 except Exception as exc:
                     results[index] = PublishResult(message_id, exc)
                 else:
@@ -341,6 +343,47 @@ class Publisher:
                     group.create_task(worker())
         # Every index was written by the worker that took it from `source`.
         return cast(list[PublishResult], results)
+
+    async def _send_in_turn(self, message: Resolved, seconds: float) -> None:
+        """:meth:`_send`, with at most one publish per ``message_id`` awaiting its confirm.
+
+        The client matches a returned (unroutable) message to its publish by ``message_id``
+        alone. Two publishes in flight with one id (a caller retrying with the same id, say)
+        could swap outcomes: the unroutable one confirmed (and gone), the routed one raising
+        UnroutableError. A publish whose id is in flight waits for it, within its deadline.
+        """
+        message_id = message.message_id
+        in_flight = self._in_flight
+        if message_id in in_flight:
+            seconds = await self._wait_turn(message, seconds)
+        in_flight[message_id] = None
+        try:
+            await self._send(message, seconds)
+        finally:
+            for turn in in_flight.pop(message_id, None) or ():
+                if not turn.done():
+                    turn.set_result(None)
+
+    async def _wait_turn(self, message: Resolved, seconds: float) -> float:
+        """Wait until no publish with this ``message_id`` is in flight; the time left."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while message.message_id in self._in_flight:
+            waiters = self._in_flight[message.message_id]
+            if waiters is None:
+                waiters = self._in_flight[message.message_id] = []
+            turn: asyncio.Future[None] = loop.create_future()
+            waiters.append(turn)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await turn
+            except TimeoutError:
+                raise PublishTimeoutError(
+                    f"no confirm within {seconds:g}s for exchange {message.exchange!r} routing "
+                    f"key {message.routing_key!r}: an earlier publish with message_id "
+                    f"{message.message_id!r} still awaits its confirm; nothing was sent"
+                ) from None
+        return max(deadline - loop.time(), 1e-3)
 
     # -- internals ------------------------------------------------------------------------
     def _require_connection(self) -> AbstractRobustConnection:

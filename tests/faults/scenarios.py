@@ -1013,7 +1013,10 @@ async def unroutable(lab: Lab, n: int, out: Outcome) -> None:
                     check.on_failed(item.message_id)
                 else:
                     check.on_confirmed(item.message_id)
+            twins = await _twins(publisher, check, max(10, n // 100))
             await settle(check, direct, queues)
+        out.facts["twins_misattributed"] = twins
+        assert twins == 0, f"{twins} unroutable twin(s) reported confirmed (or routed ones raised)"
         unroutable_ids = {i.message_id for i in items if i.message_id.startswith("no-")}
         in_ae = {m for m in check.consumed if m.startswith("ae-")}
         out.facts["raised"] = errors["UnroutableError"]
@@ -1022,6 +1025,36 @@ async def unroutable(lab: Lab, n: int, out: Outcome) -> None:
         assert check.failed == unroutable_ids, "an unroutable publish was confirmed"
         assert not unroutable_ids & check.consumed.keys()
         assert len(in_ae) + errors["UnroutableError"] == n - len(items[::4])
+
+
+async def _twins(publisher: Publisher, check: TotalQueue, pairs: int) -> int:
+    """Two publishes in flight with one ``message_id`` (a caller retrying with the same id):
+    one has no route, one does. Returns how many pairs got the wrong outcome.
+
+    The client matches a returned message to its publish by ``message_id`` alone; were both
+    in flight at once, the return could land on the routed twin (raised) and the ack on the
+    unroutable one (confirmed and gone).
+    """
+    wrong = 0
+    for k in range(pairs):
+        message_id = f"twin-{k}"
+        check.on_sent(message_id)  # the routed twin; the unroutable one must raise
+        lost, routed = await asyncio.gather(
+            publisher.publish(
+                "faults", "nowhere", Probe(n=k), event_type=EVENT, message_id=message_id
+            ),
+            publisher.publish(
+                "faults", "quorum", Probe(n=k), event_type=EVENT, message_id=message_id
+            ),
+            return_exceptions=True,
+        )
+        if isinstance(routed, BaseException):
+            check.on_failed(message_id)
+        else:
+            check.on_confirmed(message_id)
+        if not isinstance(lost, UnroutableError) or isinstance(routed, BaseException):
+            wrong += 1
+    return wrong
 
 
 # -- 9. poison and invalid payloads ----------------------------------------------------------------

@@ -222,6 +222,10 @@ def run(url: str, impl: str, rate: int, seconds: float, loop: str) -> dict[str, 
             publish = _publish_ours if impl == "ours" else _publish_raw
             sent, lag = run_loop(publish(url, rate, seconds), loop)
             out, _ = consumer.communicate(timeout=120)
+            if consumer.returncode != 0:
+                errors.seek(0)
+                tail = "\n".join(errors.read().strip().splitlines()[-10:])
+                raise RuntimeError(f"latency consumer exited {consumer.returncode}:\n{tail}")
         finally:
             if consumer.poll() is None:
                 consumer.kill()

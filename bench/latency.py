@@ -146,7 +146,9 @@ async def _fixed_rate(send: Any, rate: int, seconds: float) -> tuple[int, float]
         now = time.monotonic()
         due = min(total, int((now - start) * rate) + 1)
         if seq >= due:
-            await asyncio.sleep(start + seq / rate - now)
+            # At least 1 ms: uvloop's timers have millisecond resolution, a shorter sleep
+            # returns at once and the publisher would spin, starving the consumer's core.
+            await asyncio.sleep(max(0.001, start + seq / rate - now))
             continue
         while seq < due:
             scheduled = start + seq / rate

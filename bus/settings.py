@@ -179,9 +179,15 @@ class BusSettings(BaseSettings):
         return self.management_base_urls()[0]
 
     def management_base_urls(self) -> list[str]:
-        """``BUS_MANAGEMENT_URL`` alone, else http(s)://<host>:15672 (15671) of every node."""
+        """The management API roots to try in order.
+
+        ``BUS_MANAGEMENT_URL`` (comma-separated for several nodes whose API is not on the
+        default port), else http(s)://<host>:15672 (15671) of every AMQP node.
+        """
         if self.management_url:
-            return [self.management_url.rstrip("/")]
+            listed = [u.strip().rstrip("/") for u in self.management_url.split(",")]
+            if any(listed):
+                return [u for u in listed if u]
         result: list[str] = []
         for url in self.amqp_urls:
             parts = urlsplit(url)

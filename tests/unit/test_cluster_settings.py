@@ -88,6 +88,9 @@ def test_management_roots_of_every_node_unless_one_is_set() -> None:
     assert tls.management_base_urls() == ["https://a:15671", "https://b:15671"]
     fixed = settings.model_copy(update={"management_url": "http://lb.example:15672/"})
     assert fixed.management_base_urls() == ["http://lb.example:15672"]
+    listed = settings.model_copy(update={"management_url": "http://a:1/, http://b:2"})
+    assert listed.management_base_urls() == ["http://a:1", "http://b:2"]
+    assert listed.management_base_url() == "http://a:1"
 
 
 def test_masked_urls_hide_every_password() -> None:

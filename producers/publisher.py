@@ -20,6 +20,7 @@ it will publish to exists (``bus apply`` declares them).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence, Sized
@@ -105,6 +106,8 @@ class Publisher:
         self._reopen_lock = asyncio.Lock()
         # message_id -> publishes waiting for the one in flight with that id (see _send_in_turn)
         self._in_flight: dict[str, list[asyncio.Future[None]] | None] = {}
+        # Channels replaced after a nack, closed once their in-flight confirms had time.
+        self._retiring: set[asyncio.Handle | asyncio.Task[None]] = set()
         self._second = -1
         self._timestamp = datetime.now(UTC)
 
@@ -135,6 +138,9 @@ class Publisher:
     async def close(self) -> None:
         connection, self._connection = self._connection, None
         self._channel = self._underlay = self._lane = None
+        for pending in self._retiring:
+            pending.cancel()  # the connection's close below closes those channels too
+        self._retiring.clear()
         if connection is not None and not connection.is_closed:
             await connection.close()
 
@@ -421,6 +427,38 @@ class Publisher:
                 except (RuntimeError, aiormq.exceptions.AMQPError, ConnectionError):
                     await asyncio.sleep(_REOPEN_PAUSE)
 
+    def _retire(self, lane: _Lane | None) -> None:
+        """Publish on a new channel from now on: the broker nacked a publish on ``lane``'s.
+
+        RabbitMQ 3.10.8 keeps a quorum queue client per channel. When a channel's first
+        publish to the queue met the queue's leader node just killed, that client kept the
+        dead leader and nacked every later publish to the queue (for over 90 s, until the
+        test gave up) while a new channel was accepted (observed on a 3-node cluster;
+        rabbit_fifo_client returns reject_publish without updating its leader when
+        registering the publisher fails). Publishes still awaiting their confirm on the old
+        channel keep it for a while.
+        """
+        if lane is None or lane is not self._lane:
+            return  # already replaced by another nacked publish
+        channel = self._channel
+        self._channel = self._underlay = self._lane = None
+        if channel is None:
+            return
+        loop = asyncio.get_running_loop()
+
+        async def close_quietly() -> None:
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+        def close_later() -> None:
+            self._retiring.discard(handle)
+            task = loop.create_task(close_quietly())
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+        handle = loop.call_later(self.confirm_timeout, close_later)
+        self._retiring.add(handle)
+
     def _properties(self, message: Resolved) -> Basic.Properties:
         second = int(time.time())
         if second != self._second:
@@ -444,6 +482,7 @@ class Publisher:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         properties = self._properties(message)
+        lane: _Lane | None = None
         try:
             async with asyncio.timeout_at(deadline):
                 while True:
@@ -474,6 +513,7 @@ class Publisher:
                 f"{getattr(frame, 'reply_code', 312)} {getattr(frame, 'reply_text', 'NO_ROUTE')}",
             ) from None
         except aiormq.exceptions.DeliveryError:
+            self._retire(lane)
             raise PublishNackedError(
                 f"broker nacked the message to exchange {message.exchange!r} routing key "
                 f"{message.routing_key!r} (e.g. a full queue with overflow reject-publish)"

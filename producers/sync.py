@@ -368,6 +368,12 @@ class SyncPublisher:
                 f"{getattr(returned, 'reply_text', 'NO_ROUTE')}",
             ) from None
         except pika.exceptions.NackError:
+            # A new channel for the next publish: RabbitMQ 3.10.8 can keep nacking every
+            # publish of a channel to a quorum queue whose leader's node died (see
+            # Publisher._retire); nothing else is in flight on this channel.
+            self._channel = None
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                channel.close()
             raise PublishNackedError(
                 f"broker nacked the message to {where} "
                 "(e.g. a full queue with overflow reject-publish)"

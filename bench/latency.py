@@ -24,6 +24,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -223,7 +224,15 @@ def run(url: str, impl: str, rate: int, seconds: float, loop: str) -> dict[str, 
                 raise RuntimeError(f"latency consumer did not start:\n{tail}")
             publish = _publish_ours if impl == "ours" else _publish_raw
             sent, lag = run_loop(publish(url, rate, seconds), loop)
-            out, _ = consumer.communicate(timeout=120)
+            # Not communicate(): it reads the raw pipe and would lose what readline() above
+            # has already buffered. A timer ends a consumer that never gets every message.
+            watchdog = threading.Timer(120, consumer.kill)
+            watchdog.start()
+            try:
+                out = consumer.stdout.read()
+                consumer.wait()
+            finally:
+                watchdog.cancel()
             if consumer.returncode != 0:
                 errors.seek(0)
                 tail = "\n".join(errors.read().strip().splitlines()[-10:])

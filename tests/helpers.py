@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pika
 
 from bus.topology.expand import ExpandedTopology
@@ -32,3 +34,12 @@ def declare_with_pika(url: str, topology: ExpandedTopology) -> None:
                 channel.exchange_bind(b.destination, b.source, b.routing_key, b.arguments or None)
     finally:
         connection.close()
+
+
+def shipped_topology_with(**sections: object) -> str:
+    """The shipped topology.yaml with top-level ``sections`` replaced (comments dropped)."""
+    import yaml
+
+    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "topology.yaml").read_text())
+    data.update(sections)
+    return yaml.safe_dump(data, sort_keys=False)

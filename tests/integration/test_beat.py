@@ -15,20 +15,15 @@ import pytest
 from bus.broker.management import ManagementClient
 from bus.provision import ProvidedBroker
 from bus.topology import load_topology
-from tests.helpers import declare_with_pika
-from tests.integration.test_celery_worker import BIN, REPO, Worker, _clean_env, _user_url, _wait_for
+from tests.helpers import declare_with_pika, shipped_topology_with
+from tests.integration.test_celery_worker import BIN, Worker, _clean_env, _user_url, _wait_for
 
 pytestmark = pytest.mark.integration
 
-SCHEDULE = """
-celery:
-  schedules:
-    tick:
-      task: consumers.tasks.record
-      queue: reports.build
-      every: 1s
-      args: [{out}, tick]
-"""
+
+def _schedule(out: Path) -> dict[str, object]:
+    tick = {"task": "consumers.tasks.record", "queue": "reports.build", "every": "1s"}
+    return {"schedules": {"tick": {**tick, "args": [str(out), "tick"]}}}
 
 
 @pytest.fixture
@@ -57,9 +52,7 @@ def test_every_second_schedule_runs_at_least_three_times_in_five_seconds(
 ) -> None:
     out = tmp_path / "ticks.jsonl"
     topology_file = tmp_path / "topology.yaml"
-    topology_file.write_text(
-        (REPO / "topology.yaml").read_text() + SCHEDULE.format(out=json.dumps(str(out)))
-    )
+    topology_file.write_text(shipped_topology_with(celery=_schedule(out)))
     declare_with_pika(bus_vhost_url, load_topology(topology_file).expanded)
     user, password = f"bus-beat-{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
     bus_management.create_user(user, password, tags="management")

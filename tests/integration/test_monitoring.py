@@ -27,7 +27,7 @@ from bus.provision import ProvidedBroker
 from bus.settings import BusSettings
 from bus.topology import load_topology
 from consumers.tasks import ROUTES
-from tests.helpers import declare_with_pika
+from tests.helpers import declare_with_pika, shipped_topology_with
 from tests.integration.test_celery_worker import BIN, REPO, Worker, _clean_env, _user_url, _wait_for
 
 pytestmark = pytest.mark.integration
@@ -69,9 +69,7 @@ def monitored(
     capsys: pytest.CaptureFixture[str],
 ) -> Iterator[MonitoredVhost]:
     topology_file = tmp_path / "topology.yaml"
-    topology_file.write_text(
-        (REPO / "topology.yaml").read_text() + "\ncelery:\n  monitoring: true\n"
-    )
+    topology_file.write_text(shipped_topology_with(celery={"monitoring": True}))
     monkeypatch.setenv("BUS_AMQP_URL", bus_vhost_url)
     monkeypatch.setenv("BUS_MANAGEMENT_URL", bus_broker.management_url or "")
     assert main(["apply", "-f", str(topology_file)]) == 0

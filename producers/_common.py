@@ -182,6 +182,45 @@ class Resolver:
             persistent,
         )
 
+    def call(
+        self,
+        target: BaseModel | str,
+        routing_key: str | None,
+        body: Body | None,
+        *,
+        event_name: str | None,
+        event_type: str | None,
+        headers: Mapping[str, Any] | None,
+        message_id: str | None,
+        correlation_id: str | None,
+        traceparent: str | None,
+        persistent: bool,
+    ) -> Resolved:
+        """One ``publish`` call of either publisher: ``(event)`` or ``(exchange, key, body)``."""
+        if isinstance(target, BaseModel):
+            return self.event(
+                target,
+                name=event_name,
+                headers=headers,
+                message_id=message_id,
+                correlation_id=correlation_id,
+                traceparent=traceparent,
+                persistent=persistent,
+            )
+        if routing_key is None or body is None:
+            raise TypeError("publish(exchange, routing_key, body) needs all three")
+        return self.explicit(
+            target,
+            routing_key,
+            body,
+            event_type=event_type,
+            headers=headers,
+            message_id=message_id,
+            correlation_id=correlation_id,
+            traceparent=traceparent,
+            persistent=persistent,
+        )
+
     def explicit(
         self,
         exchange: str,

@@ -243,30 +243,18 @@ class Publisher:
         ``publish(event)`` takes exchange, routing key and headers from the event's contract;
         ``publish(exchange, routing_key, body)`` publishes bytes, plain JSON data or a model.
         """
-        if isinstance(target, BaseModel):
-            message = self.resolver.event(
-                target,
-                name=event_name,
-                headers=headers,
-                message_id=message_id,
-                correlation_id=correlation_id,
-                traceparent=traceparent,
-                persistent=persistent,
-            )
-        else:
-            if routing_key is None or body is None:
-                raise TypeError("publish(exchange, routing_key, body) needs all three")
-            message = self.resolver.explicit(
-                target,
-                routing_key,
-                body,
-                event_type=event_type,
-                headers=headers,
-                message_id=message_id,
-                correlation_id=correlation_id,
-                traceparent=traceparent,
-                persistent=persistent,
-            )
+        message = self.resolver.call(
+            target,
+            routing_key,
+            body,
+            event_name=event_name,
+            event_type=event_type,
+            headers=headers,
+            message_id=message_id,
+            correlation_id=correlation_id,
+            traceparent=traceparent,
+            persistent=persistent,
+        )
         await self._send_in_turn(
             message, self.confirm_timeout if confirm_timeout is None else confirm_timeout
         )

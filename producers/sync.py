@@ -212,30 +212,18 @@ class SyncPublisher:
         confirm_timeout: float | None = None,
     ) -> str:
         """Publish one message and wait for its confirm; returns its ``message_id``."""
-        if isinstance(target, BaseModel):
-            message = self.resolver.event(
-                target,
-                name=event_name,
-                headers=headers,
-                message_id=message_id,
-                correlation_id=correlation_id,
-                traceparent=traceparent,
-                persistent=persistent,
-            )
-        else:
-            if routing_key is None or body is None:
-                raise TypeError("publish(exchange, routing_key, body) needs all three")
-            message = self.resolver.explicit(
-                target,
-                routing_key,
-                body,
-                event_type=event_type,
-                headers=headers,
-                message_id=message_id,
-                correlation_id=correlation_id,
-                traceparent=traceparent,
-                persistent=persistent,
-            )
+        message = self.resolver.call(
+            target,
+            routing_key,
+            body,
+            event_name=event_name,
+            event_type=event_type,
+            headers=headers,
+            message_id=message_id,
+            correlation_id=correlation_id,
+            traceparent=traceparent,
+            persistent=persistent,
+        )
         self._send(message, self.confirm_timeout if confirm_timeout is None else confirm_timeout)
         return message.message_id
 

@@ -2,7 +2,7 @@
 
 1. a URL given explicitly (``BUS_TEST_AMQP_URL`` for tests, ``BUS_AMQP_URL`` for the demo);
 2. a RabbitMQ container through testcontainers, when a Docker engine answers;
-3. the local broker on 127.0.0.1:5672, when it answers;
+3. the local broker on 127.0.0.1:5672, when it and its management API answer;
 4. a throwaway local ``rabbitmq-server`` node (own name, free ports, temporary data folder,
    stopped by pid when the context exits), when the binary is installed;
 5. otherwise :class:`~bus.errors.BrokerUnavailableError` saying how to get one.
@@ -119,11 +119,27 @@ def provide_broker(configured_url: str | None) -> Iterator[ProvidedBroker]:
         with _container() as broker:
             yield broker
         return
-    if port_open("127.0.0.1", LOCAL_PORT):
-        yield ProvidedBroker(LOCAL_AMQP_URL, _management_for(LOCAL_AMQP_URL), "local")
+    local_answers = port_open("127.0.0.1", LOCAL_PORT)
+    management = _management_for(LOCAL_AMQP_URL)
+    if local_answers and _management_answers(management):
+        yield ProvidedBroker(LOCAL_AMQP_URL, management, "local")
         return
+    # A local broker without its management API (a fresh install: the plugin is off) cannot
+    # serve plan/apply or the vhost fixtures; a throwaway node can, and leaves it untouched.
     if rabbitmq_installed():
         with LocalNode(prefix="bus-throwaway", management=True) as node:
             yield ProvidedBroker(node.amqp_url, node.management_url, "throwaway")
         return
+    if local_answers:
+        raise BrokerUnavailableError(
+            f"the broker on 127.0.0.1:{LOCAL_PORT} has no management API at {management}: "
+            "run `rabbitmq-plugins enable rabbitmq_management` (or set BUS_AMQP_URL and "
+            "BUS_MANAGEMENT_URL)"
+        )
     raise BrokerUnavailableError(HOW_TO_GET_A_BROKER)
+
+
+def _management_answers(url: str) -> bool:
+    parts = urlsplit(url)
+    default = 15671 if parts.scheme == "https" else 15672
+    return port_open(parts.hostname or "127.0.0.1", parts.port or default)

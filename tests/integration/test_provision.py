@@ -70,3 +70,38 @@ def test_throwaway_node_when_local_broker_is_unreachable(monkeypatch: pytest.Mon
     assert not port_open("127.0.0.1", amqp_port)
     assert ours not in _epmd_names()
     assert not set(Path(tempfile.gettempdir()).glob(f"{ours}*")) - dirs_before
+
+
+def _only_amqp_answers(host: str, port: int, timeout: float = 1.0) -> bool:
+    return port == 5672
+
+
+def test_local_broker_without_management_api_says_how_to_enable_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(bus.provision, "docker_available", lambda timeout=1.0: False)
+    monkeypatch.setattr(bus.provision, "port_open", _only_amqp_answers)
+    monkeypatch.setattr(bus.provision, "rabbitmq_installed", lambda: False)
+    with (
+        pytest.raises(BrokerUnavailableError, match="rabbitmq-plugins enable rabbitmq_management"),
+        provide_broker(None),
+    ):
+        pass
+
+
+@pytest.mark.skipif(not rabbitmq_installed(), reason="needs the rabbitmq-server binary")
+def test_local_broker_without_management_api_gives_way_to_a_throwaway_node(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A fresh install: the broker answers on 5672 but its management plugin is off.
+    monkeypatch.setattr(bus.provision, "docker_available", lambda timeout=1.0: False)
+    real_port_open = bus.provision.port_open
+    monkeypatch.setattr(
+        bus.provision,
+        "port_open",
+        lambda host, port, timeout=1.0: port != 15672 and real_port_open(host, port, timeout),
+    )
+    with provide_broker(None) as broker:
+        assert broker.how == "throwaway"
+        with ManagementClient(broker.management_url, "guest", "guest") as api:
+            assert api.overview()["rabbitmq_version"]

@@ -14,8 +14,9 @@ mismatch when it does not).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 from bus.broker.management import ManagementClient
@@ -249,30 +250,25 @@ def probe_objects(
     """
     probes: dict[tuple[str, str], Probe] = {}
     for x in exchanges:
-        try:
-            session.passive_exchange(x.name)
-        except ChannelRefused as exc:
-            probes[("exchange", x.name)] = (
-                Probe(exists=False) if exc.reply_code == 404 else _refused(exc)
-            )
-            continue
-        try:
-            session.declare_exchange(x)
-            probes[("exchange", x.name)] = Probe(exists=True)
-        except ChannelRefused as exc:
-            probes[("exchange", x.name)] = _refused(exc)
+        probes[("exchange", x.name)] = _probe(
+            partial(session.passive_exchange, x.name), partial(session.declare_exchange, x)
+        )
     for q in queues:
-        try:
-            session.passive_queue(q.name)
-        except ChannelRefused as exc:
-            # 405 RESOURCE_LOCKED: exclusive to another connection.
-            probes[("queue", q.name)] = (
-                Probe(exists=False) if exc.reply_code == 404 else _refused(exc)
-            )
-            continue
-        try:
-            session.declare_queue(q)
-            probes[("queue", q.name)] = Probe(exists=True)
-        except ChannelRefused as exc:
-            probes[("queue", q.name)] = _refused(exc)
+        # A passive refusal other than 404 is e.g. 405 RESOURCE_LOCKED (exclusive elsewhere).
+        probes[("queue", q.name)] = _probe(
+            partial(session.passive_queue, q.name), partial(session.declare_queue, q)
+        )
     return probes
+
+
+def _probe(passive: Callable[[], object], declare: Callable[[], object]) -> Probe:
+    """Exists? (passive declare), then the broker's verdict on a matching redeclare."""
+    try:
+        passive()
+    except ChannelRefused as exc:
+        return Probe(exists=False) if exc.reply_code == 404 else _refused(exc)
+    try:
+        declare()
+    except ChannelRefused as exc:
+        return _refused(exc)
+    return Probe(exists=True)

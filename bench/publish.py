@@ -8,6 +8,7 @@ process: connect, declare and purge, 300 untimed warm-up messages, purge, then p
 Cases:
   raw aio-pika  aio-pika, at most WINDOW unconfirmed publishes (semaphore + one task each)
   ours          producers.Publisher.publish_many with the same window
+  ours xN       N such publishers (connections) in one process (``--publishers N``)
   raw pika      pika BlockingChannel with confirm_delivery (one confirm at a time: window 1)
   ours sync     producers.SyncPublisher.publish_many (one confirm at a time: window 1)
 
@@ -17,6 +18,7 @@ Cases:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -86,26 +88,34 @@ async def raw_aio_pika(url: str, seconds: float, window: int, loop: str) -> dict
 
 
 async def ours(
-    url: str, seconds: float, window: int, loop: str, channels: int = 1
+    url: str, seconds: float, window: int, loop: str, publishers: int = 1
 ) -> dict[str, Any]:
+    """``publishers`` > 1: that many Publishers (one connection each) publish side by side,
+    each with ``window``; shows how far the broker goes past one publisher's rate."""
     from bus.settings import BusSettings
     from producers import Outgoing, Publisher
 
     prepare_queue(url, QUEUE)
     message = Outgoing("", QUEUE, BODY)
-    options: dict[str, Any] = {"window": window}
-    if channels != 1:
-        options["channels"] = channels
-    async with Publisher.connect(BusSettings(amqp_url=url), **options) as publisher:
-        warm = await publisher.publish_many([message] * WARMUP)
-        assert all(r.ok for r in warm)
+    settings = BusSettings(amqp_url=url)
+    async with contextlib.AsyncExitStack() as stack:
+        opened = [
+            await stack.enter_async_context(Publisher.connect(settings, window=window))
+            for _ in range(publishers)
+        ]
+        for publisher in opened:
+            warm = await publisher.publish_many([message] * WARMUP)
+            assert all(r.ok for r in warm)
         prepare_queue(url, QUEUE)
         cpu = cpu_seconds()
         start = time.perf_counter()
-        results = await publisher.publish_many(message for _ in until(start + seconds))
+        runs = await asyncio.gather(
+            *(p.publish_many(message for _ in until(start + seconds)) for p in opened)
+        )
         elapsed = time.perf_counter() - start
         cpu = cpu_seconds() - cpu
     prepare_queue(url, QUEUE)
+    results = [r for run in runs for r in run]
     failed = [r.error for r in results if not r.ok]
     if failed:
         raise SystemExit(f"ours: {len(failed)} failed, first: {failed[0]}")

@@ -37,9 +37,9 @@ LABELS = {
     "ours": "ours",
     "ours-uvloop": "ours +uvloop",
     "ours-sync": "ours sync",
-    "ours-ch2": "ours 2 channels",
-    "ours-ch4": "ours 4 channels",
-    "ours-p4": "ours (prefetch x4)",
+    "ours-x2": "ours 2 publishers",
+    "ours-x4": "ours 4 publishers",
+    "ours-p1": "ours (prefetch x1)",
     "plain": "plain Celery",
 }
 
@@ -82,7 +82,7 @@ def groups(opts: argparse.Namespace) -> dict[str, Group]:
         f"{len(BODY)}-byte JSON, persistent, confirms, mandatory, durable classic queue "
         "via the default exchange"
     )
-    channel_ratios = [(f"ours-ch{opts.channels}", "raw-aio-pika")] if opts.channels > 1 else []
+    publisher_ratios = [(f"ours-x{opts.publishers}", "ours")] if opts.publishers > 1 else []
     return {
         g.name: g
         for g in (
@@ -92,7 +92,7 @@ def groups(opts: argparse.Namespace) -> dict[str, Group]:
                 "raw pika and ours sync wait for each confirm)",
                 "msg_s",
                 "msg/s",
-                ratios=(*ASYNC_RATIOS, ("ours-sync", "raw-pika"), *channel_ratios),
+                ratios=(*ASYNC_RATIOS, ("ours-sync", "raw-pika"), *publisher_ratios),
             ),
             Group(
                 "consume",
@@ -121,7 +121,7 @@ def groups(opts: argparse.Namespace) -> dict[str, Group]:
                 f"{opts.celery_pool} x2)",
                 "tasks_s",
                 "tasks/s",
-                ratios=(("ours", "plain"), ("ours-p4", "plain")),
+                ratios=(("ours", "plain"), ("ours-p1", "plain")),
             ),
             Group(
                 "apply",
@@ -178,10 +178,10 @@ def catalogue(opts: argparse.Namespace) -> list[Case]:
         if window == 1:
             cases.append(Case("publish", "w1", "raw-pika", "bench.publish:raw_pika", params))
             cases.append(Case("publish", "w1", "ours-sync", "bench.publish:ours_sync", params))
-        if opts.channels > 1 and window == max(opts.windows):
+        if opts.publishers > 1 and window == max(opts.windows):
             cases.append(
-                Case("publish", f"w{window}", f"ours-ch{opts.channels}", "bench.publish:ours",
-                     {**params, "loop": "asyncio", "channels": opts.channels})
+                Case("publish", f"w{window}", f"ours-x{opts.publishers}", "bench.publish:ours",
+                     {**params, "loop": "asyncio", "publishers": opts.publishers})
             )  # fmt: skip
     for prefetch in opts.prefetches:
         params = {"messages": opts.messages, "prefetch": prefetch}
@@ -196,7 +196,7 @@ def catalogue(opts: argparse.Namespace) -> list[Case]:
                      {"impl": "raw" if impl.startswith("raw") else "ours", "rate": rate,
                       "seconds": opts.latency_seconds, "loop": loop})
             )  # fmt: skip
-    for impl in ("ours", "ours-p4", "plain"):
+    for impl in ("ours", "ours-p1", "plain"):
         cases.append(
             Case("celery", opts.celery_pool, impl, "bench.celery:worker",
                  {"case": impl.replace("-", "_"), "tasks": opts.celery_tasks,
@@ -375,7 +375,10 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-uvloop", action="store_true", help="skip the uvloop variants")
     parser.add_argument("--seconds", type=float, default=None, help="per publish case (5)")
     parser.add_argument("--windows", type=_ints, default=[1, 100, 1000])
-    parser.add_argument("--channels", type=int, default=1, help="add an ours-chN publish case")
+    parser.add_argument(
+        "--publishers", type=int, default=1,
+        help="add an ours-xN publish case: N publishers (connections) in one process",
+    )  # fmt: skip
     parser.add_argument("--messages", type=int, default=None, help="per consume case (30000)")
     parser.add_argument("--prefetches", type=_ints, default=[1, 100, 1000])
     parser.add_argument("--rates", type=_ints, default=None, help="latency (1000,2000,3000)")

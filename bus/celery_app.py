@@ -308,9 +308,9 @@ def celery_config(
     ``monitoring`` (remote control and task events) defaults to the topology's
     ``celery.monitoring``; turning it on when the topology does not declare the exchanges
     makes the worker fail at start with NOT_FOUND.
-    ``prefetch_multiplier`` defaults to the topology's ``celery.prefetch_multiplier`` (1: one
-    reserved task per process keeps long tasks from holding others back, at a cost on tiny
-    tasks, see bench/celery.py).
+    ``prefetch_multiplier`` defaults to the topology's ``celery.prefetch_multiplier`` (4, as in
+    Celery; 1 keeps a long task from holding others back, at a cost on short tasks, see
+    bench/celery.py).
     """
     if prefetch_multiplier is None:
         prefetch_multiplier = topology.celery.prefetch_multiplier

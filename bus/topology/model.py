@@ -384,9 +384,10 @@ class CelerySection(_Strict):
     """``celery:``: periodic schedules and whether workers can be monitored."""
 
     monitoring: StrictBool = False
-    # Tasks reserved per worker process: 1 keeps a long task from holding short ones back;
-    # short-task queues gain throughput from more (Celery's own default is 4).
-    prefetch_multiplier: Annotated[StrictInt, Field(ge=1)] = 1
+    # Tasks reserved per worker process. Celery's own default (4): with 1, a worker process
+    # idles for an ack/deliver round trip after every task (0.74x plain Celery on short tasks,
+    # bench/celery.py). Queues of long tasks set 1, so that one task does not hold others back.
+    prefetch_multiplier: Annotated[StrictInt, Field(ge=1)] = 4
     schedules: dict[str, Schedule] = Field(default_factory=dict)
 
 

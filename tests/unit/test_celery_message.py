@@ -169,14 +169,14 @@ def test_config_points_every_default_at_a_topology_queue(custom: LoadedTopology)
         celery_config(custom.expanded, settings, default_queue="plain")
 
 
-def test_prefetch_multiplier_is_one_unless_the_topology_says_otherwise(
+def test_prefetch_multiplier_is_celerys_four_unless_the_topology_says_otherwise(
     custom: LoadedTopology,
 ) -> None:
     settings = BusSettings(amqp_url="amqp://u:p@broker.example:5672/v")
-    assert celery_config(custom.expanded, settings)["worker_prefetch_multiplier"] == 1
-    short_tasks = parse_topology(CUSTOM + "celery: {prefetch_multiplier: 4}\n", "custom.yaml")
-    assert celery_config(short_tasks.expanded, settings)["worker_prefetch_multiplier"] == 4
-    conf = celery_config(short_tasks.expanded, settings, prefetch_multiplier=2)
+    assert celery_config(custom.expanded, settings)["worker_prefetch_multiplier"] == 4
+    long_tasks = parse_topology(CUSTOM + "celery: {prefetch_multiplier: 1}\n", "custom.yaml")
+    assert celery_config(long_tasks.expanded, settings)["worker_prefetch_multiplier"] == 1
+    conf = celery_config(long_tasks.expanded, settings, prefetch_multiplier=2)
     assert conf["worker_prefetch_multiplier"] == 2
 
 

@@ -87,7 +87,7 @@ from aio_pika.abc import (
 )
 from aiormq.abc import AbstractChannel, DeliveredMessage
 
-from bus.broker.connect import connect_async
+from bus.broker.connect import close_later, connect_async
 from bus.contracts import ContractRegistry
 from bus.errors import AccessRefusedError, BrokerError, NotFoundError, UsageError
 from bus.settings import BusSettings, mask_url
@@ -430,6 +430,7 @@ class Runtime:
         self._stopped = False
         self._inflight: dict[str, asyncio.Future[None]] = {}
         self._requeues: OrderedDict[str, int] = OrderedDict()
+        self._retired: set[asyncio.Handle | asyncio.Task[None]] = set()
 
     def _select(self, queues: Iterable[str] | None) -> list[_QueueConsumer]:
         wanted = list(self.app.handlers) if queues is None else list(dict.fromkeys(queues))
@@ -567,6 +568,8 @@ class Runtime:
             for task in list(self.background):
                 with contextlib.suppress(Exception):
                     await task
+            for pending in self._retired:
+                pending.cancel()  # closing the connection closes the retired channels too
             if self.connection is not None:
                 await self.connection.close()
         dropped = sum(c.session.dropped for c in self.consumers if c.session is not None)
@@ -794,10 +797,16 @@ class Runtime:
             type=props.message_type,
             app_id=props.app_id,
         )
+        channel = self.publish_channel
         target = await self._exchange(exchange)
         try:
             async with asyncio.timeout(self.app.publish_timeout):
                 await target.publish(copy, routing_key, mandatory=True)
+        except aiormq.exceptions.PublishError:
+            raise  # returned unroutable: the channel is fine
+        except aiormq.exceptions.DeliveryError:
+            await self._renew_publish_channel(channel)
+            raise
         except aiormq.exceptions.ChannelAccessRefused as exc:
             # Retries go through the default exchange: write on 'amq.default' is needed.
             raise AccessRefusedError.from_reply(
@@ -816,6 +825,29 @@ class Runtime:
             raise BrokerError(
                 f"connection lost before the broker confirmed the copy to {exchange!r}"
             ) from None
+
+    async def _renew_publish_channel(self, nacked: AbstractRobustChannel | None) -> None:
+        """Republish on a fresh channel once the broker nacked a copy on ``nacked``.
+
+        RabbitMQ 3.10.8 can keep nacking every publish on a channel whose first publish to a
+        quorum queue met its leader just killed, while a new channel is accepted (see
+        ``producers.publisher.Publisher._retire``). Copies still awaiting their confirm on
+        the old channel keep it until the publish timeout has passed.
+        """
+        connection = self.connection
+        if nacked is None or nacked is not self.publish_channel or connection is None:
+            return  # already replaced after another nack
+        try:
+            fresh = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        except Exception as exc:
+            log.warning("could not open a new publishing channel after a nack (%s)", exc)
+            return
+        if self.publish_channel is not nacked:
+            await fresh.close()  # another worker replaced it while this one was opening
+            return
+        self.publish_channel, self.exchanges = fresh, {}
+        log.info("broker nacked a copy: publishing retries and dead letters on a new channel")
+        close_later(nacked.close, self.app.publish_timeout, self._retired)
 
 
 def _tag(delivered: DeliveredMessage) -> int:

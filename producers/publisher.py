@@ -20,7 +20,6 @@ it will publish to exists (``bus apply`` declares them).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence, Sized
@@ -36,7 +35,7 @@ from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 from pydantic import BaseModel
 
-from bus.broker.connect import connect_async
+from bus.broker.connect import close_later, connect_async
 from bus.errors import (
     AccessRefusedError,
     BrokerError,
@@ -430,22 +429,8 @@ class Publisher:
             return  # already replaced by another nacked publish
         channel = self._channel
         self._channel = self._underlay = self._lane = None
-        if channel is None:
-            return
-        loop = asyncio.get_running_loop()
-
-        async def close_quietly() -> None:
-            with contextlib.suppress(Exception):
-                await channel.close()
-
-        def close_later() -> None:
-            self._retiring.discard(handle)
-            task = loop.create_task(close_quietly())
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
-
-        handle = loop.call_later(self.confirm_timeout, close_later)
-        self._retiring.add(handle)
+        if channel is not None:
+            close_later(channel.close, self.confirm_timeout, self._retiring)
 
     def _properties(self, message: Resolved) -> Basic.Properties:
         second = int(time.time())

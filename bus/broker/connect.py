@@ -10,8 +10,11 @@ which tries the nodes in order once more.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -208,3 +211,30 @@ async def connect_async(settings: BusSettings, name: str = "amqp-bus") -> Abstra
         await connection.close()
         raise
     return connection
+
+
+def close_later(
+    close: Callable[[], Awaitable[Any]],
+    delay: float,
+    pending: set[asyncio.Handle | asyncio.Task[None]],
+) -> None:
+    """Run ``close`` (a channel's) ``delay`` seconds from now, ignoring its errors.
+
+    For a channel retired after a nack: publishes still awaiting their confirm on it keep it
+    until then. ``pending`` holds the timer, then the closing task; the owner cancels what is
+    left when it closes the connection, which closes the channel as well.
+    """
+    loop = asyncio.get_running_loop()
+
+    async def close_quietly() -> None:
+        with contextlib.suppress(Exception):
+            await close()
+
+    def close_now() -> None:
+        pending.discard(handle)
+        task = loop.create_task(close_quietly())
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    handle = loop.call_later(delay, close_now)
+    pending.add(handle)

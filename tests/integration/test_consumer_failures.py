@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from bus.broker.management import ManagementClient
 from bus.errors import NotFoundError
 from bus.settings import BusSettings
 from bus.topology import LoadedTopology
@@ -214,18 +215,23 @@ async def test_invalid_payloads_go_to_the_dlq_once_without_retries(
         assert queue_depth(bus_vhost_url, step.queue)[0] == 0
 
 
+def rejecting_app(queue: str) -> tuple[ConsumerApp, list[Message]]:
+    """An app whose handler of ``queue`` rejects every message; the messages it saw."""
+    app = fast_app()
+    calls: list[Message] = []
+
+    @app.handler(queue)
+    async def handle(event: OrderCreated, message: Message) -> None:
+        calls.append(message)
+        raise RejectMessage("order from a blocked customer")
+
+    return app, calls
+
+
 async def test_reject_message_skips_the_ladder(
     topology: LoadedTopology, settings: BusSettings, bus_vhost_url: str
 ) -> None:
-    app = fast_app()
-    calls = 0
-
-    @app.handler("work.c")
-    async def handle(event: OrderCreated) -> None:
-        nonlocal calls
-        calls += 1
-        raise RejectMessage("order from a blocked customer")
-
+    app, calls = rejecting_app("work.c")
     dead: list[Any] = []
     async with app.serve(settings, topology=topology):
         await publish(bus_vhost_url, [created("work.c")])
@@ -235,11 +241,50 @@ async def test_reject_message_skips_the_ladder(
             return bool(dead)
 
         await wait_until(arrived)
-    assert calls == 1
+    assert len(calls) == 1
     headers = dead[0][1].headers
     assert headers["x-failure-reason"] == "rejected"
     assert headers["x-exception-type"] == "consumers.policy.RejectMessage"
     assert headers["x-exception-message"] == "order from a blocked customer"
+
+
+async def test_a_nacked_dead_letter_is_requeued_then_moved_through_a_new_channel(
+    topology: LoadedTopology,
+    settings: BusSettings,
+    bus_vhost_url: str,
+    bus_vhost: str,
+    bus_management: ManagementClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A full DLQ that rejects publishes: the broker nacks every copy sent to it.
+    bus_management.put_policy(
+        bus_vhost, "dlq-full", pattern=r"^work\.c\.dlq$", apply_to="queues", priority=10,
+        definition={"max-length": 0, "overflow": "reject-publish"},
+    )  # fmt: skip
+    app, calls = rejecting_app("work.c")
+    dead: list[Any] = []
+    with caplog.at_level(logging.INFO, logger="consumers.runtime"):
+        async with app.serve(settings, topology=topology) as runtime:
+            first_channel = runtime.publish_channel
+            (sent_id,) = await publish(bus_vhost_url, [created("work.c")])
+            await wait_until(lambda: len(calls) >= 2)
+            # Nacked, so the delivery went back to its queue (nothing lost) and the next
+            # copy goes out on another channel.
+            assert runtime.publish_channel is not first_channel
+            bus_management.delete_policy(bus_vhost, "dlq-full")
+
+            def arrived() -> bool:
+                dead.extend(drain(bus_vhost_url, "work.c.dlq"))
+                return bool(dead)
+
+            await wait_until(arrived)
+            await asyncio.sleep(0.3)  # a second copy would arrive within the back-off
+            dead.extend(drain(bus_vhost_url, "work.c.dlq"))
+    assert [d[1].message_id for d in dead] == [sent_id]
+    assert queue_depth(bus_vhost_url, "work.c")[0] == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("could not be moved" in m and "requeued" in m for m in messages)
+    assert any("on a new channel" in m for m in messages)
 
 
 async def test_classic_queue_without_dlx_requeues_and_never_drops(

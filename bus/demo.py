@@ -94,6 +94,7 @@ class _Worker:
         env = dict(os.environ)
         env.update(
             BUS_AMQP_URL=settings.amqp_url,
+            BUS_AMQP_NODES=",".join(settings.amqp_nodes),
             BUS_TOPOLOGY=str(topology.resolve()),
             BUS_MANAGEMENT_URL=settings.management_base_url(),
             # Celery warns on stderr when run as root; not the demo's business.
@@ -381,7 +382,8 @@ def run_demo(
     started = time.monotonic()
     loaded = load_topology(topology)
     configured = os.environ.get("BUS_AMQP_URL")
-    with provide_broker(configured) as broker:
+    nodes = BusSettings().amqp_nodes if configured else ()
+    with provide_broker(configured, nodes) as broker:
         echo(f"broker: {broker.describe()}")
         return _on_broker(broker, loaded, vhost, keep, echo, progress or echo, started)
 
@@ -400,9 +402,7 @@ def _on_broker(
         management.overview()
         keep_vhost = keep and broker.how != "throwaway"
         with _demo_vhost(management, user, vhost, keep_vhost) as name:
-            settings = BusSettings(
-                amqp_url=with_vhost(broker.amqp_url, name), management_url=broker.management_url
-            )
+            settings = broker.settings(with_vhost(broker.amqp_url, name))
             echo(f"vhost: {name} at {mask_url(settings.amqp_url)}")
             result = apply(loaded, settings, vhost=name)
             echo(f"apply: {result.summary()}")

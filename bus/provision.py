@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from bus.errors import BrokerUnavailableError
 from bus.node import LocalNode, rabbitmq_installed
-from bus.settings import mask_url
+from bus.settings import BusSettings, mask_url
 
 __all__ = [
     "HOW_TO_GET_A_BROKER",
@@ -44,6 +44,18 @@ class ProvidedBroker:
     amqp_url: str
     management_url: str
     how: str  # "configured", "container", "local" or "throwaway"
+    # Further cluster nodes: only those given with the configured URL. A demo or a test on a
+    # local, container or throwaway node must never fail over to a node of another broker
+    # named by a BUS_AMQP_NODES left in the environment.
+    nodes: tuple[str, ...] = ()
+
+    def settings(self, amqp_url: str | None = None) -> BusSettings:
+        """Settings for this broker (``amqp_url``: the same broker, another vhost)."""
+        return BusSettings(
+            amqp_url=amqp_url or self.amqp_url,
+            amqp_nodes=self.nodes,
+            management_url=self.management_url,
+        )
 
     def describe(self) -> str:
         where = {
@@ -110,10 +122,14 @@ def _container() -> Iterator[ProvidedBroker]:  # pragma: no cover - needs a Dock
 
 
 @contextlib.contextmanager
-def provide_broker(configured_url: str | None) -> Iterator[ProvidedBroker]:
-    """Yield a broker following the module's order of choices."""
+def provide_broker(
+    configured_url: str | None, nodes: tuple[str, ...] = ()
+) -> Iterator[ProvidedBroker]:
+    """Yield a broker following the module's order of choices (``nodes``: the further
+    cluster nodes of ``configured_url``, kept only when that broker is the one used)."""
     if configured_url:
-        yield ProvidedBroker(configured_url, _management_for(configured_url), "configured")
+        management = _management_for(configured_url)
+        yield ProvidedBroker(configured_url, management, "configured", nodes)
         return
     if docker_available():  # pragma: no cover - no Docker engine on CI machines
         with _container() as broker:

@@ -75,7 +75,8 @@ def amqp_url(bus_broker: ProvidedBroker) -> str:
 
 
 def _settings_for(broker: ProvidedBroker) -> BusSettings:
-    return BusSettings(amqp_url=broker.amqp_url, management_url=broker.management_url)
+    # BUS_TEST_AMQP_URL names one node: BUS_AMQP_NODES belongs to BUS_AMQP_URL, never to it.
+    return broker.settings()
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 import aio_pika
 import pytest
@@ -15,6 +16,7 @@ from pydantic import ValidationError
 from bus.broker.connect import FailoverConnection, _async_urls, pika_parameters_all
 from bus.broker.management import _first_answering
 from bus.celery_app import _settings_for, build_app, celery_config
+from bus.provision import ProvidedBroker, provide_broker
 from bus.settings import BusSettings, mask_urls, with_vhost
 from bus.topology.load import parse_topology
 
@@ -226,3 +228,30 @@ def test_cluster_queue_fields_take_what_rabbitmq_3_10_takes() -> None:
     assert queues["q4"].arguments["x-queue-leader-locator"] == "least-leaders"
     assert queues["s1"].arguments["x-initial-cluster-size"] == 2
     assert "x-quorum-initial-group-size" not in queues["s1"].arguments
+
+
+@pytest.mark.parametrize("how", ["local", "container", "throwaway"])
+def test_a_provisioned_broker_never_inherits_stray_cluster_nodes(
+    how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A BUS_AMQP_NODES left in the shell names another broker's nodes: a demo or a test on a
+    # local node must not fail over to them.
+    monkeypatch.setenv("BUS_AMQP_NODES", "prod-2.example:5672")
+    assert BusSettings().amqp_nodes == ("prod-2.example:5672",)
+    broker = ProvidedBroker("amqp://guest:guest@127.0.0.1:5672/", "http://127.0.0.1:15672", how)
+    settings = broker.settings(with_vhost(broker.amqp_url, "demo"))
+    assert settings.amqp_nodes == ()
+    assert settings.amqp_urls == ["amqp://guest:guest@127.0.0.1:5672/demo"]
+
+
+def test_the_configured_broker_keeps_the_nodes_given_with_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BUS_AMQP_NODES", "elsewhere.example:5672")
+    with provide_broker(PRIMARY, ("rabbit-2.example:5672",)) as broker:
+        settings = broker.settings()
+    assert settings.amqp_nodes == ("rabbit-2.example:5672",)
+    assert [urlsplit(u).netloc.rpartition("@")[2] for u in settings.amqp_urls] == [
+        "rabbit-1.example:5672",
+        "rabbit-2.example:5672",
+    ]

@@ -21,7 +21,6 @@ simulated: ``reject``/``expire`` move a message explicitly.
 from __future__ import annotations
 
 import json
-import uuid
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,24 +31,12 @@ from pydantic import BaseModel
 
 from bus.contracts import ContractRegistry
 from bus.errors import AccessRefusedError, ContractError, NotFoundError, UnroutableError
+from bus.outgoing import CONTENT_TYPE, Body, Resolver
 from bus.routing import DeadLetterReason, Route, Router
 from bus.topology.expand import ExpandedTopology
 from bus.topology.load import LoadedTopology
 
 __all__ = ["AsyncFakePublisher", "FakeBus", "FakeMessage"]
-
-Body = bytes | bytearray | BaseModel | Any
-
-CONTENT_TYPE = "application/json"
-
-
-def _encode(body: Body) -> bytes:
-    """The wire body, as the real publisher builds it."""
-    if isinstance(body, bytes | bytearray):
-        return bytes(body)
-    if isinstance(body, BaseModel):
-        return body.model_dump_json().encode("utf-8")
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -84,6 +71,7 @@ class FakeBus:
         expanded = topology.expanded if isinstance(topology, LoadedTopology) else topology
         self.router = Router(expanded)
         self.registry = registry if registry is not None else ContractRegistry(expanded.events)
+        self.resolver = Resolver(expanded, contracts=self.registry)
         self.published: list[tuple[FakeMessage, Route]] = []
         self._queues: dict[str, deque[FakeMessage]] = {q: deque() for q in expanded.queues}
 
@@ -111,37 +99,23 @@ class FakeBus:
     ) -> str:
         """``publish(event)`` through its contract, or ``publish(exchange, key, body)``;
         returns the ``message_id``, like the real publisher."""
-        table: dict[str, Any] = {}
-        if isinstance(target, BaseModel):
-            if event_name is not None:
-                contract = self.registry.by_name(event_name)
-                if not isinstance(target, contract.model):
-                    raise ContractError(
-                        f"event {event_name!r} expects {contract.model.__name__}, "
-                        f"got {type(target).__name__}"
-                    )
-            else:
-                contract = self.registry.for_model(target)
-            exchange, key, event_type = contract.exchange, contract.routing_key, contract.name
-            table.update(contract.headers)
-            payload = _encode(target)
-        else:
-            if routing_key is None or body is None:
-                raise TypeError("publish(exchange, routing_key, body) needs all three")
-            exchange, key, payload = target, routing_key, _encode(body)
-        table.update(headers or {})
-        if traceparent is not None:
-            table["traceparent"] = traceparent
+        # The real publishers' resolution: same contracts, body, ids, headers and size limit.
+        resolved = self.resolver.call(
+            target, routing_key, body, event_name=event_name, event_type=event_type,
+            headers=headers, message_id=message_id, correlation_id=correlation_id,
+            traceparent=traceparent, persistent=persistent,
+        )  # fmt: skip
+        exchange, key, table = resolved.exchange, resolved.routing_key, resolved.headers or {}
         message = FakeMessage(
             queue="",
             exchange=exchange,
             routing_key=key,
-            body=payload,
+            body=resolved.body,
             headers=table,
-            message_id=message_id or str(uuid.uuid4()),
-            type=event_type,
-            correlation_id=correlation_id,
-            persistent=persistent,
+            message_id=resolved.message_id,
+            type=resolved.event_type,
+            correlation_id=resolved.correlation_id,
+            persistent=resolved.persistent,
         )
         self._check_exchange(exchange)
         route = self.router.route(exchange, key, table or None)

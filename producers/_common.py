@@ -1,26 +1,21 @@
-"""What the async and the sync publisher share: defaults, bodies, contracts and outcomes.
-
-Both publishers turn a call into the same wire message (DESIGN.md, "On the wire"), so the
-resolution of exchange, routing key, headers and body lives here once.
-"""
+"""What the async and the sync publisher share besides :mod:`bus.outgoing`: defaults and
+outcomes."""
 
 from __future__ import annotations
 
-import json
 import sys
-import uuid
-from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel
-
-from bus.celery_message import build_task_message, celery_route
-from bus.contracts import Contract, ContractRegistry
-from bus.errors import ContractError, MessageTooLargeError, UsageError
-from bus.topology import ExpandedTopology, LoadedTopology
+from bus.outgoing import (
+    CONTENT_TYPE,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    Body,
+    Outgoing,
+    Resolved,
+    Resolver,
+    TopologyLike,
+)
 
 __all__ = [
     "CONTENT_TYPE",
@@ -30,16 +25,11 @@ __all__ = [
     "Body",
     "Outgoing",
     "PublishResult",
+    "Resolved",
     "Resolver",
     "TopologyLike",
     "default_app_id",
 ]
-
-CONTENT_TYPE = "application/json"
-
-# RabbitMQ 4.x lowered its own max_message_size default to 16 MiB (3.10 allows 128 MiB):
-# larger messages stall the connection and the queue, so refuse them before they are sent.
-DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 
 # Long enough for a quorum queue under load, short enough that a blocked connection
 # (memory or disk alarm) surfaces as an error instead of a silent stall.
@@ -49,55 +39,10 @@ DEFAULT_CONFIRM_TIMEOUT = 10.0
 # 1000; 1000 is the better default and stays small in memory for ordinary messages.
 DEFAULT_WINDOW = 1000
 
-Body = bytes | bytearray | memoryview | Mapping[str, Any] | list[Any] | BaseModel
-TopologyLike = LoadedTopology | ExpandedTopology
-
 
 def default_app_id() -> str:
     """The program's name: the ``app_id`` property says which service published a message."""
     return Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "amqp-bus"
-
-
-def new_message_id() -> str:
-    return str(uuid.uuid4())
-
-
-def encode_body(body: Body) -> bytes:
-    """The wire body: the model's JSON, JSON of plain data, or bytes as given."""
-    if isinstance(body, bytes):
-        return body
-    if isinstance(body, BaseModel):
-        # to_json gives bytes directly; model_dump_json would decode and we would re-encode.
-        return type(body).__pydantic_serializer__.to_json(body)
-    if isinstance(body, bytearray | memoryview):
-        return bytes(body)
-    try:
-        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"message body is not JSON-serialisable: {exc}") from None
-
-
-def check_size(body: bytes, limit: int, exchange: str, routing_key: str) -> None:
-    if len(body) > limit:
-        raise MessageTooLargeError(
-            f"message of {len(body)} bytes for exchange {exchange!r} routing key "
-            f"{routing_key!r} exceeds the maximum of {limit} bytes; nothing was sent"
-        )
-
-
-@dataclass(slots=True)
-class Outgoing:
-    """One explicit message for :meth:`publish_many` (typed events are passed as models)."""
-
-    exchange: str
-    routing_key: str
-    body: Body
-    headers: Mapping[str, Any] | None = None
-    event_type: str | None = None
-    message_id: str | None = None
-    correlation_id: str | None = None
-    traceparent: str | None = None
-    persistent: bool = True
 
 
 @dataclass(slots=True)
@@ -110,243 +55,3 @@ class PublishResult:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-@dataclass(slots=True)
-class Resolved:
-    exchange: str
-    routing_key: str
-    body: bytes
-    event_type: str | None
-    headers: dict[str, Any] | None
-    message_id: str
-    correlation_id: str
-    persistent: bool
-    content_encoding: str | None = None
-    reply_to: str | None = None
-
-
-class Resolver:
-    """Contracts of a topology and the mapping of publish calls onto wire messages."""
-
-    def __init__(self, topology: TopologyLike | None, max_message_size: int) -> None:
-        if max_message_size <= 0:
-            raise ValueError("max_message_size must be positive")
-        expanded = topology.expanded if isinstance(topology, LoadedTopology) else topology
-        self.expanded = expanded
-        self.contracts = ContractRegistry(expanded.events if expanded is not None else {})
-        self.max_message_size = max_message_size
-        self._by_type: dict[type[BaseModel], Contract] = {}
-
-    def contract_for(self, event: BaseModel, name: str | None = None) -> Contract:
-        if name is not None:
-            contract = self.contracts.by_name(name)
-            if not isinstance(event, contract.model):
-                raise ContractError(
-                    f"event {name!r} expects {contract.model.__qualname__}, "
-                    f"got {type(event).__qualname__}"
-                )
-            return contract
-        cls = type(event)
-        cached = self._by_type.get(cls)
-        if cached is None:
-            cached = self._by_type[cls] = self.contracts.for_model(cls)
-        return cached
-
-    def exchanges(self, extra: Iterable[str] = ()) -> list[str]:
-        """Every exchange a start-up check covers: the contracts' and ``extra`` (not ``""``)."""
-        names = {c.exchange for c in self.contracts} | set(extra)
-        names.discard("")
-        return sorted(names)
-
-    def event(
-        self,
-        event: BaseModel,
-        *,
-        name: str | None,
-        headers: Mapping[str, Any] | None,
-        message_id: str | None,
-        correlation_id: str | None,
-        traceparent: str | None,
-        persistent: bool,
-    ) -> Resolved:
-        contract = self.contract_for(event, name)
-        return self._finish(
-            contract.exchange,
-            contract.routing_key,
-            encode_body(event),
-            contract.name,
-            _merge(contract.headers, headers, traceparent),
-            message_id,
-            correlation_id,
-            persistent,
-        )
-
-    def call(
-        self,
-        target: BaseModel | str,
-        routing_key: str | None,
-        body: Body | None,
-        *,
-        event_name: str | None,
-        event_type: str | None,
-        headers: Mapping[str, Any] | None,
-        message_id: str | None,
-        correlation_id: str | None,
-        traceparent: str | None,
-        persistent: bool,
-    ) -> Resolved:
-        """One ``publish`` call of either publisher: ``(event)`` or ``(exchange, key, body)``."""
-        if isinstance(target, BaseModel):
-            return self.event(
-                target,
-                name=event_name,
-                headers=headers,
-                message_id=message_id,
-                correlation_id=correlation_id,
-                traceparent=traceparent,
-                persistent=persistent,
-            )
-        if routing_key is None or body is None:
-            raise TypeError("publish(exchange, routing_key, body) needs all three")
-        return self.explicit(
-            target,
-            routing_key,
-            body,
-            event_type=event_type,
-            headers=headers,
-            message_id=message_id,
-            correlation_id=correlation_id,
-            traceparent=traceparent,
-            persistent=persistent,
-        )
-
-    def explicit(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: Body,
-        *,
-        event_type: str | None,
-        headers: Mapping[str, Any] | None,
-        message_id: str | None,
-        correlation_id: str | None,
-        traceparent: str | None,
-        persistent: bool,
-    ) -> Resolved:
-        if event_type is None and isinstance(body, BaseModel):
-            # A model body still says what it is when the topology knows the model.
-            try:
-                event_type = self.contract_for(body).name
-            except ContractError:
-                event_type = None
-        return self._finish(
-            exchange,
-            routing_key,
-            encode_body(body),
-            event_type,
-            _merge(None, headers, traceparent),
-            message_id,
-            correlation_id,
-            persistent,
-        )
-
-    def task(
-        self,
-        queue: str,
-        task: str,
-        args: Sequence[Any],
-        kwargs: Mapping[str, Any] | None,
-        *,
-        task_id: str | None,
-        origin: str,
-        ignore_result: bool,
-        reply_to: str | None,
-        expires: datetime | None,
-    ) -> Resolved:
-        """A Celery protocol-2 task message for a topology queue marked ``celery:``."""
-        if self.expanded is None:
-            raise UsageError("send_task needs the topology (to find the Celery queue's route)")
-        route = celery_route(self.expanded, queue)
-        message = build_task_message(
-            task,
-            args,
-            kwargs,
-            task_id=task_id,
-            origin=origin,
-            ignore_result=ignore_result,
-            reply_to=reply_to,
-            expires=expires,
-        )
-        check_size(message.body, self.max_message_size, route.exchange, route.routing_key)
-        # Celery reads the task id from correlation_id; message_id carries it too so the
-        # id a caller logs is the one it sees on the wire.
-        return Resolved(
-            route.exchange,
-            route.routing_key,
-            message.body,
-            None,
-            message.headers,
-            message.task_id,
-            message.task_id,
-            True,
-            content_encoding=message.content_encoding,
-            reply_to=message.reply_to,
-        )
-
-    def item(self, item: Outgoing | BaseModel) -> Resolved:
-        if isinstance(item, BaseModel):
-            return self.event(
-                item,
-                name=None,
-                headers=None,
-                message_id=None,
-                correlation_id=None,
-                traceparent=None,
-                persistent=True,
-            )
-        return self.explicit(
-            item.exchange,
-            item.routing_key,
-            item.body,
-            event_type=item.event_type,
-            headers=item.headers,
-            message_id=item.message_id,
-            correlation_id=item.correlation_id,
-            traceparent=item.traceparent,
-            persistent=item.persistent,
-        )
-
-    def _finish(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        event_type: str | None,
-        headers: dict[str, Any] | None,
-        message_id: str | None,
-        correlation_id: str | None,
-        persistent: bool,
-    ) -> Resolved:
-        check_size(body, self.max_message_size, exchange, routing_key)
-        mid = message_id or new_message_id()
-        # A message that starts a conversation correlates with itself; replies and
-        # follow-ups pass the correlation_id on.
-        return Resolved(
-            exchange, routing_key, body, event_type, headers, mid, correlation_id or mid, persistent
-        )
-
-
-def _merge(
-    contract_headers: Mapping[str, Any] | None,
-    headers: Mapping[str, Any] | None,
-    traceparent: str | None,
-) -> dict[str, Any] | None:
-    if not contract_headers and not headers and traceparent is None:
-        return None
-    merged: dict[str, Any] = dict(contract_headers or {})
-    if headers:
-        merged.update(headers)
-    if traceparent is not None:
-        merged["traceparent"] = traceparent
-    return merged

@@ -11,9 +11,9 @@ import pytest
 from pydantic import BaseModel
 
 from bus.errors import ContractError, MessageTooLargeError
+from bus.outgoing import Resolved, Resolver
 from bus.topology import parse_topology
 from producers import Outgoing
-from producers._common import Resolved, Resolver
 from producers.events import CancelOrder, EmailRequested, OrderCreated, OrderPaid
 
 TOPOLOGY = """

@@ -10,7 +10,7 @@ Cases:
   ours          producers.Publisher.publish_many with the same window
   ours xN       N such publishers (connections) in one process (``--publishers N``)
   raw pika      pika BlockingChannel with confirm_delivery (one confirm at a time: window 1)
-  ours sync     producers.SyncPublisher.publish_many (one confirm at a time: window 1)
+  ours sync     producers.SyncPublisher.publish_many with the same window (pika, pipelined)
 
     .venv/bin/python -m bench.publish [suite options]   # = python -m bench --only publish
 """
@@ -162,7 +162,7 @@ def ours_sync(url: str, seconds: float, window: int) -> dict[str, Any]:
         prepare_queue(url, QUEUE)
         cpu = cpu_seconds()
         start = time.perf_counter()
-        results = publisher.publish_many(message for _ in until(start + seconds))
+        results = publisher.publish_many((message for _ in until(start + seconds)), window=window)
         elapsed = time.perf_counter() - start
         cpu = cpu_seconds() - cpu
     prepare_queue(url, QUEUE)

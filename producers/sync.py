@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -38,6 +39,7 @@ from producers._common import (
     CONTENT_TYPE,
     DEFAULT_CONFIRM_TIMEOUT,
     DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_WINDOW,
     Body,
     Outgoing,
     PublishResult,
@@ -46,8 +48,13 @@ from producers._common import (
     TopologyLike,
     default_app_id,
 )
+from producers._pipeline import ConfirmPipeline
 
 __all__ = ["SyncPublisher"]
+
+# publish_many lets the connection read confirms every so many writes, so that the broker's
+# acks do not pile up in the socket while a large window is still filling.
+_POLL_EVERY = 64
 
 
 class _DeadlineExpired(Exception):
@@ -71,10 +78,14 @@ class SyncPublisher:
         app_id: str | None = None,
         confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        window: int = DEFAULT_WINDOW,
         connection_name: str = "amqp-bus-sync-publisher",
     ) -> None:
         if confirm_timeout <= 0:
             raise ValueError("confirm_timeout must be positive")
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        self.window = window
         self.settings = settings
         self.resolver = Resolver(topology, max_message_size)
         self.app_id = app_id or default_app_id()
@@ -83,6 +94,7 @@ class SyncPublisher:
         self._connection_name = connection_name
         self._connection: Any = None
         self._channel: Any = None
+        self._pipeline: ConfirmPipeline | None = None
         self._started = False
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -110,6 +122,7 @@ class SyncPublisher:
 
     def close(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
+        self._pipeline = None
         self._started = False
         if connection is not None and connection.is_open:
             # Already going away when this fails: nothing left to release.
@@ -259,22 +272,74 @@ class SyncPublisher:
         self,
         messages: Iterable[Outgoing | BaseModel],
         *,
+        window: int | None = None,
         confirm_timeout: float | None = None,
     ) -> list[PublishResult]:
-        """Publish each message in turn; one :class:`PublishResult` per message, in order."""
+        """Publish with at most ``window`` unconfirmed messages in flight (pipelined, on a
+        channel of its own); one :class:`PublishResult` per message, in order.
+
+        A failure of one message (unroutable, nacked, invalid) is reported and the others go
+        on. When the channel or the connection is lost, every unconfirmed message fails
+        ("may or may not have been delivered": retry it with the same ``message_id``) and the
+        rest go out on a new channel or connection. ``window=1`` waits for each confirm.
+        """
         seconds = self.confirm_timeout if confirm_timeout is None else confirm_timeout
-        results: list[PublishResult] = []
-        for item in messages:
-            message_id: str | None = None
+        limit = self.window if window is None else window
+        if limit < 1:
+            raise ValueError("window must be at least 1")
+        ids: list[str | None] = []
+        failed: dict[int, Exception] = {}
+        # Written on a channel the broker closed over an earlier message: never delivered,
+        # sent again first, in their order, on the next channel.
+        again: deque[tuple[int, Resolved]] = deque()
+        pipeline: ConfirmPipeline | None = None
+        self._check_connection()
+
+        def settle(done: ConfirmPipeline) -> None:
+            done_failed, unsent = done.take_outcomes()
+            failed.update(done_failed)
+            again.extendleft(reversed(unsent))
+
+        def live_pipeline() -> ConfirmPipeline:
+            nonlocal pipeline
+            while pipeline is None or pipeline.dead or again:
+                if pipeline is not None and pipeline.dead:
+                    settle(pipeline)
+                    pipeline = None
+                if pipeline is None:
+                    pipeline = self._open_pipeline()
+                while again and not pipeline.dead:
+                    index, message = again.popleft()
+                    try:
+                        pipeline.publish(index, message, seconds, limit)
+                    except Exception as exc:
+                        failed[index] = exc
+            return pipeline
+
+        for index, item in enumerate(messages):
+            ids.append(None)
             try:
                 message = self.resolver.item(item)
-                message_id = message.message_id
-                self._send(message, seconds)
+                ids[index] = message.message_id
+                current = live_pipeline()
+                current.publish(index, message, seconds, limit)
+                if index % _POLL_EVERY == 0:
+                    current.poll()
             except Exception as exc:
-                results.append(PublishResult(message_id, exc))
-            else:
-                results.append(PublishResult(message_id))
-        return results
+                failed[index] = exc
+        while pipeline is not None or again:
+            try:
+                current = live_pipeline()
+            except Exception as exc:  # no channel for the messages to send again
+                failed.update((index, exc) for index, _ in again)
+                break
+            current.drain()
+            settle(current)
+            if not again:
+                break
+        if pipeline is not None and pipeline.dead:
+            self._pipeline = None
+        return [PublishResult(message_id, failed.get(i)) for i, message_id in enumerate(ids)]
 
     # -- internals ------------------------------------------------------------------------
     def _ensure_connection(self) -> Any:
@@ -294,6 +359,43 @@ class SyncPublisher:
         except (pika.exceptions.AMQPError, OSError) as exc:
             raise translate_error(exc, mask_urls(self.settings.amqp_urls)) from None
         return self._connection
+
+    def _check_connection(self) -> None:
+        """Read what the broker sent meanwhile: a connection it closed is dropped here,
+        before a pipeline writes into it."""
+        connection = self._connection
+        if connection is None or not connection.is_open:
+            return
+        try:
+            connection.process_data_events(time_limit=0)
+        except (pika.exceptions.AMQPError, OSError):
+            self._drop()
+
+    def _open_pipeline(self) -> ConfirmPipeline:
+        pipeline = self._pipeline
+        if pipeline is not None and not pipeline.dead and self._connection is not None:
+            return pipeline
+        self._pipeline = None
+        try:
+            connection = self._ensure_connection()
+            pipeline = ConfirmPipeline(connection, self._properties, self._pipeline_error)
+        except BusError:
+            self._drop()
+            raise
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            self._drop()
+            raise PublishError(f"cannot open a channel to publish: {exc!r}") from None
+        if pipeline.dead:
+            self._drop()
+            raise PublishError("the new publishing channel closed at once")
+        self._pipeline = pipeline
+        return pipeline
+
+    def _pipeline_error(
+        self, exc: pika.exceptions.ChannelClosedByBroker, message: Resolved
+    ) -> BusError:
+        where = f"exchange {message.exchange!r} routing key {message.routing_key!r}"
+        return _channel_error(exc, where, message.exchange, self.settings)
 
     def _ensure_channel(self) -> Any:
         channel = self._channel
@@ -398,6 +500,7 @@ class SyncPublisher:
     def _drop(self) -> None:
         """Forget a connection that failed; close it if pika has not done so already."""
         connection, self._connection, self._channel = self._connection, None, None
+        self._pipeline = None
         if connection is None or connection.is_closed:
             return
         # It is failing anyway: errors of the close itself say nothing new.

@@ -113,10 +113,12 @@ class Client:
             return await self.publisher.publish(*args, **kwargs)
         return self.publisher.publish(*args, **kwargs)
 
-    async def publish_many(self, items: Iterable[Outgoing | BaseModel]) -> list[PublishResult]:
+    async def publish_many(
+        self, items: Iterable[Outgoing | BaseModel], **options: Any
+    ) -> list[PublishResult]:
         if isinstance(self.publisher, Publisher):
-            return await self.publisher.publish_many(items, window=200)
-        return self.publisher.publish_many(items)
+            return await self.publisher.publish_many(items, window=200, **options)
+        return self.publisher.publish_many(items, window=200, **options)
 
 
 OpenClient = Callable[..., Awaitable[Client]]
@@ -324,3 +326,71 @@ async def test_publish_many_reports_every_outcome_in_order(
     got = drain(declared, "orders.commands", 2)
     assert [json.loads(d.body)["order_id"] for d in got] == ["a", "b"]
     assert [d.properties.type for d in got] == ["order.cancel", "order.cancel"]
+
+
+async def test_publish_many_nacks_only_what_a_full_queue_refused(
+    declared: str, open_client: OpenClient
+) -> None:
+    client = await open_client()
+    results = await client.publish_many([Outgoing("limited", "tiny", {"n": n}) for n in range(6)])
+    # max_length 1, reject-publish: the broker takes the first and nacks the rest, in order.
+    assert [type(r.error) for r in results] == [type(None)] + [PublishNackedError] * 5
+    assert [json.loads(d.body) for d in drain(declared, "tiny", 6, idle=1.0)] == [{"n": 0}]
+
+
+async def test_publish_many_with_one_message_id_keeps_each_outcome(
+    declared: str, open_client: OpenClient
+) -> None:
+    # A return is matched to its publish by message_id: the unroutable one must fail and
+    # the routed ones around it must be confirmed, not the other way round.
+    client = await open_client()
+    results = await client.publish_many(
+        [
+            Outgoing("commands", "order.cancel", {"order_id": "a"}, message_id="same"),
+            Outgoing("commands", "nobody.listens", {"order_id": "b"}, message_id="same"),
+            Outgoing("commands", "order.cancel", {"order_id": "c"}, message_id="same"),
+        ]
+    )
+    assert [type(r.error) for r in results] == [type(None), UnroutableError, type(None)]
+    got = drain(declared, "orders.commands", 3, idle=1.0)
+    assert [json.loads(d.body)["order_id"] for d in got] == ["a", "c"]
+
+
+async def test_publish_many_deadline_times_out_then_recovers(
+    declared: str, open_client: OpenClient
+) -> None:
+    client = await open_client()
+    items = [Outgoing("commands", "order.cancel", {"order_id": f"t{n}"}) for n in range(20)]
+    results = await client.publish_many(items, confirm_timeout=1e-9)
+    assert results
+    assert all(isinstance(r.error, PublishTimeoutError) for r in results)
+    assert all("no confirm within" in str(r.error) for r in results)
+    after = await client.publish_many([CancelOrder(order_id="after")])
+    assert after[0].ok
+    got = [json.loads(d.body)["order_id"] for d in drain(declared, "orders.commands", 21, idle=1.0)]
+    assert got[-1] == "after"
+    assert got[:-1] == [f"t{n}" for n in range(20) if f"t{n}" in got]  # order kept
+
+
+def test_sync_publish_many_sends_again_what_followed_a_refused_message(
+    declared: str, topology: LoadedTopology
+) -> None:
+    items = [Outgoing("commands", "order.cancel", {"order_id": f"o{n}"}) for n in range(60)]
+    items.insert(30, Outgoing("ghost", "k", {"x": 1}))
+    with SyncPublisher.connect(BusSettings(amqp_url=declared), topology) as publisher:
+        results = publisher.publish_many(items, window=100)
+        after = publisher.publish_many([CancelOrder(order_id="after")])
+    assert after[0].ok
+    refused = results[30].error
+    assert isinstance(refused, NotFoundError)
+    assert "ghost" in str(refused)
+    # Written after the refused one, the broker discarded them: sent again and confirmed.
+    assert [r.error for r in results[31:]] == [None] * 30
+    # Written before it: routed, but the closed channel never confirmed them.
+    assert all(r.ok or "may or may not" in str(r.error) for r in results[:30])
+    got = [json.loads(d.body)["order_id"] for d in drain(declared, "orders.commands", 62)]
+    order = [f"o{n}" for n in range(60)] + ["after"]
+    assert got == [o for o in order if o in got]  # in order, none twice
+    names = [*order[:30], "ghost", *order[30:60]]
+    confirmed = {names[i] for i, r in enumerate(results) if r.ok}
+    assert confirmed | {"after"} <= set(got)

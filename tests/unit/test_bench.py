@@ -65,6 +65,7 @@ def test_selection_by_id_prefix_and_memory_only_when_named() -> None:
         "publish/w100/raw-aio-pika",
         "publish/w100/ours",
         "publish/w100/ours-uvloop",
+        "publish/w100/ours-sync",
     }
     assert [c.group for c in select(cases, ["memory"])] == ["memory"]
     # A prefix matches whole segments only: "publish/w1" is not "publish/w100".

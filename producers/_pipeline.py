@@ -1,0 +1,273 @@
+"""Pipelined confirmed publishing on a pika ``BlockingConnection`` (``SyncPublisher.publish_many``).
+
+pika's ``BlockingChannel`` waits for each confirm inside ``basic_publish``: one message per
+round trip. A :class:`ConfirmPipeline` keeps up to ``window`` publishes unconfirmed on a
+channel of its own instead: the channel's underlying ``pika.channel.Channel`` gets the
+pipeline's confirm, return and close callbacks, each publish is written without waiting, and
+the connection's I/O loop runs until the window has room. pika's blocking adapter has no
+public "run the I/O loop until this holds"; the pipeline uses the one ``BlockingChannel``
+itself uses (``BlockingConnection._flush_output``), as ``SyncPublisher`` already uses the
+adapter's I/O loop for its deadlines.
+
+Outcomes follow the broker's rules: an ack or nack covers every tag up to its own when
+``multiple`` is set; an unroutable message comes back (``basic.return``) before its ack and is
+matched by ``message_id``, so a publish waits while another with its id is unconfirmed (the
+async Publisher does the same, see aio-pika#689); a channel closed by the broker fails every
+unconfirmed message with the channel's error; a lost connection or an expired deadline fails
+them as "may or may not have been delivered". Every failure is reported, never dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pika
+import pika.exceptions
+
+from bus.errors import (
+    BusError,
+    PublishError,
+    PublishNackedError,
+    PublishTimeoutError,
+    UnroutableError,
+)
+from bus.outgoing import Resolved
+
+__all__ = ["ConfirmPipeline"]
+
+ChannelError = Callable[[pika.exceptions.ChannelClosedByBroker, Resolved], BusError]
+
+
+@dataclass(slots=True)
+class _Unconfirmed:
+    tag: int
+    index: int
+    message: Resolved
+    deadline: float
+    returned: UnroutableError | None = None
+
+
+def _where(message: Resolved) -> str:
+    return f"exchange {message.exchange!r} routing key {message.routing_key!r}"
+
+
+class ConfirmPipeline:
+    """Up to ``window`` unconfirmed publishes on one channel; see :meth:`take_outcomes`."""
+
+    def __init__(
+        self,
+        connection: Any,
+        properties: Callable[[Resolved], pika.BasicProperties],
+        channel_error: ChannelError,
+    ) -> None:
+        self.connection = connection
+        self.properties = properties
+        self.channel_error = channel_error
+        self.failed: dict[int, Exception] = {}
+        self.unsent: list[tuple[int, Resolved]] = []
+        self.dead = False
+        self._unconfirmed: dict[int, _Unconfirmed] = {}  # by delivery tag, ascending
+        self._tag_of: dict[str, int] = {}  # message_id -> its unconfirmed delivery tag
+        self._tag = 0
+        self._impl = connection.channel()._impl
+        self._impl.add_on_return_callback(self._on_return)
+        self._impl.add_on_close_callback(self._on_close)
+        selected: list[bool] = []
+        self._impl.confirm_delivery(
+            ack_nack_callback=self._on_confirm, callback=lambda _frame: selected.append(True)
+        )
+        self._run_until(lambda: bool(selected), None)
+        if not selected:
+            raise PublishError("could not turn on publisher confirms on a new channel")
+
+    @property
+    def unconfirmed(self) -> int:
+        return len(self._unconfirmed)
+
+    def publish(self, index: int, message: Resolved, seconds: float, window: int) -> None:
+        """Write ``message`` once the window has room and no publish with its id is pending
+        (into ``unsent`` instead when the channel closes meanwhile)."""
+        if message.message_id in self._tag_of:
+            self._wait(lambda: message.message_id not in self._tag_of)
+        if len(self._unconfirmed) >= window:
+            self._wait(lambda: len(self._unconfirmed) < window)
+        if self.dead:
+            self.unsent.append((index, message))  # never written: the next channel sends it
+            return
+        try:
+            self._impl.basic_publish(
+                message.exchange,
+                message.routing_key,
+                message.body,
+                self.properties(message),
+                mandatory=True,
+            )
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            self._connection_lost(exc)
+            self.dead = True
+            raise PublishError(f"not sent to {_where(message)}: {exc!r}") from None
+        self._tag += 1
+        self._unconfirmed[self._tag] = _Unconfirmed(
+            self._tag, index, message, time.monotonic() + seconds
+        )
+        self._tag_of[message.message_id] = self._tag
+
+    def take_outcomes(self) -> tuple[dict[int, Exception], list[tuple[int, Resolved]]]:
+        """The failures so far and the messages to send again (never delivered), once."""
+        failed, self.failed = self.failed, {}
+        unsent, self.unsent = self.unsent, []
+        return failed, unsent
+
+    def poll(self) -> None:
+        """Send what is written and take in the confirms that arrived, without waiting."""
+        self._run_until(lambda: True, None)
+
+    def drain(self) -> None:
+        """Wait until every publish is confirmed or has failed."""
+        self._wait(lambda: not self._unconfirmed)
+
+    # -- the I/O loop ---------------------------------------------------------------------
+    def _wait(self, ready: Callable[[], bool]) -> None:
+        while not self.dead and not ready():
+            oldest = next(iter(self._unconfirmed.values()), None)
+            if oldest is None:
+                return  # nothing unconfirmed: whatever was awaited cannot change
+            self._run_until(ready, oldest.deadline)
+            if not self.dead and time.monotonic() >= oldest.deadline and not ready():
+                self._fail_all(
+                    lambda m: PublishTimeoutError(
+                        f"no confirm within the deadline for {_where(m)} (broker blocked by a "
+                        "resource alarm, overloaded or unreachable); the message may or may "
+                        "not have been delivered"
+                    )
+                )
+
+    def _run_until(self, ready: Callable[[], bool], deadline: float | None) -> None:
+        connection = self.connection
+        ioloop = connection._impl.ioloop
+        # A timer that only wakes the loop's poll, so that the deadline is looked at in time.
+        wake = (
+            None
+            if deadline is None
+            else ioloop.call_later(max(deadline - time.monotonic(), 0), _nothing)
+        )
+        try:
+            connection._flush_output(
+                lambda: (
+                    self.dead or ready() or (deadline is not None and time.monotonic() >= deadline)
+                )
+            )
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            self._connection_lost(exc)
+        finally:
+            if wake is not None and connection.is_open:
+                ioloop.remove_timeout(wake)
+
+    # -- broker callbacks -----------------------------------------------------------------
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        tag, nacked = method.delivery_tag, isinstance(method, pika.spec.Basic.Nack)
+        if method.multiple:
+            tags = []
+            for pending in self._unconfirmed:
+                if pending > tag:
+                    break
+                tags.append(pending)
+        else:
+            tags = [tag] if tag in self._unconfirmed else []
+        for settled in tags:
+            entry = self._forget(settled)
+            if nacked:
+                self.failed[entry.index] = PublishNackedError(
+                    f"broker nacked the message to {_where(entry.message)} "
+                    "(e.g. a full queue with overflow reject-publish)"
+                )
+            elif entry.returned is not None:
+                self.failed[entry.index] = entry.returned
+
+    def _on_return(self, _channel: Any, method: Any, properties: Any, _body: bytes) -> None:
+        tag = self._tag_of.get(properties.message_id)
+        entry = self._unconfirmed.get(tag) if tag is not None else None
+        if entry is not None:
+            entry.returned = UnroutableError(
+                method.exchange, method.routing_key, f"{method.reply_code} {method.reply_text}"
+            )
+
+    def _on_close(self, _channel: Any, reason: Exception) -> None:
+        if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
+            self._closed_by_broker(reason)
+        else:
+            self._connection_lost(reason)
+        self.dead = True
+
+    def _closed_by_broker(self, reason: pika.exceptions.ChannelClosedByBroker) -> None:
+        """The broker refused one publish (missing exchange, no write access) and closed the
+        channel: that message fails with the broker's error. The broker handles a channel's
+        frames in order and discards what arrives after its close, so the messages written
+        after it were not delivered: they go to ``unsent`` and out again on a new channel.
+        Those written before it were routed but never confirmed: may or may not."""
+        entries = list(self._unconfirmed.values())
+        culprit = next(
+            (
+                position
+                for position, entry in enumerate(entries)
+                if f"exchange '{entry.message.exchange or 'amq.default'}'" in reason.reply_text
+            ),
+            None,
+        )
+        if culprit is None:  # the reply names no exchange we wrote to: assume nothing
+            self._fail_all(lambda m: self.channel_error(reason, m))
+            return
+        for position, entry in enumerate(entries):
+            self._forget_entry(entry)
+            if position == culprit:
+                self.failed[entry.index] = self.channel_error(reason, entry.message)
+            elif position < culprit:
+                self.failed[entry.index] = PublishError(
+                    f"no confirm for {_where(entry.message)}: the broker closed the channel "
+                    f"over another message ({reason.reply_code} {reason.reply_text}); the "
+                    "message may or may not have been delivered"
+                )
+            else:
+                self.unsent.append((entry.index, entry.message))
+
+    def _connection_lost(self, exc: BaseException) -> None:
+        if isinstance(exc, pika.exceptions.ConnectionBlockedTimeout):
+            self._fail_all(
+                lambda m: PublishTimeoutError(
+                    f"no confirm for {_where(m)}: connection blocked by a broker resource "
+                    "alarm; the message may or may not have been delivered"
+                )
+            )
+        else:
+            self._fail_all(
+                lambda m: PublishError(
+                    f"connection to the broker lost before the confirm for {_where(m)}: "
+                    f"{exc!r}; the message may or may not have been delivered"
+                )
+            )
+
+    def _fail_all(self, error: Callable[[Resolved], Exception]) -> None:
+        """Every unconfirmed message failed; the pipeline takes no more (its tags are void)."""
+        self.dead = True
+        for tag in list(self._unconfirmed):
+            entry = self._forget(tag)
+            self.failed[entry.index] = error(entry.message)
+
+    def _forget(self, tag: int) -> _Unconfirmed:
+        entry = self._unconfirmed[tag]
+        self._forget_entry(entry)
+        return entry
+
+    def _forget_entry(self, entry: _Unconfirmed) -> None:
+        tag = entry.tag
+        del self._unconfirmed[tag]
+        if self._tag_of.get(entry.message.message_id) == tag:
+            del self._tag_of[entry.message.message_id]
+
+
+def _nothing() -> None:
+    return None

@@ -515,6 +515,10 @@ class Publisher:
             raise _connection_lost(exc, message) from None
 
 
+# Publishes per payload written at once (see _Lane); 64 measured best of 32-256.
+_CHUNK = 64
+
+
 def _connection_lost(exc: BaseException, message: Resolved) -> PublishError:
     return PublishError(
         f"connection to the broker lost before the confirm for exchange "
@@ -543,15 +547,27 @@ class _Lane:
     queue as one payload. Nothing awaits between taking a tag and appending the frames and
     payloads are queued in order, so the wire order is the tag order, as the broker's
     confirms assume. The lane must be the only publisher on its channel.
+
+    A payload holds at most ``_CHUNK`` publishes; further chunks go out one per loop
+    iteration. When a confirm frees hundreds of publishers at once, one payload of them all
+    makes the broker confirm them as one batch again, and the window moves in a few large
+    steps (about 20 confirms/s); chunks keep it moving (+16% at window 1000, measured with
+    the bench's publish case).
     """
 
-    __slots__ = ("_backlog", "_batch", "_frames", "_pending", "_putter", "channel", "loop")
+    __slots__ = (
+        "_backlog", "_batch", "_count", "_frames", "_pending", "_putter", "_ready",
+        "_scheduled", "channel", "loop",
+    )  # fmt: skip
 
     def __init__(self, channel: aiormq.Channel) -> None:
         self.channel = channel
         self.loop = asyncio.get_running_loop()
         self._frames: list[Any] = []
         self._batch = _Batch()
+        self._count = 0
+        self._ready: deque[tuple[list[Any], _Batch]] = deque()  # full chunks, in tag order
+        self._scheduled = False
         self._pending: set[asyncio.Future[Any]] = set()
         self._backlog: deque[tuple[ChannelFrame, _Batch]] = deque()
         self._putter: asyncio.Task[None] | None = None
@@ -571,15 +587,21 @@ class _Lane:
         channel.confirmations[tag] = confirmation
         # aiormq finds the confirm of a returned (unroutable) message by its message_id.
         channel.message_id_delivery_tag[message.message_id] = tag
-        frames = self._frames
-        if not frames:
+        if not self._scheduled:
+            self._scheduled = True
             self.loop.call_soon(self._flush)
+        frames = self._frames
         exchange, routing_key = message.exchange, message.routing_key
         frames.append(Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=True))
         frames.append(ContentHeader(properties=properties, body_size=len(message.body)))
         frames.extend(channel._split_body(message.body))
         self._pending.add(confirmation)
-        return confirmation, tag, self._batch
+        batch = self._batch
+        self._count += 1
+        if self._count == _CHUNK:
+            self._ready.append((frames, batch))
+            self._frames, self._batch, self._count = [], _Batch(), 0
+        return confirmation, tag, batch
 
     def forget(self, confirmation: asyncio.Future[Any], message_id: str, tag: int) -> None:
         self._pending.discard(confirmation)
@@ -588,10 +610,24 @@ class _Lane:
             del mapping[message_id]
 
     def _flush(self) -> None:
-        frames, self._frames = self._frames, []
-        batch, self._batch = self._batch, _Batch()
+        """Queue the oldest chunk for writing; the next one goes in the next loop iteration."""
+        if self._ready:
+            frames, batch = self._ready.popleft()
+        else:
+            frames, batch = self._frames, self._batch
+            self._frames, self._batch, self._count = [], _Batch(), 0
         channel = self.channel
-        if not frames or channel.is_closed:
+        if channel.is_closed:
+            # Not written: those publishes see an unsent batch and go to a fresh channel.
+            self._ready.clear()
+            self._frames, self._batch, self._count = [], _Batch(), 0
+            self._scheduled = False
+            return
+        if self._ready or self._frames:
+            self.loop.call_soon(self._flush)
+        else:
+            self._scheduled = False
+        if not frames:
             return
         payload = ChannelFrame.marshall(channel_number=channel.number, frames=frames)
         if self._putter is None:

@@ -467,6 +467,8 @@ class Publisher:
                     try:
                         await confirmation
                         return
+                    except _Discarded:
+                        continue  # written after a message the broker refused: send it again
                     except (
                         aiormq.exceptions.AMQPError,
                         aiormq.exceptions.ChannelInvalidStateError,
@@ -499,6 +501,13 @@ class Publisher:
             ) from None
         except aiormq.exceptions.ChannelClosed as exc:
             raise _channel_error(exc, message, self.settings) from None
+        except _ClosedOverAnother as exc:
+            text = " ".join(str(exc.reason).split())
+            raise PublishError(
+                f"no confirm for exchange {message.exchange!r} routing key "
+                f"{message.routing_key!r}: the broker closed the channel over another message "
+                f"({text}); the message may or may not have been delivered"
+            ) from None
         except (
             aiormq.exceptions.AMQPError,
             aiormq.exceptions.ChannelInvalidStateError,
@@ -517,6 +526,34 @@ class Publisher:
 
 # Publishes per payload written at once (see _Lane); 64 measured best of 32-256.
 _CHUNK = 64
+
+
+class _Discarded(Exception):
+    """Written after the publish the broker refused: the broker discarded it, send again."""
+
+
+class _ClosedOverAnother(Exception):
+    """Written before the publish the broker refused: routed, but never confirmed."""
+
+    def __init__(self, reason: BaseException) -> None:
+        super().__init__(str(reason))
+        self.reason = reason
+
+
+def _refused_tag(
+    reason: BaseException, pending: dict[int, tuple[asyncio.Future[Any], Resolved]]
+) -> int | None:
+    """The tag of the publish the broker closed the channel over, when its reply names the
+    exchange (missing, or no write access) of an unconfirmed one: the broker handles a
+    channel's frames in order, so that is the first unconfirmed publish to it, and it
+    discards every frame written after it."""
+    if not isinstance(reason, aiormq.exceptions.ChannelClosed):
+        return None
+    text = str(reason)
+    for tag, (_, message) in pending.items():
+        if f"exchange '{message.exchange or 'amq.default'}'" in text:
+            return tag
+    return None
 
 
 def _connection_lost(exc: BaseException, message: Resolved) -> PublishError:
@@ -568,7 +605,8 @@ class _Lane:
         self._count = 0
         self._ready: deque[tuple[list[Any], _Batch]] = deque()  # full chunks, in tag order
         self._scheduled = False
-        self._pending: set[asyncio.Future[Any]] = set()
+        # Unconfirmed publishes by delivery tag (ascending), for the close of the channel.
+        self._pending: dict[int, tuple[asyncio.Future[Any], Resolved]] = {}
         self._backlog: deque[tuple[ChannelFrame, _Batch]] = deque()
         self._putter: asyncio.Task[None] | None = None
         channel.closing.add_done_callback(self._on_close)
@@ -595,7 +633,7 @@ class _Lane:
         frames.append(Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=True))
         frames.append(ContentHeader(properties=properties, body_size=len(message.body)))
         frames.extend(channel._split_body(message.body))
-        self._pending.add(confirmation)
+        self._pending[tag] = (confirmation, message)
         batch = self._batch
         self._count += 1
         if self._count == _CHUNK:
@@ -604,7 +642,7 @@ class _Lane:
         return confirmation, tag, batch
 
     def forget(self, confirmation: asyncio.Future[Any], message_id: str, tag: int) -> None:
-        self._pending.discard(confirmation)
+        self._pending.pop(tag, None)
         mapping = self.channel.message_id_delivery_tag
         if mapping.get(message_id) == tag:
             del mapping[message_id]
@@ -661,10 +699,17 @@ class _Lane:
         reason = None if closing.cancelled() else closing.exception()
         if not isinstance(reason, Exception):
             reason = aiormq.exceptions.ChannelInvalidStateError(f"{self.channel!r} closed")
-        pending, self._pending = self._pending, set()
-        for confirmation in pending:
-            if not confirmation.done():
+        pending, self._pending = self._pending, {}
+        culprit = _refused_tag(reason, pending)
+        for tag, (confirmation, _) in pending.items():
+            if confirmation.done():
+                continue
+            if culprit is None or tag == culprit:
                 confirmation.set_exception(reason)
+            elif tag < culprit:
+                confirmation.set_exception(_ClosedOverAnother(reason))
+            else:
+                confirmation.set_exception(_Discarded())
         if self._putter is not None:
             # Its queue belongs to a dead connection: a put there may never return.
             self._putter.cancel()

@@ -372,14 +372,14 @@ async def test_publish_many_deadline_times_out_then_recovers(
     assert got[:-1] == [f"t{n}" for n in range(20) if f"t{n}" in got]  # order kept
 
 
-def test_sync_publish_many_sends_again_what_followed_a_refused_message(
-    declared: str, topology: LoadedTopology
+async def test_publish_many_sends_again_what_followed_a_refused_message(
+    declared: str, open_client: OpenClient
 ) -> None:
     items = [Outgoing("commands", "order.cancel", {"order_id": f"o{n}"}) for n in range(60)]
     items.insert(30, Outgoing("ghost", "k", {"x": 1}))
-    with SyncPublisher.connect(BusSettings(amqp_url=declared), topology) as publisher:
-        results = publisher.publish_many(items, window=100)
-        after = publisher.publish_many([CancelOrder(order_id="after")])
+    client = await open_client()
+    results = await client.publish_many(items)
+    after = await client.publish_many([CancelOrder(order_id="after")])
     assert after[0].ok
     refused = results[30].error
     assert isinstance(refused, NotFoundError)

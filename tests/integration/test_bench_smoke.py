@@ -33,6 +33,10 @@ def test_quick_publish_suite_reports_paired_ratios(
         line.startswith("ratio publish w100 msg_s: ours / raw aio-pika = ") for line in lines
     ), done.stdout
     document = json.loads(report.read_text())
-    assert set(document["cases"]) == {"publish/w100/raw-aio-pika", "publish/w100/ours"}
+    assert set(document["cases"]) == {
+        "publish/w100/raw-aio-pika",
+        "publish/w100/ours",
+        "publish/w100/ours-sync",
+    }
     assert all(case["spread"]["msg_s"]["median"] > 0 for case in document["cases"].values())
     assert document["failures"] == []

@@ -1,4 +1,4 @@
-"""Publishing through node-wide faults: a memory alarm and connections cut by the broker.
+"""Publishing through node-wide faults: memory and disk alarms, connections cut by the broker.
 
 A blocked connection makes publish raise at its deadline, never hang; a cut connection fails
 only the messages in flight, and nothing confirmed is lost. These faults change a whole node,
@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pika
 import pytest
@@ -41,32 +41,41 @@ def _alarms(node: LocalNode) -> str:
     return node.ctl("eval", "rabbit_alarm:get_alarms().")
 
 
-@pytest.fixture
-def memory_alarm(node: LocalNode) -> Iterator[LocalNode]:
-    """Raise the memory alarm on entry (once the test calls it) and always clear it after."""
-    yield node
-    node.ctl("set_vm_memory_high_watermark", "0.4")
-    deadline = time.monotonic() + HANG
-    while "memory" in _alarms(node) and time.monotonic() < deadline:
-        time.sleep(0.2)
+# A resource alarm blocks every publishing connection of the node: (set, clear) arguments.
+ALARMS = {
+    "memory": (("set_vm_memory_high_watermark", "0"), ("set_vm_memory_high_watermark", "0.4")),
+    "disk": (("set_disk_free_limit", "100000GB"), ("set_disk_free_limit", "50MB")),
+}
 
 
-def raise_alarm(node: LocalNode) -> None:
-    node.ctl("set_vm_memory_high_watermark", "0")
-    deadline = time.monotonic() + HANG
-    while "memory" not in _alarms(node):
-        if time.monotonic() > deadline:
-            raise AssertionError("the memory alarm never went up")
-        time.sleep(0.2)
+class Alarm:
+    """One kind of resource alarm on the throwaway node, raised and cleared on demand."""
+
+    def __init__(self, node: LocalNode, kind: str) -> None:
+        self.node, self.kind = node, kind
+
+    def raise_(self) -> None:
+        self.node.ctl(*ALARMS[self.kind][0])
+        self._until(lambda alarms: self.kind in alarms, "went up")
+
+    def clear(self) -> None:
+        self.node.ctl(*ALARMS[self.kind][1])
+        self._until(lambda alarms: self.kind not in alarms, "cleared")
+
+    def _until(self, done: Callable[[str], bool], what: str) -> None:
+        deadline = time.monotonic() + HANG
+        while not done(_alarms(self.node)):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the {self.kind} alarm never {what}")
+            time.sleep(0.2)
 
 
-def clear_alarm(node: LocalNode) -> None:
-    node.ctl("set_vm_memory_high_watermark", "0.4")
-    deadline = time.monotonic() + HANG
-    while "memory" in _alarms(node):
-        if time.monotonic() > deadline:
-            raise AssertionError("the memory alarm never cleared")
-        time.sleep(0.2)
+@pytest.fixture(params=sorted(ALARMS))
+def alarm(request: pytest.FixtureRequest, node: LocalNode) -> Iterator[Alarm]:
+    """A memory or a disk alarm the test raises; always cleared afterwards."""
+    alarm = Alarm(node, request.param)
+    yield alarm
+    alarm.clear()
 
 
 def queue_bodies(node: LocalNode) -> list[bytes]:
@@ -84,17 +93,17 @@ def queue_bodies(node: LocalNode) -> list[bytes]:
 
 
 async def test_async_publish_times_out_while_blocked_then_recovers(
-    memory_alarm: LocalNode,
+    alarm: Alarm,
 ) -> None:
-    node = memory_alarm
+    node = alarm.node
     settings = BusSettings(amqp_url=node.amqp_url, connect_timeout=10)
     async with Publisher.connect(settings, confirm_timeout=2.0) as publisher:
         await publisher.publish("", "blocked.q", b'{"n":1}')
-        raise_alarm(node)
+        alarm.raise_()
         async with asyncio.timeout(HANG):
             with pytest.raises(PublishTimeoutError, match="no confirm within 2s"):
                 await publisher.publish("", "blocked.q", b'{"n":2}')
-        clear_alarm(node)
+        alarm.clear()
         async with asyncio.timeout(HANG):
             await publisher.publish("", "blocked.q", b'{"n":3}', confirm_timeout=HANG)
     bodies = queue_bodies(node)
@@ -104,16 +113,16 @@ async def test_async_publish_times_out_while_blocked_then_recovers(
 
 
 async def test_sync_publish_times_out_while_blocked_then_recovers(
-    memory_alarm: LocalNode,
+    alarm: Alarm,
 ) -> None:
-    node = memory_alarm
+    node = alarm.node
     settings = BusSettings(amqp_url=node.amqp_url, connect_timeout=10)
     with SyncPublisher.connect(settings, confirm_timeout=2.0) as publisher:
         publisher.publish("", "blocked.q", b'{"n":1}')
-        raise_alarm(node)
+        alarm.raise_()
         with pytest.raises(PublishTimeoutError, match="no confirm within 2s"):
             publisher.publish("", "blocked.q", b'{"n":2}')
-        clear_alarm(node)
+        alarm.clear()
         publisher.publish("", "blocked.q", b'{"n":3}')
     bodies = queue_bodies(node)
     assert bodies[0] == b'{"n":1}'
@@ -199,16 +208,16 @@ async def test_sync_cut_during_publish_many_fails_only_messages_in_flight(
 
 
 def test_sync_publish_many_times_out_while_blocked_then_recovers(
-    memory_alarm: LocalNode,
+    alarm: Alarm,
 ) -> None:
-    node = memory_alarm
+    node = alarm.node
     queue_bodies(node)
     settings = BusSettings(amqp_url=node.amqp_url, connect_timeout=10)
     with SyncPublisher.connect(settings, confirm_timeout=2.0) as publisher:
-        raise_alarm(node)
+        alarm.raise_()
         results = publisher.publish_many([Outgoing("", "blocked.q", {"n": n}) for n in range(5)])
         assert all(isinstance(r.error, PublishTimeoutError) for r in results)
-        clear_alarm(node)
+        alarm.clear()
         after = publisher.publish_many([Outgoing("", "blocked.q", {"n": "after"})])
         assert after[0].ok
     received = [json.loads(body)["n"] for body in queue_bodies(node)]

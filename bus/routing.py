@@ -323,7 +323,7 @@ class _HeadersIndex:
 
 
 class _TopicNode:
-    __slots__ = ("children", "dests", "hash", "is_hash", "star")
+    __slots__ = ("children", "dests", "hash", "is_hash", "star", "states")
 
     def __init__(self, is_hash: bool = False) -> None:
         self.children: dict[str, _TopicNode] = {}
@@ -331,8 +331,11 @@ class _TopicNode:
         self.hash: _TopicNode | None = None
         self.is_hash = is_hash  # reached through a '#': may take any further word
         self.dests: list[_Dest] = []
+        # On the root only: the sets of live nodes met so far (see _State), built lazily.
+        self.states: dict[tuple[_TopicNode, ...], _State] | None = None
 
     def insert(self, pattern: str, dest: _Dest) -> None:
+        self.states = None  # the trie changes: every cached state is stale
         node = self
         for word in _words(pattern):
             if word == "#":
@@ -348,24 +351,88 @@ class _TopicNode:
     def match(self, key: str, out: list[_Dest]) -> None:
         # Advance the set of live trie nodes word by word (an NFA), so a node is visited
         # at most once per word however many '#' lead to it: linear in the key length.
-        # Dicts keep the states ordered, so results (and traces) are deterministic.
-        states: dict[_TopicNode, None] = {}
-        _enter(states, self)
+        # Each set met is kept as a _State with its transitions (a DFA built lazily), so
+        # a key costs one dict lookup per word once its words have been seen in that
+        # position, even when the key itself is new (ids in keys). Ordered like the NFA:
+        # results (and traces) are deterministic.
+        state = self.final_state(key)
+        if state is not None:
+            out.extend(state.dests)
+
+    def final_state(self, key: str) -> _State | None:
+        """The set of nodes ``key`` ends in (None once no node is left): see :meth:`match`."""
+        if self.states is None or len(self.states) > _MAX_STATES:
+            self.states = {}
+        state = self._state((self,))
         for word in _words(key):
-            advanced: dict[_TopicNode, None] = {}
-            for node in states:
-                if node.is_hash:
-                    _enter(advanced, node)
+            state = state.step(word, self)
+            if not state.nodes:
+                return None
+        return state
+
+    def _state(self, nodes: Iterable[_TopicNode]) -> _State:
+        closure: dict[_TopicNode, None] = {}
+        for node in nodes:
+            _enter(closure, node)
+        key = tuple(closure)
+        assert self.states is not None
+        state = self.states.get(key)
+        if state is None:
+            state = self.states[key] = _State(key)
+        return state
+
+
+class _State:
+    """One set of live trie nodes and the transitions found from it so far."""
+
+    __slots__ = ("_matched", "dests", "literals", "next", "nodes", "other")
+
+    def __init__(self, nodes: tuple[_TopicNode, ...]) -> None:
+        self.nodes = nodes
+        self.dests = [dest for node in nodes for dest in node.dests]
+        self._matched: _Matched | None = None
+        # Words some node takes literally; any other word moves only through '*' and '#'.
+        self.literals = frozenset(word for node in nodes for word in node.children)
+        self.next: dict[str, _State] = {}
+        self.other: _State | None = None
+
+    @property
+    def matched(self) -> _Matched:
+        """The bindings ending here, split for the routing loop (computed once)."""
+        if self._matched is None:
+            self._matched = _matched(self.dests) if self.dests else _NO_MATCH
+        return self._matched
+
+    def step(self, word: str, root: _TopicNode) -> _State:
+        found = self.next.get(word)
+        if found is not None:
+            return found
+        literal = word in self.literals
+        if not literal and self.other is not None:
+            return self.other
+        advanced: list[_TopicNode] = []
+        for node in self.nodes:
+            if node.is_hash:
+                advanced.append(node)
+            if literal:
                 child = node.children.get(word)
                 if child is not None:
-                    _enter(advanced, child)
-                if node.star is not None:
-                    _enter(advanced, node.star)
-            if not advanced:
-                return
-            states = advanced
-        for node in states:
-            out.extend(node.dests)
+                    advanced.append(child)
+            if node.star is not None:
+                advanced.append(node.star)
+        found = root._state(advanced)
+        if literal:
+            if len(self.next) < _MAX_WORDS:
+                self.next[word] = found
+        else:
+            self.other = found
+        return found
+
+
+# Bounds of the lazily built states: a stream of unique words or exotic patterns costs
+# one NFA step per word, never unbounded memory.
+_MAX_STATES = 4096
+_MAX_WORDS = 1024
 
 
 def _enter(states: dict[_TopicNode, None], node: _TopicNode | None) -> None:
@@ -460,14 +527,12 @@ class _Exchange:
     def _by_key(self, key: str) -> _Matched:
         found = self.cache.get(key)
         if found is None:
-            dests: list[_Dest] = []
             if self.type == "topic":
-                self.topic.match(key, dests)
-            elif self.type == "direct":
-                dests = self.direct.get(key, [])
+                state = self.topic.final_state(key)
+                found = _NO_MATCH if state is None else state.matched
             else:
-                dests = self.fanout
-            found = _matched(dests) if dests else _NO_MATCH
+                dests = self.direct.get(key, []) if self.type == "direct" else self.fanout
+                found = _matched(dests) if dests else _NO_MATCH
             if len(self.cache) >= _CACHE_SIZE:
                 self.cache.clear()
             self.cache[key] = found

@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pika.compat import long
 
+from bus import routing
 from bus.errors import RoutingError
 from bus.routing import (
     Router,
@@ -28,6 +29,7 @@ from bus.routing import (
     _headers_match,
     _HeadersBinding,
     _HeadersIndex,
+    _TopicNode,
     header_term,
     headers_binding_matches_something,
     parse_header_option,
@@ -482,6 +484,33 @@ _pattern_word = st.sampled_from(["a", "b", "", "*", "#"])
 )
 def test_trie_agrees_with_reference(pattern: str, key: str) -> None:
     assert topic_matches(pattern, key) is _reference_topic(pattern, key)
+
+
+@settings(max_examples=300)
+@given(
+    patterns=st.lists(st.lists(_pattern_word, max_size=4).map(".".join), min_size=1, max_size=8),
+    keys=st.lists(st.lists(_word, max_size=4).map(".".join), min_size=1, max_size=12),
+    tiny_bounds=st.booleans(),
+)
+def test_one_trie_with_cached_transitions_agrees_with_reference(
+    patterns: list[str], keys: list[str], tiny_bounds: bool
+) -> None:
+    # The trie keeps the node sets and word transitions it met; results must not depend
+    # on what was routed before, nor on the caches being dropped at their bounds.
+    bounds = (routing._MAX_STATES, routing._MAX_TRANSITIONS)
+    if tiny_bounds:
+        routing._MAX_STATES, routing._MAX_TRANSITIONS = 2, 3
+    try:
+        root = _TopicNode()
+        for n, pattern in enumerate(patterns):
+            root.insert(pattern, _Dest(f"q{n}", False, ""))
+        for key in [*keys, *keys]:
+            out: list[_Dest] = []
+            root.match(key, out)
+            expected = {f"q{n}" for n, p in enumerate(patterns) if _reference_topic(p, key)}
+            assert {d.name for d in out} == expected
+    finally:
+        routing._MAX_STATES, routing._MAX_TRANSITIONS = bounds
 
 
 def test_trie_with_many_hashes_stays_fast_enough_to_finish() -> None:

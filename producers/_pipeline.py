@@ -62,6 +62,7 @@ class ConfirmPipeline:
         connection: Any,
         properties: Callable[[Resolved], pika.BasicProperties],
         channel_error: ChannelError,
+        open_timeout: float,
     ) -> None:
         self.connection = connection
         self.properties = properties
@@ -79,13 +80,11 @@ class ConfirmPipeline:
         self._impl.confirm_delivery(
             ack_nack_callback=self._on_confirm, callback=lambda _frame: selected.append(True)
         )
-        self._run_until(lambda: bool(selected), None)
+        self._run_until(lambda: bool(selected), time.monotonic() + open_timeout)
         if not selected:
-            raise PublishError("could not turn on publisher confirms on a new channel")
-
-    @property
-    def unconfirmed(self) -> int:
-        return len(self._unconfirmed)
+            raise PublishError(
+                f"could not turn on publisher confirms on a new channel within {open_timeout:g}s"
+            )
 
     def publish(self, index: int, message: Resolved, seconds: float, window: int) -> None:
         """Write ``message`` once the window has room and no publish with its id is pending

@@ -378,7 +378,9 @@ class SyncPublisher:
         self._pipeline = None
         try:
             connection = self._ensure_connection()
-            pipeline = ConfirmPipeline(connection, self._properties, self._pipeline_error)
+            pipeline = ConfirmPipeline(
+                connection, self._properties, self._pipeline_error, self.confirm_timeout
+            )
         except BusError:
             self._drop()
             raise

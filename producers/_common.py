@@ -4,9 +4,11 @@ outcomes."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bus.errors import PublishError
 from bus.outgoing import (
     CONTENT_TYPE,
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -28,7 +30,10 @@ __all__ = [
     "Resolved",
     "Resolver",
     "TopologyLike",
+    "closed_over_another",
     "default_app_id",
+    "first_refused",
+    "where",
 ]
 
 # Long enough for a quorum queue under load, short enough that a blocked connection
@@ -55,3 +60,30 @@ class PublishResult:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+def where(message: Resolved) -> str:
+    """How errors name a message's destination."""
+    return f"exchange {message.exchange!r} routing key {message.routing_key!r}"
+
+
+def first_refused(reply_text: str, unconfirmed: Iterable[Resolved]) -> int | None:
+    """Position, among the unconfirmed publishes in wire order, of the one a channel close
+    was about, when the broker's reply names its exchange (missing, or no write access).
+
+    The broker handles a channel's frames in order, so that is the first unconfirmed
+    publish to that exchange; it discards every frame written after it (they can be sent
+    again), and those before it were routed but never confirmed.
+    """
+    for position, message in enumerate(unconfirmed):
+        if f"exchange '{message.exchange or 'amq.default'}'" in reply_text:
+            return position
+    return None
+
+
+def closed_over_another(message: Resolved, reply: str) -> PublishError:
+    """The outcome of a publish written before the one the broker closed the channel over."""
+    return PublishError(
+        f"no confirm for {where(message)}: the broker closed the channel over another "
+        f"message ({reply}); the message may or may not have been delivered"
+    )

@@ -35,6 +35,7 @@ from bus.errors import (
     UnroutableError,
 )
 from bus.outgoing import Resolved
+from producers._common import closed_over_another, first_refused, where
 
 __all__ = ["ConfirmPipeline"]
 
@@ -48,10 +49,6 @@ class _Unconfirmed:
     message: Resolved
     deadline: float
     returned: UnroutableError | None = None
-
-
-def _where(message: Resolved) -> str:
-    return f"exchange {message.exchange!r} routing key {message.routing_key!r}"
 
 
 class ConfirmPipeline:
@@ -106,8 +103,7 @@ class ConfirmPipeline:
             )
         except (pika.exceptions.AMQPError, OSError) as exc:
             self._connection_lost(exc)
-            self.dead = True
-            raise PublishError(f"not sent to {_where(message)}: {exc!r}") from None
+            raise PublishError(f"not sent to {where(message)}: {exc!r}") from None
         self._tag += 1
         self._unconfirmed[self._tag] = _Unconfirmed(
             self._tag, index, message, time.monotonic() + seconds
@@ -138,7 +134,7 @@ class ConfirmPipeline:
             if not self.dead and time.monotonic() >= oldest.deadline and not ready():
                 self._fail_all(
                     lambda m: PublishTimeoutError(
-                        f"no confirm within the deadline for {_where(m)} (broker blocked by a "
+                        f"no confirm within the deadline for {where(m)} (broker blocked by a "
                         "resource alarm, overloaded or unreachable); the message may or may "
                         "not have been delivered"
                     )
@@ -181,7 +177,7 @@ class ConfirmPipeline:
             entry = self._forget(settled)
             if nacked:
                 self.failed[entry.index] = PublishNackedError(
-                    f"broker nacked the message to {_where(entry.message)} "
+                    f"broker nacked the message to {where(entry.message)} "
                     "(e.g. a full queue with overflow reject-publish)"
                 )
             elif entry.returned is not None:
@@ -209,14 +205,7 @@ class ConfirmPipeline:
         after it were not delivered: they go to ``unsent`` and out again on a new channel.
         Those written before it were routed but never confirmed: may or may not."""
         entries = list(self._unconfirmed.values())
-        culprit = next(
-            (
-                position
-                for position, entry in enumerate(entries)
-                if f"exchange '{entry.message.exchange or 'amq.default'}'" in reason.reply_text
-            ),
-            None,
-        )
+        culprit = first_refused(reason.reply_text, (entry.message for entry in entries))
         if culprit is None:  # the reply names no exchange we wrote to: assume nothing
             self._fail_all(lambda m: self.channel_error(reason, m))
             return
@@ -225,10 +214,8 @@ class ConfirmPipeline:
             if position == culprit:
                 self.failed[entry.index] = self.channel_error(reason, entry.message)
             elif position < culprit:
-                self.failed[entry.index] = PublishError(
-                    f"no confirm for {_where(entry.message)}: the broker closed the channel "
-                    f"over another message ({reason.reply_code} {reason.reply_text}); the "
-                    "message may or may not have been delivered"
+                self.failed[entry.index] = closed_over_another(
+                    entry.message, f"{reason.reply_code} {reason.reply_text}"
                 )
             else:
                 self.unsent.append((entry.index, entry.message))
@@ -237,14 +224,14 @@ class ConfirmPipeline:
         if isinstance(exc, pika.exceptions.ConnectionBlockedTimeout):
             self._fail_all(
                 lambda m: PublishTimeoutError(
-                    f"no confirm for {_where(m)}: connection blocked by a broker resource "
+                    f"no confirm for {where(m)}: connection blocked by a broker resource "
                     "alarm; the message may or may not have been delivered"
                 )
             )
         else:
             self._fail_all(
                 lambda m: PublishError(
-                    f"connection to the broker lost before the confirm for {_where(m)}: "
+                    f"connection to the broker lost before the confirm for {where(m)}: "
                     f"{exc!r}; the message may or may not have been delivered"
                 )
             )

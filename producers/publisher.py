@@ -59,7 +59,10 @@ from producers._common import (
     Resolved,
     Resolver,
     TopologyLike,
+    closed_over_another,
     default_app_id,
+    first_refused,
+    where,
 )
 
 __all__ = ["Publisher"]
@@ -502,12 +505,7 @@ class Publisher:
         except aiormq.exceptions.ChannelClosed as exc:
             raise _channel_error(exc, message, self.settings) from None
         except _ClosedOverAnother as exc:
-            text = " ".join(str(exc.reason).split())
-            raise PublishError(
-                f"no confirm for exchange {message.exchange!r} routing key "
-                f"{message.routing_key!r}: the broker closed the channel over another message "
-                f"({text}); the message may or may not have been delivered"
-            ) from None
+            raise closed_over_another(message, " ".join(str(exc.reason).split())) from None
         except (
             aiormq.exceptions.AMQPError,
             aiormq.exceptions.ChannelInvalidStateError,
@@ -543,17 +541,11 @@ class _ClosedOverAnother(Exception):
 def _refused_tag(
     reason: BaseException, pending: dict[int, tuple[asyncio.Future[Any], Resolved]]
 ) -> int | None:
-    """The tag of the publish the broker closed the channel over, when its reply names the
-    exchange (missing, or no write access) of an unconfirmed one: the broker handles a
-    channel's frames in order, so that is the first unconfirmed publish to it, and it
-    discards every frame written after it."""
+    """The tag of the publish the broker closed the channel over (see first_refused)."""
     if not isinstance(reason, aiormq.exceptions.ChannelClosed):
         return None
-    text = str(reason)
-    for tag, (_, message) in pending.items():
-        if f"exchange '{message.exchange or 'amq.default'}'" in text:
-            return tag
-    return None
+    position = first_refused(str(reason), (message for _, message in pending.values()))
+    return None if position is None else list(pending)[position]
 
 
 def _connection_lost(exc: BaseException, message: Resolved) -> PublishError:
@@ -593,8 +585,8 @@ class _Lane:
     """
 
     __slots__ = (
-        "_backlog", "_batch", "_count", "_frames", "_pending", "_putter", "_ready",
-        "_scheduled", "channel", "loop",
+        "_backlog", "_batch", "_count", "_frames", "_pending", "_putter", "_ready", "channel",
+        "loop",
     )  # fmt: skip
 
     def __init__(self, channel: aiormq.Channel) -> None:
@@ -603,8 +595,9 @@ class _Lane:
         self._frames: list[Any] = []
         self._batch = _Batch()
         self._count = 0
-        self._ready: deque[tuple[list[Any], _Batch]] = deque()  # full chunks, in tag order
-        self._scheduled = False
+        # Full chunks, in tag order. A flush is pending exactly while _ready or _frames
+        # holds something.
+        self._ready: deque[tuple[list[Any], _Batch]] = deque()
         # Unconfirmed publishes by delivery tag (ascending), for the close of the channel.
         self._pending: dict[int, tuple[asyncio.Future[Any], Resolved]] = {}
         self._backlog: deque[tuple[ChannelFrame, _Batch]] = deque()
@@ -625,8 +618,7 @@ class _Lane:
         channel.confirmations[tag] = confirmation
         # aiormq finds the confirm of a returned (unroutable) message by its message_id.
         channel.message_id_delivery_tag[message.message_id] = tag
-        if not self._scheduled:
-            self._scheduled = True
+        if not self._frames and not self._ready:
             self.loop.call_soon(self._flush)
         frames = self._frames
         exchange, routing_key = message.exchange, message.routing_key
@@ -659,12 +651,9 @@ class _Lane:
             # Not written: those publishes see an unsent batch and go to a fresh channel.
             self._ready.clear()
             self._frames, self._batch, self._count = [], _Batch(), 0
-            self._scheduled = False
             return
         if self._ready or self._frames:
             self.loop.call_soon(self._flush)
-        else:
-            self._scheduled = False
         if not frames:
             return
         payload = ChannelFrame.marshall(channel_number=channel.number, frames=frames)
@@ -719,9 +708,9 @@ def _channel_error(
     exc: aiormq.exceptions.ChannelClosed, message: Resolved, settings: BusSettings
 ) -> BusError:
     text = " ".join(str(exc).split()) or type(exc).__name__
-    where = f"exchange {message.exchange!r} routing key {message.routing_key!r}"
+    to = where(message)
     if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):
-        return NotFoundError(f"publish to {where} failed, channel closed by the broker: {text}")
+        return NotFoundError(f"publish to {to} failed, channel closed by the broker: {text}")
     if isinstance(exc, aiormq.exceptions.ChannelAccessRefused):
         # basic.publish needs write on the exchange (on 'amq.default' for the default one).
         return AccessRefusedError.from_reply(
@@ -729,8 +718,8 @@ def _channel_error(
             vhost=settings.vhost, user=settings.credentials()[0],
         )  # fmt: skip
     if "larger than configured max size" in text:
-        return MessageTooLargeError(f"broker refused the message to {where}: {text}")
-    return BrokerError(f"publish to {where} failed, channel closed by the broker: {text}")
+        return MessageTooLargeError(f"broker refused the message to {to}: {text}")
+    return BrokerError(f"publish to {to} failed, channel closed by the broker: {text}")
 
 
 class _Opening:

@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from functools import partial
 from types import TracebackType
 from typing import Any, overload
 
@@ -47,6 +48,7 @@ from producers._common import (
     Resolver,
     TopologyLike,
     default_app_id,
+    where,
 )
 from producers._pipeline import ConfirmPipeline
 
@@ -337,8 +339,6 @@ class SyncPublisher:
             settle(current)
             if not again:
                 break
-        if pipeline is not None and pipeline.dead:
-            self._pipeline = None
         return [PublishResult(message_id, failed.get(i)) for i, message_id in enumerate(ids)]
 
     # -- internals ------------------------------------------------------------------------
@@ -379,7 +379,10 @@ class SyncPublisher:
         try:
             connection = self._ensure_connection()
             pipeline = ConfirmPipeline(
-                connection, self._properties, self._pipeline_error, self.confirm_timeout
+                connection,
+                self._properties,
+                partial(_channel_error, settings=self.settings),
+                self.confirm_timeout,
             )
         except BusError:
             self._drop()
@@ -392,12 +395,6 @@ class SyncPublisher:
             raise PublishError("the new publishing channel closed at once")
         self._pipeline = pipeline
         return pipeline
-
-    def _pipeline_error(
-        self, exc: pika.exceptions.ChannelClosedByBroker, message: Resolved
-    ) -> BusError:
-        where = f"exchange {message.exchange!r} routing key {message.routing_key!r}"
-        return _channel_error(exc, where, message.exchange, self.settings)
 
     def _ensure_channel(self) -> Any:
         channel = self._channel
@@ -424,14 +421,14 @@ class SyncPublisher:
         )
 
     def _send(self, message: Resolved, seconds: float) -> None:
-        where = f"exchange {message.exchange!r} routing key {message.routing_key!r}"
+        to = where(message)
         try:
             channel = self._ensure_channel()
         except BusError:
             raise
         except (pika.exceptions.AMQPError, OSError) as exc:
             self._drop()
-            raise PublishError(f"cannot open a channel to publish to {where}: {exc}") from None
+            raise PublishError(f"cannot open a channel to publish to {to}: {exc}") from None
         connection = self._connection
         # BlockingChannel waits for the confirm with no deadline of its own. When ours
         # expires, end the stream the way pika ends it for blocked_connection_timeout: the
@@ -467,14 +464,14 @@ class SyncPublisher:
             with contextlib.suppress(pika.exceptions.AMQPError):
                 channel.close()
             raise PublishNackedError(
-                f"broker nacked the message to {where} "
+                f"broker nacked the message to {to} "
                 "(e.g. a full queue with overflow reject-publish)"
             ) from None
         except (_DeadlineExpired, pika.exceptions.ConnectionBlockedTimeout) as exc:
             self._drop()
             blocked = isinstance(exc, pika.exceptions.ConnectionBlockedTimeout)
             raise PublishTimeoutError(
-                f"no confirm within {seconds:g}s for {where}"
+                f"no confirm within {seconds:g}s for {to}"
                 + (
                     " (connection blocked by a broker resource alarm)"
                     if blocked
@@ -484,11 +481,11 @@ class SyncPublisher:
             ) from None
         except pika.exceptions.ChannelClosedByBroker as exc:
             self._channel = None
-            raise _channel_error(exc, where, message.exchange, self.settings) from None
+            raise _channel_error(exc, message, self.settings) from None
         except (pika.exceptions.AMQPError, OSError) as exc:
             self._drop()
             raise PublishError(
-                f"connection to the broker lost before the confirm for {where}: "
+                f"connection to the broker lost before the confirm for {to}: "
                 f"{exc!r}; the message may or may not have been delivered"
             ) from None
         finally:
@@ -517,11 +514,12 @@ class SyncPublisher:
 
 
 def _channel_error(
-    exc: pika.exceptions.ChannelClosedByBroker, where: str, exchange: str, settings: BusSettings
+    exc: pika.exceptions.ChannelClosedByBroker, message: Resolved, settings: BusSettings
 ) -> BusError:
     text = f"{exc.reply_code} {exc.reply_text}"
+    to, exchange = where(message), message.exchange
     if exc.reply_code == 404:
-        return NotFoundError(f"publish to {where} failed, channel closed by the broker: {text}")
+        return NotFoundError(f"publish to {to} failed, channel closed by the broker: {text}")
     if exc.reply_code == 403:
         # basic.publish needs write on the exchange (on 'amq.default' for the default one).
         return AccessRefusedError.from_reply(
@@ -529,5 +527,5 @@ def _channel_error(
             vhost=settings.vhost, user=settings.credentials()[0],
         )  # fmt: skip
     if "larger than configured max size" in exc.reply_text:
-        return MessageTooLargeError(f"broker refused the message to {where}: {text}")
-    return BrokerError(f"publish to {where} failed, channel closed by the broker: {text}")
+        return MessageTooLargeError(f"broker refused the message to {to}: {text}")
+    return BrokerError(f"publish to {to} failed, channel closed by the broker: {text}")

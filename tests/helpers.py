@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pika
 
@@ -43,3 +44,18 @@ def shipped_topology_with(**sections: object) -> str:
     data = yaml.safe_load((Path(__file__).resolve().parents[1] / "topology.yaml").read_text())
     data.update(sections)
     return yaml.safe_dump(data, sort_keys=False)
+
+
+def drain(url: str, queue: str) -> list[tuple[Any, Any, bytes]]:
+    """Every message of ``queue`` (method, properties, body), removed from the broker."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        found = []
+        while True:
+            method, properties, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return found
+            found.append((method, properties, body))
+    finally:
+        connection.close()

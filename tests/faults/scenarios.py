@@ -23,7 +23,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -51,13 +50,13 @@ from producers import Outgoing, Publisher, SyncPublisher
 from tests.faults.app import TOPOLOGY, Probe
 from tests.faults.checker import TotalQueue
 from tests.faults.proxy import FaultProxy
+from tests.faults.worker import BIN, REPO, BusWorker
+from tests.helpers import drain
 
 __all__ = ["NODE_CONFIG", "SCENARIOS", "Lab", "Outcome", "default_n", "run_scenario"]
 
 log = logging.getLogger("tests.faults")
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 
 # Node-wide settings only a throwaway node may have (never the shared broker).
 MAX_MESSAGE_SIZE = 1024 * 1024
@@ -178,21 +177,6 @@ def queue_exists(url: str, queue: str) -> bool:
     finally:
         if connection.is_open:
             connection.close()
-
-
-def drain(url: str, queue: str) -> list[tuple[Any, Any, bytes]]:
-    """Every message of ``queue`` (method, properties, body), removed from the broker."""
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        channel = connection.channel()
-        found = []
-        while True:
-            method, properties, body = channel.basic_get(queue, auto_ack=True)
-            if method is None:
-                return found
-            found.append((method, properties, body))
-    finally:
-        connection.close()
 
 
 async def wait_until(
@@ -1172,48 +1156,18 @@ async def poison(lab: Lab, n: int, out: Outcome) -> None:
 
 
 # -- 10. Celery worker SIGKILL ---------------------------------------------------------------------
-class WorkerProcess:
+def worker_process(lab: Lab, url: str, log: Path) -> BusWorker:
     """``bus worker -Q faults.tasks --pool prefork`` in its own process group."""
-
-    def __init__(self, lab: Lab, url: str, log: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("BUS_", "CELERY_"))}
-        env.update(
-            BUS_AMQP_URL=url,
-            BUS_MANAGEMENT_URL=lab.node.management_url,
-            BUS_TOPOLOGY=str(lab.topology_file),
-            PYTHONPATH=str(REPO),
-            PYTHONWARNINGS="ignore:You're running the worker with superuser privileges",
-        )
-        argv = [str(BIN / "bus"), "worker", "-A", "tests.faults.tasks:app", "-Q", "faults.tasks"]
-        argv += ["--pool", "prefork", "-c", "2"]
-        self.log = log
-        with log.open("wb") as output:
-            self.process = subprocess.Popen(
-                argv, env=env, cwd=REPO, stdout=output, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-
-    @property
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
-
-    def ready(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"worker exited early:\n{self.output}")
-        return " ready." in self.log.read_text(errors="replace")
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(30)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BUS_", "CELERY_"))}
+    env.update(
+        BUS_AMQP_URL=url,
+        BUS_MANAGEMENT_URL=lab.node.management_url,
+        BUS_TOPOLOGY=str(lab.topology_file),
+        PYTHONPATH=str(REPO),
+        PYTHONWARNINGS="ignore:You're running the worker with superuser privileges",
+    )
+    args = ["-A", "tests.faults.tasks:app", "-Q", "faults.tasks", "--pool", "prefork", "-c", "2"]
+    return BusWorker(args, env, log)
 
 
 def task_records(path: Path) -> list[dict[str, Any]]:
@@ -1252,9 +1206,9 @@ async def celery_sigkill(lab: Lab, n: int, out: Outcome) -> None:
                 async with asyncio.TaskGroup() as group:
                     for _ in range(100):
                         group.create_task(sender())
-        workers: list[WorkerProcess] = []
+        workers: list[BusWorker] = []
         try:
-            first = WorkerProcess(lab, direct, lab.workdir / f"w1-{uuid.uuid4().hex[:6]}.log")
+            first = worker_process(lab, direct, lab.workdir / f"w1-{uuid.uuid4().hex[:6]}.log")
             workers.append(first)
             long_id = ids[long_index]
             await wait_until(
@@ -1268,7 +1222,7 @@ async def celery_sigkill(lab: Lab, n: int, out: Outcome) -> None:
             await asyncio.to_thread(first.kill)
             before = task_records(records)
             assert not any(r["task_id"] == long_id and r["event"] == "done" for r in before)
-            second = WorkerProcess(lab, direct, lab.workdir / f"w2-{uuid.uuid4().hex[:6]}.log")
+            second = worker_process(lab, direct, lab.workdir / f"w2-{uuid.uuid4().hex[:6]}.log")
             workers.append(second)
 
             def done() -> set[str]:
@@ -1282,7 +1236,7 @@ async def celery_sigkill(lab: Lab, n: int, out: Outcome) -> None:
             )
         finally:
             for worker in workers:
-                await asyncio.to_thread(worker.stop)
+                await asyncio.to_thread(worker.stop, 30)
         final = task_records(records)
         for r in final:
             if r["event"] == "done":

@@ -15,9 +15,7 @@ import asyncio
 import json
 import os
 import re
-import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -38,9 +36,8 @@ from producers import Publisher
 from producers.sync import SyncPublisher
 from tests.faults.checker import TotalQueue
 from tests.faults.cluster import LocalCluster
+from tests.faults.worker import BIN, REPO, BusWorker
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 VHOST = "cluster"
 QUEUE = "orders.cluster"
 TASKS = "email.send"
@@ -344,37 +341,6 @@ async def test_confirmed_publishes_survive_killing_the_quorum_leader(
 
 
 # -- a Celery worker across a leader kill ------------------------------------------------------
-class WorkerProcess:
-    """``bus worker -Q email.send`` in its own process group, output in a file."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        argv = [str(BIN / "bus"), "worker", "-Q", TASKS, "--pool", "threads", "-c", "2"]
-        self.log = log
-        with log.open("wb") as output:
-            self.process = subprocess.Popen(
-                argv, env=env, cwd=REPO, stdout=output, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-
-    @property
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def ready(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"worker exited early:\n{self.output[-3000:]}")
-        return " ready." in self.output
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                return self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-        return self.process.wait(30)
-
-
 def _records(path: Path) -> Counter[str]:
     if not path.exists():
         return Counter()
@@ -387,8 +353,10 @@ def test_celery_worker_keeps_executing_tasks_across_a_leader_kill(
 ) -> None:
     leader = cluster.leader(VHOST, TASKS)
     out = tmp_path / "records.jsonl"
-    worker = WorkerProcess(
-        _env(cluster, leader, VHOST, BUS_TOPOLOGY=str(topology_file)), tmp_path / "worker.log"
+    worker = BusWorker(
+        ["-Q", TASKS, "--pool", "threads", "-c", "2"],
+        _env(cluster, leader, VHOST, BUS_TOPOLOGY=str(topology_file)),
+        tmp_path / "worker.log",
     )
     sent: set[str] = set()
     raised: Counter[str] = Counter()

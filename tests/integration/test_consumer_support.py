@@ -19,7 +19,7 @@ import pika
 from bus.topology import LoadedTopology, load_topology
 from consumers import ConsumerApp, Message
 from producers.events import OrderCreated
-from tests.helpers import declare_with_pika
+from tests.helpers import declare_with_pika, drain
 
 __all__ = [
     "drain",
@@ -78,21 +78,6 @@ async def publish(
     finally:
         await connection.close()
     return ids
-
-
-def drain(url: str, queue: str) -> list[tuple[Any, Any, bytes]]:
-    """Every message of ``queue`` (method, properties, body), removed from the broker."""
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        channel = connection.channel()
-        found = []
-        while True:
-            method, properties, body = channel.basic_get(queue, auto_ack=True)
-            if method is None:
-                return found
-            found.append((method, properties, body))
-    finally:
-        connection.close()
 
 
 def queue_depth(url: str, queue: str) -> tuple[int, int]:

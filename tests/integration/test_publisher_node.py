@@ -18,7 +18,7 @@ import pytest
 from bus.errors import PublishError, PublishTimeoutError
 from bus.node import LocalNode, rabbitmq_installed
 from bus.settings import BusSettings
-from producers import Outgoing, Publisher, SyncPublisher
+from producers import Outgoing, Publisher, PublishResult, SyncPublisher
 
 pytestmark = pytest.mark.skipif(not rabbitmq_installed(), reason="needs the rabbitmq-server binary")
 
@@ -142,6 +142,18 @@ def wait_for_depth(node: LocalNode, minimum: int) -> None:
         connection.close()
 
 
+def check_cut(node: LocalNode, results: list[PublishResult], window: int) -> None:
+    """Only what was written and unconfirmed when the connection died may have failed,
+    nothing confirmed is lost, and the publish made after the cut ("after") arrived last."""
+    failed = [r.error for r in results if not r.ok]
+    assert len(failed) <= window
+    assert all(isinstance(error, PublishError) for error in failed)
+    received = [json.loads(body)["n"] for body in queue_bodies(node)]
+    confirmed = {n for n, r in enumerate(results) if r.ok}
+    assert confirmed <= set(received)
+    assert received[-1] == "after"
+
+
 async def test_async_cut_fails_only_messages_in_flight_and_loses_nothing(node: LocalNode) -> None:
     queue_bodies(node)  # start empty
     settings = BusSettings(amqp_url=node.amqp_url, connect_timeout=10)
@@ -153,16 +165,9 @@ async def test_async_cut_fails_only_messages_in_flight_and_loses_nothing(node: L
         await asyncio.to_thread(node.ctl, "close_all_connections", "publisher test cut")
         async with asyncio.timeout(HANG):
             results = await stream
-        failed = [r.error for r in results if not r.ok]
-        # Only what was written and unconfirmed when the connection died may fail; the rest
-        # waited for the robust connection to come back.
-        assert len(failed) <= window
-        assert all(isinstance(error, PublishError) for error in failed)
+        # The messages not in flight waited for the robust connection to come back.
         await publisher.publish("", "blocked.q", {"n": "after"})
-    received = [json.loads(body)["n"] for body in queue_bodies(node)]
-    confirmed = {n for n, r in enumerate(results) if r.ok}
-    assert confirmed <= set(received)  # nothing confirmed is lost
-    assert received[-1] == "after"
+    check_cut(node, results, window)
 
 
 def test_sync_cut_fails_at_most_the_next_publish(node: LocalNode) -> None:
@@ -194,17 +199,10 @@ async def test_sync_cut_during_publish_many_fails_only_messages_in_flight(
         await asyncio.to_thread(node.ctl, "close_all_connections", "publisher test cut")
         async with asyncio.timeout(HANG):
             results = await stream
-        failed = [r.error for r in results if not r.ok]
-        # Only what was written and unconfirmed when the connection died may fail; the rest
-        # went out on a new connection.
-        assert len(failed) <= window
-        assert all(isinstance(error, PublishError) for error in failed)
-        assert all("may or may not" in str(error) for error in failed)
+        # The messages not in flight went out on a new connection.
         publisher.publish("", "blocked.q", {"n": "after"})
-    received = [json.loads(body)["n"] for body in queue_bodies(node)]
-    confirmed = {n for n, r in enumerate(results) if r.ok}
-    assert confirmed <= set(received)  # nothing confirmed is lost
-    assert received[-1] == "after"
+    assert all("may or may not" in str(r.error) for r in results if not r.ok)
+    check_cut(node, results, window)
 
 
 def test_sync_publish_many_times_out_while_blocked_then_recovers(

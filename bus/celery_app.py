@@ -48,7 +48,9 @@ from kombu import entity as _kombu_entity
 from kombu.exceptions import InconsistencyError
 from kombu.pidbox import Mailbox
 
+from bus import _pyamqp_guard
 from bus.broker.management import ManagementClient, quote_name
+from bus.celery_guard import guard_task_handler
 from bus.celery_message import binding_routes, celery_routes
 from bus.errors import (
     AccessRefusedError,
@@ -116,7 +118,10 @@ class TopologyConsumer(Consumer):  # type: ignore[misc]
       receiver queues and broadcast replies at every start), heartbeat off unless monitoring
       is on, so ``celery -A ... worker`` without the ``--without-*`` flags stays passive too;
     - a message whose body cannot be decoded (e.g. a pickle) is rejected without requeue, so
-      it dead-letters instead of being acknowledged away.
+      it dead-letters instead of being acknowledged away;
+    - so is a message whose content header py-amqp cannot decode (:mod:`bus._pyamqp_guard`,
+      installed with the app) or whose headers make Celery's handler raise
+      (:mod:`bus.celery_guard`): the worker logs it and keeps serving instead of exiting.
     """
 
     class Blueprint(Consumer.Blueprint):  # type: ignore[misc]
@@ -133,6 +138,9 @@ class TopologyConsumer(Consumer):  # type: ignore[misc]
         if app is None or not app.conf.get("bus_monitoring", False):
             options.update(without_heartbeat=True)
         super().__init__(*args, worker_options=options, **kw)
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
+        return guard_task_handler(self, super().create_task_handler(*args, **kwargs))
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         log.critical(
@@ -397,6 +405,8 @@ def _install(app: Celery, settings: BusSettings | None) -> None:
         _SETTINGS[app] = settings
     if getattr(app, "_bus_installed", False):
         return
+    # Process-wide: a worker must survive a delivery whose header py-amqp cannot decode.
+    _pyamqp_guard.install()
     # Instance attribute: Task.apply_async and Task.retry both publish through app.send_task.
     app.send_task = _reject_delays(app.send_task)
     app.control_cls, app.events_cls = _CONTROL, _EVENTS

@@ -1,0 +1,147 @@
+"""Hostile input against ``bus worker``: every malformed kind in one run, on a throwaway node.
+
+One ``bus worker`` (threads pool) serves ``email.send`` (quorum) and ``reports.build``
+(classic), both with a DLX. Every kind of :mod:`tests.hostile.worker_kinds` is published,
+byte for byte, as a hostile publisher would; then a valid task per queue. The test reports
+per kind: refused by the broker / dead-lettered (with the reason RabbitMQ recorded) /
+handled (the task ran), and asserts that each kind ended as the requirement says, that
+nothing is lost (every published message is in a DLQ or ran), that the worker process is
+alive, never reconnected, and still runs valid tasks afterwards.
+
+A throwaway node: the forged ``x-death`` kinds may break a broker's dead-lettering.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pika
+import pytest
+
+from bus.broker.management import ManagementClient
+from bus.celery_message import celery_route
+from bus.node import LocalNode, rabbitmq_installed
+from bus.settings import BusSettings
+from bus.topology import LoadedTopology, load_topology
+from tests.helpers import declare_with_pika
+from tests.hostile.worker_kinds import KINDS, KindSender, Outcome, drain_dead_letters
+from tests.integration.test_celery_worker import CeleryVhost, _wait_for
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not rabbitmq_installed(), reason="needs rabbitmq-server for a node"),
+]
+
+REPO = Path(__file__).resolve().parents[2]
+QUEUES = ("reports.build", "email.send")
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[LocalNode]:
+    with LocalNode(prefix="bus-hostile-worker", management=True) as started:
+        yield started
+
+
+@pytest.fixture
+def node_vhost(node: LocalNode, tmp_path: Path) -> Iterator[CeleryVhost]:
+    topology: LoadedTopology = load_topology(REPO / "topology.yaml")
+    vhost = f"hostile-{uuid.uuid4().hex[:10]}"
+    settings = BusSettings(amqp_url=node.amqp_url, management_url=node.management_url)
+    management = ManagementClient.from_settings(settings)
+    management.create_vhost(vhost)
+    management.set_permissions(vhost, "guest")
+    url = f"{node.amqp_url}{vhost}"
+    declare_with_pika(url, topology.expanded)
+    cv = CeleryVhost(
+        vhost=vhost,
+        admin_url=url,
+        worker_url=url,
+        management_url=node.management_url,
+        topology=topology,
+        management=management,
+        tmp=tmp_path,
+    )
+    try:
+        yield cv
+    finally:
+        for w in cv.workers:
+            w.stop()
+        management.delete_vhost(vhost)
+        management.close()
+
+
+def _queued(url: str, queue: str) -> int:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        count: int = connection.channel().queue_declare(queue, passive=True).method.message_count
+    finally:
+        connection.close()
+    return count
+
+
+def test_every_malformed_kind_is_refused_dead_lettered_or_handled(
+    node_vhost: CeleryVhost,
+) -> None:
+    cv = node_vhost
+    worker = cv.worker(",".join(QUEUES)).wait_ready()
+    out = cv.tmp / "records.jsonl"
+    expanded = cv.topology.expanded
+    outcomes: list[Outcome] = []
+    sender = KindSender(cv.admin_url)
+    try:
+        for index, kind in enumerate(KINDS):
+            tag, token = f"k{index}", f"kind-{index}-{kind.name}"
+            outcome = Outcome(kind, tag, token)
+            route = celery_route(expanded, kind.queue)
+            sent = kind.build(str(out), token, tag)
+            outcome.refused = sender.send(route.exchange, route.routing_key, sent)
+            outcome.published = not outcome.refused
+            outcomes.append(outcome)
+    finally:
+        sender.close()
+
+    published = [o for o in outcomes if o.published]
+    dlqs = [f"{q}.dlq" for q in QUEUES]
+
+    def settled() -> bool:
+        ran = {r["token"][:80] for r in cv.records(out)}
+        dead = sum(_queued(cv.admin_url, q) for q in dlqs)
+        return dead + len(ran) >= len(published)
+
+    # On a timeout the per-kind report below says which ones are missing.
+    with contextlib.suppress(AssertionError):
+        _wait_for(settled, "every published kind dead-lettered or run", deadline=120)
+    # A valid task per queue after all of them: the worker still serves both queues.
+    finals = {q: f"final-{q}" for q in QUEUES}
+    app = cv.app()
+    for queue, token in finals.items():
+        app.send_task("consumers.tasks.record", (str(out), token), queue=queue)
+    with contextlib.suppress(AssertionError):
+        _wait_for(lambda: set(finals.values()) <= {r["token"] for r in cv.records(out)}, "")
+    final_ran = set(finals.values()) <= {r["token"] for r in cv.records(out)}
+
+    dead: dict[str, str] = {}
+    for queue in dlqs:
+        dead.update(drain_dead_letters(cv.admin_url, queue))
+    ran_tokens = [r["token"] for r in cv.records(out)]
+    for o in outcomes:
+        o.dead_reason = dead.pop(o.tag, "")
+        o.handled = any(t.startswith(o.token) for t in ran_tokens)
+
+    report = "\n".join(o.line() for o in outcomes)
+    print(f"\nbus worker, {len(KINDS)} kinds (kind, queue, result, detail):\n{report}")
+    assert worker.process is not None
+    alive = worker.process.poll() is None
+    wrong = [o.line() for o in outcomes if o.result != o.kind.expect]
+    assert not wrong, "kinds not ending as required:\n" + "\n".join(wrong)
+    assert not dead, f"unexpected dead letters: {dead}"
+    assert final_ran, f"valid tasks after the hostile ones did not run:\n{worker.output[-3000:]}"
+    assert alive, f"worker exited:\n{worker.output[-3000:]}"
+    for queue in QUEUES:
+        assert _queued(cv.admin_url, queue) == 0
+    for marker in ("Unrecoverable error", "Connection to broker lost"):
+        assert marker not in worker.output, worker.output[-5000:]
+    assert len(KINDS) >= 40

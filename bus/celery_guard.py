@@ -7,13 +7,18 @@ but some inputs make it raise instead, and anything raised there ends the worker
 - a delivery whose content header py-amqp could not fully decode (marked by
   :mod:`bus._pyamqp_guard` under :data:`~bus._pyamqp_guard.UNDECODABLE`);
 - headers of the wrong types (a ``task`` header that is a list, an ``id`` that is a table,
-  ``headers`` that are not a table at all, ...), which raise ``TypeError`` and friends deep
-  in Celery's strategy.
+  ...), which raise ``TypeError`` and friends deep in Celery's strategy, or which Celery
+  carries along until the task needs them (a ``retries`` of ``"many"`` breaks its retry);
+- a protocol-2 body that is JSON but not ``[args, kwargs, embed]`` (kwargs a list, embed a
+  number): Celery 5.7 fails on it in the pool, outside the task ("Exception raised outside
+  body"), and the message never reaches the DLQ (observed: neither run nor rejected).
 
 :func:`guard_task_handler` wraps Celery's handler: an undecodable delivery is rejected before
-Celery sees it; an exception from the handler rejects the message (unless Celery settled it
-already) and is logged, never raised. Connection and channel errors still propagate: those
-are Celery's to recover from by reconnecting, and the message is redelivered, not lost.
+Celery sees it; so is a protocol-2 message whose headers or body do not have the types of
+Celery's message protocol (:func:`protocol_problem`). An exception from the handler rejects
+the message (unless Celery settled it already) and is logged, never raised. Connection and
+channel errors still propagate: those are Celery's to recover from by reconnecting, and the
+message is redelivered, not lost.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from celery import signals
 
 from bus._pyamqp_guard import UNDECODABLE
 
-__all__ = ["guard_task_handler"]
+__all__ = ["guard_task_handler", "protocol_problem"]
 
 log = logging.getLogger("bus.celery_app")
 
@@ -50,6 +55,61 @@ def _where(message: Any) -> str:
     return f"exchange={info.get('exchange')!r} routing_key={info.get('routing_key')!r}"
 
 
+_OPTIONAL_TEXT = ("root_id", "parent_id", "group", "eta", "expires", "shadow", "origin", "lang")
+_NUMBER = (int, float)
+
+
+def _header_problem(headers: dict[Any, Any]) -> str | None:
+    task, task_id = headers.get("task"), headers.get("id")
+    if not isinstance(task, str) or not task:
+        return f"header 'task' must be a non-empty string, not {type(task).__name__}"
+    if not isinstance(task_id, str) or not task_id:
+        return f"header 'id' must be a non-empty string, not {type(task_id).__name__}"
+    for name in _OPTIONAL_TEXT:
+        if headers.get(name) is not None and not isinstance(headers[name], str):
+            return f"header {name!r} must be a string or null"
+    retries = headers.get("retries", 0)
+    if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int)):
+        return "header 'retries' must be an integer"
+    limits = headers.get("timelimit")
+    if limits is not None and not (
+        isinstance(limits, list | tuple)
+        and len(limits) == 2
+        and all(v is None or (isinstance(v, _NUMBER) and not isinstance(v, bool)) for v in limits)
+    ):
+        return "header 'timelimit' must be [hard, soft] seconds or nulls"
+    return None
+
+
+def protocol_problem(message: Any) -> str | None:
+    """Why a protocol-2 task message does not fit Celery's protocol, or ``None``.
+
+    Only messages with a ``task`` header (protocol 2) and a body that decodes are checked
+    here; the rest is Celery's own (protocol 1, unknown tasks, refused content types).
+    kombu caches the decoded body, so Celery does not decode it a second time.
+    """
+    headers = message.headers
+    if not isinstance(headers, dict) or "task" not in headers:
+        return None
+    problem = _header_problem(headers)
+    if problem is not None:
+        return problem
+    try:
+        payload = message.payload
+    except Exception:  # Celery rejects an undecodable body itself, on its own path
+        return None
+    if not (isinstance(payload, list | tuple) and len(payload) == 3):
+        return "body must be [args, kwargs, embed]"
+    args, kwargs, embed = payload
+    if not isinstance(args, list | tuple):
+        return "body: args must be a list"
+    if not isinstance(kwargs, dict):
+        return "body: kwargs must be an object"
+    if embed is not None and not isinstance(embed, dict):
+        return "body: embed must be an object or null"
+    return None
+
+
 def guard_task_handler(consumer: Any, handler: Callable[[Any], None]) -> Callable[[Any], None]:
     """``handler`` (Celery's ``on_task_received``) made safe against malformed messages."""
     recoverable = (*consumer.connection_errors, *consumer.channel_errors)
@@ -60,6 +120,10 @@ def guard_task_handler(consumer: Any, handler: Callable[[Any], None]) -> Callabl
             _reject(consumer, message, f"undecodable content header: {problem}")
             return
         try:
+            problem = protocol_problem(message)
+            if problem:
+                _reject(consumer, message, f"not a Celery task message: {problem}")
+                return
             handler(message)
         except recoverable:
             raise

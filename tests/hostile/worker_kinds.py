@@ -342,16 +342,26 @@ KINDS: list[Kind] = [
     Kind("priority-255", _prop("priority", 255), expect="handled"),
     Kind("timestamp-max", _prop("timestamp", 2**64 - 1), expect="handled"),
     Kind("type-255-bytes", _prop("type", "t" * 255), expect="handled"),
-    Kind("extra-headers-of-every-type", _header("extra", {
-        "s16": Raw(b"s" + struct.pack(">h", -2)),
-        "decimal": Raw(b"D" + struct.pack(">Bi", 2, 12345)),
-        "bytes": Raw(b"x" + struct.pack(">I", 2) + b"\x00\xff"),
-        "float": Raw(b"f" + struct.pack(">f", 1.5)),
-        "nested": {"a": [1, "b", None, True]},
-    }), expect="handled"),
+    Kind(
+        "extra-headers-of-every-type",
+        _header(
+            "extra",
+            {
+                "s16": Raw(b"s" + struct.pack(">h", -2)),
+                "decimal": Raw(b"D" + struct.pack(">Bi", 2, 12345)),
+                "bytes": Raw(b"x" + struct.pack(">I", 2) + b"\x00\xff"),
+                "float": Raw(b"f" + struct.pack(">f", 1.5)),
+                "nested": {"a": [1, "b", None, True]},
+            },
+        ),
+        expect="handled",
+    ),
     Kind("headers-nested-20", _header("deep", _nested_table(20)), expect="handled"),
-    Kind("long-string-header-not-utf8",
-         _header("blob", Raw(b"S" + struct.pack(">I", 4) + NOT_UTF8)), expect="handled"),
+    Kind(
+        "long-string-header-not-utf8",
+        _header("blob", Raw(b"S" + struct.pack(">I", 4) + NOT_UTF8)),
+        expect="handled",
+    ),
     Kind("body-1mb-argument", _big_token(1_000_000), expect="handled"),
 ]
 
@@ -478,5 +488,7 @@ def drain_dead_letters(url: str, queue: str) -> dict[str, str]:
             )  # fmt: skip
             headers = props.get("application_headers") or {}
             reason = str(headers.get("x-first-death-reason", "?"))
+            if _pyamqp_guard.UNDECODABLE in props:
+                reason += f" ({_pyamqp_guard.UNDECODABLE}: {props[_pyamqp_guard.UNDECODABLE]})"
             found[tag] = found.get(tag, "") + ("," if tag in found else "") + reason
     return found

@@ -501,3 +501,65 @@ async def test_send_task_from_both_publishers_runs_on_the_worker(celery_vhost: C
     assert by_token["sync-publisher"]["routing_key"] == "reports.build"
     assert by_token["sync-publisher"]["task_id"] == sync_id
     assert "x" not in by_token
+
+
+def test_undecodable_and_malformed_messages_dead_letter_and_the_worker_lives(
+    celery_vhost: CeleryVhost,
+) -> None:
+    """One message per kind of finding 3 (py-amqp could not decode it: the worker used to exit
+    with "Unrecoverable error: UnicodeDecodeError"), then valid tasks: every malformed one is
+    in the DLQ, the valid ones ran, the worker process never exited nor reconnected."""
+    from tests.hostile.worker_kinds import KINDS, KindSender, drain_dead_letters
+
+    cv = celery_vhost
+    names = (
+        "type-not-utf8",
+        "app-id-not-utf8-quorum",
+        "headers-nested-5000",
+        "task-header-list",
+        "body-not-json",
+        "kwargs-not-a-dict",
+    )
+    kinds = {k.name: k for k in KINDS if k.name in names}
+    worker = cv.worker("email.send,reports.build").wait_ready()
+    out = cv.tmp / "records.jsonl"
+    sender = KindSender(cv.admin_url)
+    try:
+        for index, name in enumerate(names):
+            kind = kinds[name]
+            route = celery_route(cv.topology.expanded, kind.queue)
+            sent = kind.build(str(out), f"bad-{name}", f"k{index}")
+            assert sender.send(route.exchange, route.routing_key, sent) == ""
+    finally:
+        sender.close()
+    app = cv.app()
+    for queue in ("email.send", "reports.build"):
+        app.send_task("consumers.tasks.record", (str(out), f"valid-{queue}"), queue=queue)
+
+    def dead_lettered() -> int:
+        return sum(
+            (cv.management.queue(cv.vhost, f"{q}.dlq") or {}).get("messages") or 0
+            for q in ("email.send", "reports.build")
+        )
+
+    _wait_for(lambda: len(cv.records(out)) >= 2, "the valid tasks")
+    _wait_for(lambda: dead_lettered() >= len(names), "every malformed message in a DLQ")
+    dead = {
+        **drain_dead_letters(cv.admin_url, "email.send.dlq"),
+        **drain_dead_letters(cv.admin_url, "reports.build.dlq"),
+    }
+    # Every one exactly once (nothing lost, nothing requeued), each rejected by the worker.
+    assert sorted(dead) == sorted(f"k{i}" for i in range(len(names))), dead
+    assert not [reason for reason in dead.values() if "," in reason], dead
+    assert all(
+        reason.startswith("rejected") or "x-bus-undecodable" in reason for reason in dead.values()
+    ), dead
+    assert sorted(r["token"] for r in cv.records(out)) == [
+        "valid-email.send",
+        "valid-reports.build",
+    ]
+    assert worker.process is not None
+    assert worker.process.poll() is None, worker.output
+    assert "Unrecoverable error" not in worker.output
+    assert "Connection to broker lost" not in worker.output
+    assert "undecodable content header: type: not UTF-8" in worker.output

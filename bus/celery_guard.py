@@ -31,7 +31,7 @@ from celery import signals
 
 from bus._pyamqp_guard import UNDECODABLE
 
-__all__ = ["guard_task_handler", "protocol_problem"]
+__all__ = ["BROKER_OWNED_HEADERS", "forged_death_problem", "guard_task_handler", "protocol_problem"]
 
 log = logging.getLogger("bus.celery_app")
 
@@ -110,6 +110,93 @@ def protocol_problem(message: Any) -> str | None:
     return None
 
 
+#: Headers RabbitMQ writes when it dead-letters or redelivers; a publisher has no business
+#: setting them.
+BROKER_OWNED_HEADERS = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
+
+
+def forged_death_problem(headers: Any) -> str | None:
+    """Why an ``x-death`` header does not have the shape RabbitMQ writes, or ``None``.
+
+    RabbitMQ 3.10.8 reads ``x-death`` back when it dead-letters the message again; a list of
+    anything but tables with ``queue`` and ``reason`` strings and an integer ``count``
+    (``[1, 2, 3]``, ``[{}]``) crashes the queue process there (``function_clause`` in
+    ``rabbit_dead_letter``): the message is redelivered, rejected, and crashes it again.
+    """
+    if not isinstance(headers, dict) or "x-death" not in headers:
+        return None
+    deaths = headers["x-death"]
+    if not isinstance(deaths, list):
+        return "header 'x-death' is not a list"
+    for death in deaths:
+        if not (
+            isinstance(death, dict)
+            and isinstance(death.get("queue"), str)
+            and isinstance(death.get("reason"), str)
+            and isinstance(death.get("count"), int)
+            and not isinstance(death.get("count"), bool)
+            and isinstance(death.get("exchange", ""), str)
+            and isinstance(death.get("routing-keys", []), list)
+        ):
+            return "header 'x-death' is not in RabbitMQ's shape (forged by the publisher)"
+    return None
+
+
+def _dead_letter_copy(consumer: Any, message: Any, reason: str) -> None:
+    """Publish a copy without broker-owned headers to the queue's DLX, then ack the original.
+
+    Rejecting the original would make RabbitMQ dead-letter it with the forged header. Without
+    a DLX the reject drops the message and reads no header: then it is simply rejected.
+    """
+    queue = _queue_of(consumer, message)
+    arguments = (queue.queue_arguments or {}) if queue is not None else {}
+    dlx = arguments.get("x-dead-letter-exchange")
+    if dlx is None:
+        _reject(consumer, message, reason)
+        return
+    headers = {
+        k: v
+        for k, v in (message.headers or {}).items()
+        if not (isinstance(k, str) and k.startswith(BROKER_OWNED_HEADERS))
+    }
+    headers["x-bus-rejected"] = reason
+    headers["x-bus-original-queue"] = queue.name
+    props = message.properties or {}
+    keep = ("correlation_id", "reply_to", "message_id", "priority", "type", "app_id")
+    with consumer.app.producer_or_acquire() as producer:
+        producer.publish(
+            message.body,
+            exchange=dlx,
+            routing_key=arguments.get(
+                "x-dead-letter-routing-key", message.delivery_info.get("routing_key", "")
+            ),
+            headers=headers,
+            content_type=message.content_type or "application/octet-stream",
+            content_encoding=message.content_encoding or "binary",
+            delivery_mode=props.get("delivery_mode", 2),
+            retry=True,
+            **{k: props[k] for k in keep if props.get(k) is not None},
+        )
+    log.error(
+        "malformed task message dead-lettered by the worker to exchange %r (a copy without "
+        "broker-owned headers; the original acknowledged): %s; delivery %s",
+        dlx,
+        reason,
+        _where(message),
+    )
+    message.ack_log_error(log, consumer.connection_errors)
+    signals.task_rejected.send(sender=consumer, message=message, exc=None)
+
+
+def _queue_of(consumer: Any, message: Any) -> Any:
+    tag = (message.delivery_info or {}).get("consumer_tag")
+    task_consumer = getattr(consumer, "task_consumer", None)
+    active = getattr(task_consumer, "_active_tags", None) or {}
+    names = [name for name, t in active.items() if t == tag]
+    queues = consumer.app.amqp.queues
+    return queues.get(names[0]) if names else None
+
+
 def guard_task_handler(consumer: Any, handler: Callable[[Any], None]) -> Callable[[Any], None]:
     """``handler`` (Celery's ``on_task_received``) made safe against malformed messages."""
     recoverable = (*consumer.connection_errors, *consumer.channel_errors)
@@ -118,6 +205,10 @@ def guard_task_handler(consumer: Any, handler: Callable[[Any], None]) -> Callabl
         problem = (getattr(message, "properties", None) or {}).get(UNDECODABLE)
         if problem:
             _reject(consumer, message, f"undecodable content header: {problem}")
+            return
+        forged = forged_death_problem(message.headers)
+        if forged:
+            _dead_letter_copy(consumer, message, forged)
             return
         try:
             problem = protocol_problem(message)

@@ -31,7 +31,6 @@ import pika.exceptions
 
 __all__ = [
     "KINDS",
-    "XDEATH_KINDS",
     "Kind",
     "KindSender",
     "Outcome",
@@ -326,6 +325,41 @@ KINDS: list[Kind] = [
     Kind("args-wrong-arity", _with_body_args([1, 2, 3, 4, 5])),
     Kind("kwargs-not-a-dict", _with_body_args([], kwargs=[1])),
     Kind("embed-not-a-dict", _with_body_args([], embed=5)),
+    # -- forged broker-owned headers: rejecting them would crash the queue (RabbitMQ 3.10.8) --
+    Kind(
+        "x-death-forged-ints",
+        _mutations(_header("x-death", [1, 2, 3]), _header("task", "consumers.tasks.nope")),
+        needs_throwaway_node=True,
+    ),
+    Kind(
+        "x-death-forged-empty-table",
+        _mutations(_header("x-death", [{}]), _header("task", "consumers.tasks.nope")),
+        needs_throwaway_node=True,
+    ),
+    Kind("x-death-forged-on-valid-task", _header("x-death", [1, 2, 3]), needs_throwaway_node=True),
+    Kind(
+        "x-death-forged-quorum",
+        _header("x-death", [{}]),
+        queue="email.send",
+        needs_throwaway_node=True,
+    ),
+    Kind("x-death-not-a-list", _header("x-death", "died"), needs_throwaway_node=True),
+    Kind(
+        "x-death-well-formed",
+        _header(
+            "x-death",
+            [
+                {
+                    "count": 1,
+                    "reason": "expired",
+                    "queue": "elsewhere",
+                    "exchange": "",
+                    "routing-keys": ["elsewhere"],
+                }
+            ],
+        ),
+        expect="handled",
+    ),
     # -- refused by RabbitMQ at publish: never reaches a worker ---------------------------------
     Kind(
         "header-unknown-field-type",
@@ -364,24 +398,6 @@ KINDS: list[Kind] = [
     ),
     Kind("body-1mb-argument", _big_token(1_000_000), expect="handled"),
 ]
-
-# Forged broker-owned headers, rejected by the worker: on RabbitMQ 3.10.8 dead-lettering such
-# a message from a classic queue crashed the queue process (observed on a throwaway node: the
-# queue restarted, redelivered, and stopped delivering to the worker). A broker problem no
-# worker can avoid once the message is in its queue; kept apart from KINDS, run on their own.
-XDEATH_KINDS: list[Kind] = [
-    Kind(
-        "x-death-forged-ints",
-        _mutations(_header("x-death", [1, 2, 3]), _header("task", "consumers.tasks.nope")),
-        needs_throwaway_node=True,
-    ),
-    Kind(
-        "x-death-forged-empty-table",
-        _mutations(_header("x-death", [{}]), _header("task", "consumers.tasks.nope")),
-        needs_throwaway_node=True,
-    ),
-]
-
 
 # -- sending kinds and reading dead letters back ----------------------------------------------
 
@@ -488,6 +504,8 @@ def drain_dead_letters(url: str, queue: str) -> dict[str, str]:
             )  # fmt: skip
             headers = props.get("application_headers") or {}
             reason = str(headers.get("x-first-death-reason", "?"))
+            if "x-bus-rejected" in headers:
+                reason = f"copied by the worker ({headers['x-bus-rejected']})"
             if _pyamqp_guard.UNDECODABLE in props:
                 reason += f" ({_pyamqp_guard.UNDECODABLE}: {props[_pyamqp_guard.UNDECODABLE]})"
             found[tag] = found.get(tag, "") + ("," if tag in found else "") + reason

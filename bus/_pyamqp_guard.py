@@ -37,11 +37,25 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["MAX_TABLE_DEPTH", "UNDECODABLE", "decode_properties_basic", "install", "loads"]
+__all__ = [
+    "BROKER_OWNED",
+    "MAX_TABLE_DEPTH",
+    "UNDECODABLE",
+    "decode_properties_basic",
+    "install",
+    "loads",
+]
 
 #: Key added to a delivery's properties when part of its content header could not be decoded;
 #: its value lists what was wrong (e.g. ``"type: not UTF-8"``).
 UNDECODABLE = "x-bus-undecodable"
+
+#: Key added (``True``) when such an undecodable header table carries a broker-owned header
+#: (``x-death``, ``x-first-death-*``, ...) at its top level: rejecting the message to a DLX
+#: would hand that header to RabbitMQ's dead-lettering unchecked.
+BROKER_OWNED = "x-bus-broker-owned-header"
+
+_BROKER_OWNED_PREFIXES = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
 
 #: Deepest nesting of tables/arrays decoded in headers (RabbitMQ's own ``x-death`` needs 3).
 MAX_TABLE_DEPTH = 64
@@ -159,7 +173,32 @@ def _read_table(
     return table, offset
 
 
-def _headers(buf: Any, offset: int, problems: list[str]) -> tuple[dict[Any, Any], int]:
+_SKIP = {"s": 2, "b": 1, "B": 1, "U": 2, "u": 2, "I": 4, "i": 4, "L": 8, "l": 8, "f": 4}
+_SKIP.update({"d": 8, "D": 5, "t": 1, "T": 8, "V": 0})
+
+
+def _top_level_keys(buf: Any, offset: int, end: int) -> list[bytes]:
+    """The field names of a table's first level, values skipped by size (no recursion)."""
+    keys: list[bytes] = []
+    while offset < end:
+        keylen = buf[offset]
+        keys.append(bytes(buf[offset + 1 : offset + 1 + keylen]))
+        offset += 1 + keylen
+        ftype = chr(buf[offset])
+        offset += 1
+        if ftype in _SKIP:
+            offset += _SKIP[ftype]
+        elif ftype in "SxFA":
+            (length,) = _unpack_from(">I", buf, offset)
+            offset += 4 + length
+        else:
+            break
+    return keys
+
+
+def _headers(
+    buf: Any, offset: int, problems: list[str], properties: dict[str, Any]
+) -> tuple[dict[Any, Any], int]:
     """The header table, or ``{}`` (skipped by its length) with the reason in ``problems``."""
     (tlen,) = _unpack_from(">I", buf, offset)
     end = offset + 4 + tlen
@@ -167,6 +206,14 @@ def _headers(buf: Any, offset: int, problems: list[str]) -> tuple[dict[Any, Any]
         table, after = _read_table(buf, offset, 1, problems)
     except (_BadTable, struct.error, IndexError) as exc:
         problems.append(f"headers: {exc}")
+        try:
+            keys = _top_level_keys(buf, offset + 4, end)
+        except (struct.error, IndexError):
+            keys = []
+        owned = [k for k in keys if k.decode("utf-8", "replace").startswith(_BROKER_OWNED_PREFIXES)]
+        if owned:
+            properties[BROKER_OWNED] = True
+            problems.append(f"headers: broker-owned {b', '.join(owned).decode(errors='replace')}")
         return {}, end
     if after != end:
         problems.append("headers: table length does not match its content")
@@ -223,7 +270,7 @@ def decode_properties_basic(buf: Any, offset: int) -> tuple[dict[str, Any], int]
             if kind == "s":
                 properties[name], offset = _short(buf, offset, name, problems)
             elif kind == "F":
-                properties[name], offset = _headers(buf, offset, problems)
+                properties[name], offset = _headers(buf, offset, problems, properties)
             elif kind == "o":
                 (properties[name],) = _unpack_from(">B", buf, offset)
                 offset += 1

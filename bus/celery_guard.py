@@ -29,7 +29,7 @@ from typing import Any
 
 from celery import signals
 
-from bus._pyamqp_guard import UNDECODABLE
+from bus._pyamqp_guard import BROKER_OWNED, UNDECODABLE
 
 __all__ = ["BROKER_OWNED_HEADERS", "forged_death_problem", "guard_task_handler", "protocol_problem"]
 
@@ -197,28 +197,34 @@ def _queue_of(consumer: Any, message: Any) -> Any:
     return queues.get(names[0]) if names else None
 
 
+def _screen_then(handler: Callable[[Any], None], consumer: Any, message: Any) -> None:
+    properties = getattr(message, "properties", None) or {}
+    problem = properties.get(UNDECODABLE)
+    if problem and properties.get(BROKER_OWNED):
+        # Headers unreadable here but an x-death among them: RabbitMQ would read it.
+        _dead_letter_copy(consumer, message, f"undecodable content header: {problem}")
+    elif problem:
+        _reject(consumer, message, f"undecodable content header: {problem}")
+    elif forged := forged_death_problem(message.headers):
+        _dead_letter_copy(consumer, message, forged)
+    elif invalid := protocol_problem(message):
+        _reject(consumer, message, f"not a Celery task message: {invalid}")
+    else:
+        handler(message)
+
+
 def guard_task_handler(consumer: Any, handler: Callable[[Any], None]) -> Callable[[Any], None]:
     """``handler`` (Celery's ``on_task_received``) made safe against malformed messages."""
     recoverable = (*consumer.connection_errors, *consumer.channel_errors)
 
     def on_task_received(message: Any) -> None:
-        problem = (getattr(message, "properties", None) or {}).get(UNDECODABLE)
-        if problem:
-            _reject(consumer, message, f"undecodable content header: {problem}")
-            return
-        forged = forged_death_problem(message.headers)
-        if forged:
-            _dead_letter_copy(consumer, message, forged)
-            return
         try:
-            problem = protocol_problem(message)
-            if problem:
-                _reject(consumer, message, f"not a Celery task message: {problem}")
-                return
-            handler(message)
+            _screen_then(handler, consumer, message)
         except recoverable:
             raise
         except Exception as exc:
+            # A copy that could not be published lands here too; its reject hands a forged
+            # x-death to RabbitMQ after all: the lesser evil next to a worker that exits.
             _reject(consumer, message, f"{type(exc).__name__}: {exc}"[:500])
 
     return on_task_received

@@ -345,6 +345,17 @@ KINDS: list[Kind] = [
     ),
     Kind("x-death-not-a-list", _header("x-death", "died"), needs_throwaway_node=True),
     Kind(
+        "x-death-forged-among-headers-nested-5000",
+        _mutations(_header("x-death", [1, 2, 3]), _header("deep", _nested_table(5000))),
+        needs_throwaway_node=True,
+    ),
+    Kind(
+        "x-death-nested-5000",
+        _header("x-death", [_nested_table(5000)]),
+        queue="email.send",
+        needs_throwaway_node=True,
+    ),
+    Kind(
         "x-death-well-formed",
         _header(
             "x-death",
@@ -438,7 +449,7 @@ class Outcome:
 
     def line(self) -> str:
         detail = self.refused or self.dead_reason
-        return f"{self.kind.name:34} {self.kind.queue:14} {self.result:14} {detail}"
+        return f"{self.kind.name:42} {self.kind.queue:14} {self.result:14} {detail}"
 
 
 class KindSender:

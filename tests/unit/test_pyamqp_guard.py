@@ -145,3 +145,17 @@ def test_install_puts_the_guard_where_py_amqp_looks_it_up() -> None:
     assert abstract_channel.loads is guard.loads
     guard.install()  # a second time changes nothing
     assert guard._original_decode is ORIGINAL
+
+
+@pytest.mark.parametrize("owned", ["x-death", "x-first-death-queue", "x-delivery-count"])
+def test_broker_owned_header_among_undecodable_ones_is_flagged(owned: str) -> None:
+    raw = encode_properties({"headers": {"task": "t", owned: [1], "deep": _nested(500)}})
+    props, _ = guard.decode_properties_basic(raw, 0)
+    assert props[guard.BROKER_OWNED] is True
+    assert f"broker-owned {owned}" in props[guard.UNDECODABLE]
+
+
+def test_undecodable_headers_without_broker_owned_ones_are_not_flagged() -> None:
+    raw = encode_properties({"headers": {"task": "t", "x-other": 1, "deep": _nested(500)}})
+    props, _ = guard.decode_properties_basic(raw, 0)
+    assert guard.BROKER_OWNED not in props

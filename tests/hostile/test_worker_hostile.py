@@ -14,11 +14,13 @@ A throwaway node: the forged ``x-death`` kinds may break a broker's dead-letteri
 from __future__ import annotations
 
 import contextlib
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pika
+import pika.exceptions
 import pytest
 
 from bus.broker.management import ManagementClient
@@ -27,7 +29,7 @@ from bus.node import LocalNode, rabbitmq_installed
 from bus.settings import BusSettings
 from bus.topology import LoadedTopology, load_topology
 from tests.helpers import declare_with_pika
-from tests.hostile.worker_kinds import KINDS, KindSender, Outcome, drain_dead_letters
+from tests.hostile.worker_kinds import KINDS, KindSender, Outcome, drain_dead_letters, valid_task
 from tests.integration.test_celery_worker import CeleryVhost, _wait_for
 
 pytestmark = [
@@ -73,6 +75,15 @@ def node_vhost(node: LocalNode, tmp_path: Path) -> Iterator[CeleryVhost]:
         management.close()
 
 
+def _tokens(path: Path) -> list[str]:
+    """Tokens of the finished record lines (a 1 MB line may be half-written while read)."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    complete = text[: text.rfind("\n") + 1]
+    return [json.loads(line)["token"] for line in complete.splitlines() if line]
+
+
 def _queued(url: str, queue: str) -> int:
     connection = pika.BlockingConnection(pika.URLParameters(url))
     try:
@@ -107,7 +118,7 @@ def test_every_malformed_kind_is_refused_dead_lettered_or_handled(
     dlqs = [f"{q}.dlq" for q in QUEUES]
 
     def settled() -> bool:
-        ran = {r["token"][:80] for r in cv.records(out)}
+        ran = {t[:80] for t in _tokens(out)}
         dead = sum(_queued(cv.admin_url, q) for q in dlqs)
         return dead + len(ran) >= len(published)
 
@@ -120,13 +131,13 @@ def test_every_malformed_kind_is_refused_dead_lettered_or_handled(
     for queue, token in finals.items():
         app.send_task("consumers.tasks.record", (str(out), token), queue=queue)
     with contextlib.suppress(AssertionError):
-        _wait_for(lambda: set(finals.values()) <= {r["token"] for r in cv.records(out)}, "")
-    final_ran = set(finals.values()) <= {r["token"] for r in cv.records(out)}
+        _wait_for(lambda: set(finals.values()) <= set(_tokens(out)), "")
+    final_ran = set(finals.values()) <= set(_tokens(out))
 
     dead: dict[str, str] = {}
     for queue in dlqs:
         dead.update(drain_dead_letters(cv.admin_url, queue))
-    ran_tokens = [r["token"] for r in cv.records(out)]
+    ran_tokens = _tokens(out)
     for o in outcomes:
         o.dead_reason = dead.pop(o.tag, "")
         o.handled = any(t.startswith(o.token) for t in ran_tokens)
@@ -146,5 +157,107 @@ def test_every_malformed_kind_is_refused_dead_lettered_or_handled(
         assert marker not in worker.output, worker.output[-5000:]
     assert len(KINDS) >= 40
     # No queue process crashed dead-lettering a forged x-death (RabbitMQ 3.10.8 does).
+    broker_log = "".join(p.read_text(errors="replace") for p in (node.dir / "log").glob("*.log"))
+    assert "rabbit_dead_letter" not in broker_log
+
+
+# The kinds shared with the consumer suite (tests/hostile/kinds.py) corrupt a template
+# message; here the template is a valid record task. Those that leave everything Celery reads
+# intact must run; every other one must be dead-lettered (the kinds written with raw
+# properties, e.g. timestamp-max, replace the template's headers: no task header is left).
+SHARED_HANDLED = frozenset(
+    {
+        "type-missing", "type-empty", "type-unknown", "type-255-bytes", "type-other-event",
+        "message-id-missing", "message-id-empty", "delivery-mode-transient", "priority-255",
+        "x-first-death-forged", "x-last-death-forged", "x-delivery-count-string",
+        "x-delivery-count-huge", "x-retry-count-string", "x-retry-count-negative",
+        "x-retry-count-huge", "x-retry-count-bool", "header-decimal", "header-value-bytes",
+        "header-value-none", "header-name-255-bytes", "headers-2000-keys",
+        # A label only: the body is the template's valid JSON, which kombu reads as UTF-8.
+        "body-encoding-unknown",
+    }
+)  # fmt: skip
+
+
+def test_shared_kinds_are_dead_lettered_or_handled(
+    node: LocalNode, node_vhost: CeleryVhost
+) -> None:
+    shared = pytest.importorskip("tests.hostile.kinds")
+    cv = node_vhost
+    worker = cv.worker(",".join(QUEUES)).wait_ready()
+    out = cv.tmp / "records.jsonl"
+    route = celery_route(cv.topology.expanded, "reports.build")
+    tags: dict[str, str] = {}
+    refused: dict[str, str] = {}
+    connection = pika.BlockingConnection(pika.URLParameters(cv.admin_url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        for index, kind in enumerate(shared.KINDS):
+            tag = f"s{index}"
+            tags[kind.name] = tag
+            task = valid_task(str(out), tag, tag)
+            template = shared.Template(
+                tag=tag,
+                type="celery.task",
+                body=task.body,
+                content_type="application/json",
+                headers=task.props["headers"],
+            )
+            try:
+                shared.publish_kind(
+                    channel, kind, template, exchange=route.exchange, routing_key=route.routing_key
+                )
+            except (pika.exceptions.AMQPChannelError, pika.exceptions.AMQPConnectionError) as exc:
+                refused[kind.name] = f"{type(exc).__name__}: {exc}"
+                if connection.is_closed:
+                    connection = pika.BlockingConnection(pika.URLParameters(cv.admin_url))
+                channel = connection.channel()
+                channel.confirm_delivery()
+    finally:
+        if connection.is_open:
+            connection.close()
+
+    expected_total = len(tags) - len(refused)
+
+    def settled() -> bool:
+        ran = set(_tokens(out))
+        return _queued(cv.admin_url, "reports.build.dlq") + len(ran) >= expected_total
+
+    with contextlib.suppress(AssertionError):
+        _wait_for(settled, "", deadline=120)
+    app = cv.app()
+    app.send_task("consumers.tasks.record", (str(out), "final"), queue="reports.build")
+    with contextlib.suppress(AssertionError):
+        _wait_for(lambda: "final" in set(_tokens(out)), "")
+
+    dead = drain_dead_letters(cv.admin_url, "reports.build.dlq", prefix="s")
+    ran = set(_tokens(out))
+    lines, wrong = [], []
+    for name, tag in tags.items():
+        result = (
+            "+".join(
+                what
+                for what, hit in (
+                    ("refused", name in refused),
+                    ("dead-lettered", tag in dead),
+                    ("handled", tag in ran),
+                )
+                if hit
+            )
+            or "LOST"
+        )
+        expect = "handled" if name in SHARED_HANDLED else "dead-lettered"
+        line = f"{name:42} {result:14} {refused.get(name) or dead.get(tag, '')}"
+        lines.append(line)
+        if result != expect and not (result == "refused" and name not in SHARED_HANDLED):
+            wrong.append(f"{line} (expected {expect})")
+    print(f"\nbus worker, {len(tags)} shared kinds (kind, result, detail):\n" + "\n".join(lines))
+    assert not wrong, "kinds not ending as required:\n" + "\n".join(wrong)
+    assert "final" in ran, worker.output[-3000:]
+    assert worker.process is not None
+    assert worker.process.poll() is None, worker.output[-3000:]
+    for marker in ("Unrecoverable error", "Connection to broker lost"):
+        assert marker not in worker.output, worker.output[-5000:]
     broker_log = "".join(p.read_text(errors="replace") for p in (node.dir / "log").glob("*.log"))
     assert "rabbit_dead_letter" not in broker_log

@@ -486,7 +486,7 @@ class KindSender:
             self._connection.close()
 
 
-def drain_dead_letters(url: str, queue: str) -> dict[str, str]:
+def drain_dead_letters(url: str, queue: str, prefix: str = "k") -> dict[str, str]:
     """Every message of ``queue`` (consumed): kind tag -> dead-letter reason.
 
     Read with py-amqp behind the guard: the dead letters keep the bytes that broke it.
@@ -510,7 +510,7 @@ def drain_dead_letters(url: str, queue: str) -> dict[str, str]:
             props = message.properties
             tag = next(
                 (v for v in (props.get("message_id"), props.get("correlation_id"))
-                 if isinstance(v, str) and v.startswith("k")),
+                 if isinstance(v, str) and v.startswith(prefix)),
                 "?",
             )  # fmt: skip
             headers = props.get("application_headers") or {}

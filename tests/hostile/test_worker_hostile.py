@@ -29,7 +29,14 @@ from bus.node import LocalNode, rabbitmq_installed
 from bus.settings import BusSettings
 from bus.topology import LoadedTopology, load_topology
 from tests.helpers import declare_with_pika
-from tests.hostile.worker_kinds import KINDS, KindSender, Outcome, drain_dead_letters, valid_task
+from tests.hostile.worker_kinds import (
+    DUPLICATE,
+    KINDS,
+    KindSender,
+    Outcome,
+    drain_dead_letters,
+    valid_task,
+)
 from tests.integration.test_celery_worker import CeleryVhost, _wait_for
 
 pytestmark = [
@@ -149,6 +156,7 @@ def test_every_malformed_kind_is_refused_dead_lettered_or_handled(
     wrong = [o.line() for o in outcomes if o.result != o.kind.expect]
     assert not wrong, "kinds not ending as required:\n" + "\n".join(wrong)
     assert not dead, f"unexpected dead letters: {dead}"
+    assert not [o.line() for o in outcomes if DUPLICATE in o.dead_reason], "dead-lettered twice"
     assert final_ran, f"valid tasks after the hostile ones did not run:\n{worker.output[-3000:]}"
     assert alive, f"worker exited:\n{worker.output[-3000:]}"
     for queue in QUEUES:
@@ -254,6 +262,7 @@ def test_shared_kinds_are_dead_lettered_or_handled(
             wrong.append(f"{line} (expected {expect})")
     print(f"\nbus worker, {len(tags)} shared kinds (kind, result, detail):\n" + "\n".join(lines))
     assert not wrong, "kinds not ending as required:\n" + "\n".join(wrong)
+    assert not [r for r in dead.values() if DUPLICATE in r], "dead-lettered twice"
     assert "final" in ran, worker.output[-3000:]
     assert worker.process is not None
     assert worker.process.poll() is None, worker.output[-3000:]

@@ -30,6 +30,7 @@ import pika
 import pika.exceptions
 
 __all__ = [
+    "DUPLICATE",
     "KINDS",
     "Kind",
     "KindSender",
@@ -486,6 +487,9 @@ class KindSender:
             self._connection.close()
 
 
+DUPLICATE = "||"
+
+
 def drain_dead_letters(url: str, queue: str, prefix: str = "k") -> dict[str, str]:
     """Every message of ``queue`` (consumed): kind tag -> dead-letter reason.
 
@@ -519,5 +523,6 @@ def drain_dead_letters(url: str, queue: str, prefix: str = "k") -> dict[str, str
                 reason = f"copied by the worker ({headers['x-bus-rejected']})"
             if _pyamqp_guard.UNDECODABLE in props:
                 reason += f" ({_pyamqp_guard.UNDECODABLE}: {props[_pyamqp_guard.UNDECODABLE]})"
-            found[tag] = found.get(tag, "") + ("," if tag in found else "") + reason
+            # A second copy of one tag (a message requeued and dead-lettered twice) shows.
+            found[tag] = f"{found[tag]} {DUPLICATE} {reason}" if tag in found else reason
     return found

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 import yaml
+from pydantic import ValidationError
 
 from bus.asyncapi import asyncapi_document, dump_document
 from bus.errors import BusError, TopologyError
@@ -191,16 +192,19 @@ def publish_command(
 
 
 def _broker_settings() -> Any:
-    from pydantic import ValidationError
-
     from bus.errors import UsageError
     from bus.settings import BusSettings
 
     try:
         return BusSettings()
     except ValidationError as exc:
-        problems = "; ".join(str(e["msg"]) for e in exc.errors())
-        raise UsageError(f"invalid settings: {problems}") from None
+        raise UsageError(_settings_problems(exc)) from None
+
+
+def _settings_problems(exc: ValidationError) -> str:
+    """The messages of a settings error, without the input values (a URL holds a password)."""
+    problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+    return f"invalid settings: {problems}"
 
 
 @cli.command("plan")
@@ -385,11 +389,10 @@ def status(
     import time
 
     from bus.broker.management import ManagementClient
-    from bus.settings import BusSettings
     from bus.status import UNHEALTHY, collect_status, collect_workers, render_table
 
     loaded = _load(file)
-    settings = BusSettings()
+    settings = _broker_settings()
     target = vhost or (loaded.model.vhost.name if loaded.model.vhost else None) or settings.vhost
     with ManagementClient.from_settings(settings) as management:
         while True:
@@ -463,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         click.echo(f"error: {redact(exc.format_message())}", err=True)
         return exc.exit_code
+    except ValidationError as exc:  # BusSettings() from the environment: never echo the input
+        click.echo(f"error: {redact(_settings_problems(exc))}", err=True)
+        return 2
     except click.exceptions.Abort:
         click.echo("error: aborted", err=True)
         return 130

@@ -14,6 +14,8 @@ from pydantic import ValidationError
 
 from bus.contracts import ContractRegistry
 from bus.errors import ContractError, UsageError
+from bus.files import read_bounded
+from bus.outgoing import DEFAULT_MAX_MESSAGE_SIZE
 from bus.settings import BusSettings
 from bus.topology import load_topology
 from producers.sync import SyncPublisher
@@ -40,10 +42,7 @@ def _body(json_text: str | None, body_file: Path | None) -> bytes:
         source = "--json"
     else:
         assert body_file is not None
-        try:
-            raw = body_file.read_bytes()
-        except OSError as exc:
-            raise UsageError(f"cannot read body file {body_file}: {exc.strerror}") from None
+        raw = read_bounded(body_file, DEFAULT_MAX_MESSAGE_SIZE, "body file")
         source = str(body_file)
     try:
         json.loads(raw)

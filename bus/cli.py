@@ -211,16 +211,29 @@ def _settings_problems(exc: ValidationError) -> str:
 @_file_option
 @click.option("--prune", is_flag=True, help="Show what apply --prune would delete.")
 @click.option(
-    "--detailed-exitcode", is_flag=True, help="Exit 3 when changes are pending (0 = none)."
+    "--detailed-exitcode",
+    is_flag=True,
+    help="Exit 3 when changes are pending, 1 when anything could not be verified, 0 in sync.",
 )
 def plan_command(file: Path | None, prune: bool, detailed_exitcode: bool) -> int:
     """Diff the topology against the live vhost. Exit 0, 1 conflict/broker, 2 invalid, 3 changes."""
     from bus.broker import PlanConflicts, plan
+    from bus.broker.plan import Action
+    from bus.errors import PlanUnverifiedError
 
     result = plan(_load(file), _broker_settings(), prune=prune)
     click.echo(result.render(), nl=False)
     if result.conflicts:
         raise PlanConflicts(result, "bus apply will change nothing until they are resolved")
+    unverified = result.counts()[Action.UNVERIFIED]
+    if detailed_exitcode and (unverified or not result.verified):
+        # A drift check that could not compare must not pass: exit 1, never 0 (or 3).
+        what = f"{unverified} object(s)" if unverified else "part of the vhost"
+        raise PlanUnverifiedError(
+            f"{what} could not be verified (see the 'Not verified' lines): the drift check "
+            "is incomplete; give the user the management API (tag 'monitoring') and read "
+            "permission on the vhost"
+        )
     return 3 if detailed_exitcode and result.has_changes else 0
 
 

@@ -12,6 +12,7 @@ on one line; a traceback means a bug.
     ├── RoutingError (2)               a simulated publish the broker would refuse
     ├── ContractError (1)              an event/model does not match a contract
     ├── PlanConflictError (1)          the live broker conflicts with the topology
+    ├── PlanUnverifiedError (1)        plan --detailed-exitcode could not compare everything
     ├── BrokerError (1)                talking to RabbitMQ failed
     │   ├── BrokerUnavailableError     nothing answers / connection refused
     │   ├── AccessRefusedError         the broker user lacks a permission
@@ -39,6 +40,7 @@ __all__ = [
     "MessageTooLargeError",
     "NotFoundError",
     "PlanConflictError",
+    "PlanUnverifiedError",
     "PublishError",
     "PublishNackedError",
     "PublishTimeoutError",
@@ -101,6 +103,11 @@ class ContractError(BusError):
 
 class PlanConflictError(BusError):
     """The live broker holds objects that conflict with the topology."""
+
+
+class PlanUnverifiedError(BusError):
+    """A drift check (``bus plan --detailed-exitcode``) could not compare every object:
+    it fails rather than pass without checking."""
 
 
 class BrokerError(BusError):

@@ -22,7 +22,9 @@ on one line; a traceback means a bug.
         ├── UnroutableError            returned by the broker (mandatory, no route)
         ├── PublishNackedError         the broker nacked the publish
         ├── PublishTimeoutError        no confirm within the deadline
-        └── MessageTooLargeError       refused before sending
+        ├── MessageTooLargeError       refused before sending
+        └── InvalidMessageError (2)    a name, key, property or header AMQP cannot carry;
+                                       refused before sending
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ __all__ = [
     "BrokerUnavailableError",
     "BusError",
     "ContractError",
+    "InvalidMessageError",
     "ManagementAPIError",
     "MessageTooLargeError",
     "NotFoundError",
@@ -223,3 +226,13 @@ class PublishTimeoutError(PublishError):
 
 class MessageTooLargeError(PublishError):
     """The message exceeds the configured maximum size; nothing was sent."""
+
+
+class InvalidMessageError(PublishError):
+    """A value AMQP cannot carry as given (a name, routing key, property or header name over
+    255 bytes, a header value of no AMQP type); refused before anything was sent."""
+
+    exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"{message}: nothing was sent")

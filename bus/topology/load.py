@@ -18,6 +18,7 @@ from bus.errors import TopologyError, TopologyIssue
 from bus.files import MAX_TOPOLOGY_BYTES, read_bounded
 from bus.topology.checks import as_finding, check_credentials, check_topology
 from bus.topology.expand import ExpandedTopology, expand
+from bus.topology.limits import check_limits
 from bus.topology.model import (
     LIST_SECTIONS,
     SECTIONS,
@@ -227,6 +228,7 @@ class _Loader:
         )
         findings = [
             *check_topology(topology, declared_exchanges, declared_queues),
+            *check_limits(topology),
             *map(as_finding, check_credentials(data)),
         ]
         for path, message, at_key in findings:

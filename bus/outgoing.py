@@ -80,6 +80,7 @@ _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 # Nested header tables deeper than this are refused: a consumer decoding them recursively
 # (pamqp) can fail on deep nesting, and no bus message needs more.
 MAX_HEADER_DEPTH = 32
+_SCALARS = frozenset({bool, float, bytes, datetime, Decimal})
 
 
 def _shown(value: str) -> str:
@@ -92,10 +93,12 @@ def check_short_string(value: str | None, what: str) -> None:
         return
     if not isinstance(value, str):
         raise InvalidMessageError(f"{what} must be a string, got {type(value).__name__}")
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise InvalidMessageError(f"{what} {_shown(value)} is not valid UTF-8 text") from None
+    if value.isascii():  # O(1) in CPython: the common case costs no encoding
+        if len(value) <= SHORT_STRING_MAX:
+            return
+        size = len(value)
+    else:
+        size = _utf8_size(value, what)
     if size > SHORT_STRING_MAX:
         raise InvalidMessageError(
             f"{what} {_shown(value)} is {size} bytes; AMQP carries at most "
@@ -103,18 +106,26 @@ def check_short_string(value: str | None, what: str) -> None:
         )
 
 
+def _utf8_size(value: str, what: str) -> int:
+    try:
+        return len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidMessageError(f"{what} {_shown(value)} is not valid UTF-8 text") from None
+
+
 def _check_value(value: Any, where: str, depth: int) -> None:
-    if value is None or isinstance(value, bool | float | bytes | datetime | Decimal):
+    kind = type(value)
+    if kind is str:
+        if not value.isascii():
+            _utf8_size(value, f"header {where}: value")
         return
-    if isinstance(value, int):
+    if value is None or kind in _SCALARS:
+        return
+    if kind is int or isinstance(value, int):
         if not _INT_MIN <= value <= _INT_MAX:
             raise InvalidMessageError(f"header {where}: integer {value} does not fit 64 bits")
         return
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidMessageError(f"header {where}: value is not valid UTF-8 text") from None
+    if isinstance(value, bool | float | bytes | datetime | Decimal | str):
         return
     if depth >= MAX_HEADER_DEPTH:
         raise InvalidMessageError(
@@ -133,10 +144,25 @@ def _check_value(value: Any, where: str, depth: int) -> None:
 
 def _check_table(table: Mapping[Any, Any], where: str, depth: int) -> None:
     for name, value in table.items():
-        if not isinstance(name, str):
-            raise InvalidMessageError(f"header name {name!r} in {where or 'headers'} is not text")
-        check_short_string(name, f"header name{' in ' + where if where else ''}")
+        # Messages are built only on failure: every publish with headers runs this.
+        if not (type(name) is str and name.isascii() and len(name) <= SHORT_STRING_MAX):
+            if not isinstance(name, str):
+                raise InvalidMessageError(
+                    f"header name {name!r} in {where or 'headers'} is not text"
+                )
+            check_short_string(name, f"header name in {where}" if where else "header name")
         _check_value(value, f"{where}.{name}" if where else name, depth)
+
+
+_PROPERTY_NAMES = (
+    "exchange name",
+    "routing key",
+    "type property",
+    "message_id",
+    "correlation_id",
+    "content_encoding",
+    "reply_to",
+)
 
 
 def check_wire(message: Resolved) -> None:
@@ -145,13 +171,21 @@ def check_wire(message: Resolved) -> None:
     Both publishers and the test double resolve every message through :class:`Resolver`,
     which calls this: one rule, one error (:class:`~bus.errors.InvalidMessageError`).
     """
-    check_short_string(message.exchange, "exchange name")
-    check_short_string(message.routing_key, "routing key")
-    check_short_string(message.event_type, "type property")
-    check_short_string(message.message_id, "message_id")
-    check_short_string(message.correlation_id, "correlation_id")
-    check_short_string(message.content_encoding, "content_encoding")
-    check_short_string(message.reply_to, "reply_to")
+    strings = (
+        message.exchange,
+        message.routing_key,
+        message.event_type,
+        message.message_id,
+        message.correlation_id,
+        message.content_encoding,
+        message.reply_to,
+    )
+    for value, what in zip(strings, _PROPERTY_NAMES, strict=True):
+        # Inlined fast path (every publish pays it): None or a short ASCII string.
+        if value is not None and not (
+            type(value) is str and value.isascii() and len(value) <= SHORT_STRING_MAX
+        ):
+            check_short_string(value, what)
     if message.headers:
         _check_table(message.headers, "", 0)
 

@@ -23,7 +23,7 @@ on one line; a traceback means a bug.
         ├── PublishNackedError         the broker nacked the publish
         ├── PublishTimeoutError        no confirm within the deadline
         ├── MessageTooLargeError       refused before sending
-        └── InvalidMessageError (2)    a name, key, property or header AMQP cannot carry;
+        └── UnsendableMessageError (2) a name, key, property or header AMQP cannot carry;
                                        refused before sending
 """
 
@@ -38,7 +38,6 @@ __all__ = [
     "BrokerUnavailableError",
     "BusError",
     "ContractError",
-    "InvalidMessageError",
     "ManagementAPIError",
     "MessageTooLargeError",
     "NotFoundError",
@@ -51,6 +50,7 @@ __all__ = [
     "TopologyError",
     "TopologyIssue",
     "UnroutableError",
+    "UnsendableMessageError",
     "UsageError",
     "parse_access_refused",
 ]
@@ -228,7 +228,7 @@ class MessageTooLargeError(PublishError):
     """The message exceeds the configured maximum size; nothing was sent."""
 
 
-class InvalidMessageError(PublishError):
+class UnsendableMessageError(PublishError):
     """A value AMQP cannot carry as given (a name, routing key, property or header name over
     255 bytes, a header value of no AMQP type); refused before anything was sent."""
 

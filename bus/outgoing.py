@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from bus.celery_message import build_task_message, celery_route
 from bus.contracts import Contract, ContractRegistry
-from bus.errors import ContractError, InvalidMessageError, MessageTooLargeError, UsageError
+from bus.errors import ContractError, MessageTooLargeError, UnsendableMessageError, UsageError
 from bus.topology import ExpandedTopology, LoadedTopology
 
 __all__ = [
@@ -88,11 +88,11 @@ def _shown(value: str) -> str:
 
 
 def check_short_string(value: str | None, what: str) -> None:
-    """Raise :class:`InvalidMessageError` unless ``value`` fits an AMQP short string."""
+    """Raise :class:`UnsendableMessageError` unless ``value`` fits an AMQP short string."""
     if value is None:
         return
     if not isinstance(value, str):
-        raise InvalidMessageError(f"{what} must be a string, got {type(value).__name__}")
+        raise UnsendableMessageError(f"{what} must be a string, got {type(value).__name__}")
     if value.isascii():  # O(1) in CPython: the common case costs no encoding
         if len(value) <= SHORT_STRING_MAX:
             return
@@ -100,7 +100,7 @@ def check_short_string(value: str | None, what: str) -> None:
     else:
         size = _utf8_size(value, what)
     if size > SHORT_STRING_MAX:
-        raise InvalidMessageError(
+        raise UnsendableMessageError(
             f"{what} {_shown(value)} is {size} bytes; AMQP carries at most "
             f"{SHORT_STRING_MAX} (UTF-8)"
         )
@@ -110,7 +110,7 @@ def _utf8_size(value: str, what: str) -> int:
     try:
         return len(value.encode("utf-8"))
     except UnicodeEncodeError:
-        raise InvalidMessageError(f"{what} {_shown(value)} is not valid UTF-8 text") from None
+        raise UnsendableMessageError(f"{what} {_shown(value)} is not valid UTF-8 text") from None
 
 
 def _check_value(value: Any, where: str, depth: int) -> None:
@@ -123,12 +123,12 @@ def _check_value(value: Any, where: str, depth: int) -> None:
         return
     if kind is int or isinstance(value, int):
         if not _INT_MIN <= value <= _INT_MAX:
-            raise InvalidMessageError(f"header {where}: integer {value} does not fit 64 bits")
+            raise UnsendableMessageError(f"header {where}: integer {value} does not fit 64 bits")
         return
     if isinstance(value, bool | float | bytes | datetime | Decimal | str):
         return
     if depth >= MAX_HEADER_DEPTH:
-        raise InvalidMessageError(
+        raise UnsendableMessageError(
             f"header {where}: tables and arrays nested deeper than {MAX_HEADER_DEPTH}"
         )
     if isinstance(value, Mapping):
@@ -137,7 +137,7 @@ def _check_value(value: Any, where: str, depth: int) -> None:
         for index, item in enumerate(value):
             _check_value(item, f"{where}[{index}]", depth + 1)
     else:
-        raise InvalidMessageError(
+        raise UnsendableMessageError(
             f"header {where}: a {type(value).__name__} cannot be sent in an AMQP header"
         )
 
@@ -147,7 +147,7 @@ def _check_table(table: Mapping[Any, Any], where: str, depth: int) -> None:
         # Messages are built only on failure: every publish with headers runs this.
         if not (type(name) is str and name.isascii() and len(name) <= SHORT_STRING_MAX):
             if not isinstance(name, str):
-                raise InvalidMessageError(
+                raise UnsendableMessageError(
                     f"header name {name!r} in {where or 'headers'} is not text"
                 )
             check_short_string(name, f"header name in {where}" if where else "header name")
@@ -169,7 +169,7 @@ def check_wire(message: Resolved) -> None:
     """Refuse, before anything is sent, a message AMQP cannot carry as given.
 
     Both publishers and the test double resolve every message through :class:`Resolver`,
-    which calls this: one rule, one error (:class:`~bus.errors.InvalidMessageError`).
+    which calls this: one rule, one error (:class:`~bus.errors.UnsendableMessageError`).
     """
     strings = (
         message.exchange,

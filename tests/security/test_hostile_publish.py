@@ -15,7 +15,7 @@ import pika
 import pytest
 
 from bus.cli import main
-from bus.errors import InvalidMessageError
+from bus.errors import UnsendableMessageError
 from bus.settings import BusSettings
 from bus.topology import LoadedTopology
 from producers import Publisher, SyncPublisher
@@ -56,7 +56,7 @@ def test_sync_publisher_refuses_before_sending_and_stays_usable(
 ) -> None:
     exchange, key, headers, fragment = CASES[case]
     with SyncPublisher.connect(BusSettings(amqp_url=applied), bus_topology) as publisher:
-        with pytest.raises(InvalidMessageError, match="nothing was sent") as caught:
+        with pytest.raises(UnsendableMessageError, match="nothing was sent") as caught:
             publisher.publish(exchange, key, BODY, headers=headers)
         assert fragment in str(caught.value)
         assert _depth(applied, "billing.orders") == 0
@@ -71,7 +71,7 @@ async def test_async_publisher_refuses_before_sending_and_stays_usable(
 ) -> None:
     exchange, key, headers, fragment = CASES[case]
     async with Publisher.connect(BusSettings(amqp_url=applied), bus_topology) as publisher:
-        with pytest.raises(InvalidMessageError, match="nothing was sent") as caught:
+        with pytest.raises(UnsendableMessageError, match="nothing was sent") as caught:
             await publisher.publish(exchange, key, BODY, headers=headers)
         assert fragment in str(caught.value)
         assert _depth(applied, "billing.orders") == 0
@@ -81,9 +81,9 @@ async def test_async_publisher_refuses_before_sending_and_stays_usable(
 
 def test_app_id_over_255_bytes_is_refused_by_both_publishers(applied: str) -> None:
     settings = BusSettings(amqp_url=applied)
-    with pytest.raises(InvalidMessageError, match="app_id"):
+    with pytest.raises(UnsendableMessageError, match="app_id"):
         SyncPublisher(settings, app_id=LONG)
-    with pytest.raises(InvalidMessageError, match="app_id"):
+    with pytest.raises(UnsendableMessageError, match="app_id"):
         Publisher(settings, app_id=LONG)
 
 

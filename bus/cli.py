@@ -231,8 +231,8 @@ def plan_command(file: Path | None, prune: bool, detailed_exitcode: bool) -> int
         what = f"{unverified} object(s)" if unverified else "part of the vhost"
         raise PlanUnverifiedError(
             f"{what} could not be verified (see the 'Not verified' lines): the drift check "
-            "is incomplete; give the user the management API (tag 'monitoring') and read "
-            "permission on the vhost"
+            "is incomplete; give the user the management API (tag 'management') and "
+            "permissions on the vhost"
         )
     return 3 if detailed_exitcode and result.has_changes else 0
 

@@ -9,14 +9,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pika
 import pytest
 
+from bus.broker.management import ManagementClient
 from bus.cli import main
 from bus.provision import ProvidedBroker
-from tests.security.conftest import MakeUser
+from tests.security.conftest import MakeUser, user_url
 
 pytestmark = pytest.mark.integration
 
@@ -108,3 +110,29 @@ def test_detailed_exitcode_is_0_for_the_admin_on_the_same_vhost(
     assert main(["plan", "--detailed-exitcode", "-f", str(SHIPPED)]) == 0
     out = capsys.readouterr().out
     assert "unverified" not in out
+
+
+def test_a_percent_encoded_password_with_reserved_characters_connects(
+    applied: str,
+    bus_vhost: str,
+    bus_management: ManagementClient,
+    bus_management_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # What "percent-encode the password" asks for works on every path: the password holds
+    # each character that, unencoded, makes the URL refused.
+    name, password = f"bus-sec-{uuid.uuid4().hex[:10]}", "p@ss:w/x?y#z"
+    bus_management.create_user(name, password, tags="management")
+    try:
+        bus_management.set_permissions(bus_vhost, name, configure="^$", write="^$", read=".*")
+        url = user_url(applied, name, password)
+        assert "p%40ss%3Aw%2Fx%3Fy%23z@" in url
+        monkeypatch.setenv("BUS_AMQP_URL", url)
+        monkeypatch.setenv("BUS_MANAGEMENT_URL", bus_management_url)
+        assert main(["plan", "--detailed-exitcode", "-f", str(SHIPPED)]) == 0
+        captured = capsys.readouterr()
+        assert "unverified" not in captured.out
+        assert password not in captured.out + captured.err
+    finally:
+        bus_management.delete_user(name)

@@ -3,15 +3,19 @@
 Python's ``re`` backtracks: ``^(a+)+$`` against a live queue named ``a`` x 30 + ``!`` takes
 tens of seconds, doubling per character, and the names come from the broker, where anyone with
 configure permission can create one. These patterns run on RE2 (``google-re2``), whose time is
-linear in the name. RE2 is Python's syntax less backreferences and look-around; like
-RabbitMQ's own policy patterns, ``\\d``, ``\\w``, ``\\s`` and ``\\b`` match ASCII only. A pattern
-RE2 cannot compile is refused at validation (``bus validate``) with its line and column.
+linear in the name. A pattern must compile under both engines, so what is accepted is Python's
+syntax less backreferences, look-around and possessive forms, and means the same in both with
+two exceptions: ``\\d``, ``\\w``, ``\\s`` and ``\\b`` match ASCII only (as in RabbitMQ's own policy
+patterns), and ``$`` matches only at the very end (not before a final newline). Any other
+pattern is refused at validation (``bus validate``) with its line and column.
 
 Policy patterns are not compiled here: the broker evaluates those.
 """
 
 from __future__ import annotations
 
+import re
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +46,19 @@ class NamePattern:
 
 
 def compile_name_pattern(pattern: str) -> NamePattern:
-    """The compiled pattern; raises ``ValueError`` with RE2's reason when it is refused."""
+    """The compiled pattern; raises ``ValueError`` with the reason when it is refused.
+
+    A pattern must compile under Python's ``re`` too (compiled only, never matched): the two
+    engines then read it the same way, except for what the module docstring lists. Python's
+    warnings count as refusals: ``[[:alpha:]]`` is a POSIX class to RE2 and a plain set
+    (with a FutureWarning) to ``re``.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            re.compile(pattern)
+        except (re.error, Warning) as exc:
+            raise ValueError(f"invalid regular expression ({exc})") from None
     try:
         compiled = re2.compile(pattern, _options())
     except re2.error as exc:
@@ -51,7 +67,7 @@ def compile_name_pattern(pattern: str) -> NamePattern:
             reason = reason.decode("utf-8", "replace")
         raise ValueError(
             f"invalid or unsupported regular expression ({reason}); patterns run on RE2: "
-            "no backreferences or look-around"
+            "no backreferences, look-around or possessive forms"
         ) from None
     return NamePattern(pattern, compiled)
 

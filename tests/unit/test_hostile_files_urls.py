@@ -136,7 +136,14 @@ def test_a_backtracking_pattern_matches_a_hostile_name_at_once() -> None:
 
 @pytest.mark.parametrize(
     ("pattern", "reason"),
-    [(r"^(a)\1$", "invalid escape"), (r"^(?=legacy)", "perl operator"), ("(", "missing )")],
+    [
+        (r"^(a)\1$", "invalid or unsupported"),
+        (r"^(?=legacy)", "perl operator"),
+        (r"a*+", "bad repetition"),
+        ("(", "invalid regular expression (missing )"),
+        # A POSIX class to RE2, a plain set to Python: read differently, so refused.
+        ("[[:alpha:]]+", "Possible nested set"),
+    ],
 )
 def test_unmanaged_patterns_re2_cannot_run_are_refused_with_file_and_line(
     pattern: str, reason: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -146,7 +153,7 @@ def test_unmanaged_patterns_re2_cannot_run_are_refused_with_file_and_line(
     code, _, err = _run(["validate", "-f", str(path)], capsys)
     assert code == 2
     assert len(err) == 1, err
-    assert err[0].startswith(f"{path}:4:5: unmanaged[1]: invalid or unsupported regular")
+    assert err[0].startswith(f"{path}:4:5: unmanaged[1]: invalid ")
     assert reason in err[0]
 
 

@@ -317,6 +317,31 @@ def asyncapi(file: Path | None, output: Path | None) -> None:
     click.echo(f"wrote {output}", err=True)
 
 
+@cli.command("celery-config")
+@_file_option
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path, dir_okay=False), default=None,
+    help="Write the module to FILE (e.g. celeryconfig.py) instead of stdout.",
+)  # fmt: skip
+@click.option("--default-queue", default=None, help="Celery queue of unrouted tasks.")
+def celery_config_command(
+    file: Path | None, output: Path | None, default_queue: str | None
+) -> None:
+    """Celery settings module for a plain Celery app beside the bus. Exit 0, 2 invalid."""
+    from bus.celery_plain import plain_celery_config
+
+    module = output.stem if output is not None else "celeryconfig"
+    text = plain_celery_config(_load(file).expanded, module=module, default_queue=default_queue)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
+    click.echo(f"wrote {output}", err=True)
+
+
 @cli.command()
 @_file_option
 @click.option("-Q", "--queues", required=True, help="Comma-separated topology Celery queues.")

@@ -11,6 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from bus.asyncapi import asyncapi_document, dump_document
+from bus.cli_support import broker_settings, plan_exit_code, settings_problems
 from bus.errors import BusError, TopologyError
 from bus.graph import render
 from bus.settings import install_log_redaction, redact
@@ -178,7 +179,7 @@ def publish_command(
     from producers.cli import publish_once
 
     line = publish_once(
-        _broker_settings(),
+        broker_settings(),
         topology_file=topology_file,
         exchange=exchange,
         routing_key=routing_key,
@@ -189,22 +190,6 @@ def publish_command(
         confirm_timeout=confirm_timeout,
     )
     click.echo(line)
-
-
-def _broker_settings() -> Any:
-    from bus.errors import UsageError
-    from bus.settings import BusSettings
-
-    try:
-        return BusSettings()
-    except ValidationError as exc:
-        raise UsageError(_settings_problems(exc)) from None
-
-
-def _settings_problems(exc: ValidationError) -> str:
-    """The messages of a settings error, without the input values (a URL holds a password)."""
-    problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
-    return f"invalid settings: {problems}"
 
 
 @cli.command("plan")
@@ -218,23 +203,12 @@ def _settings_problems(exc: ValidationError) -> str:
 def plan_command(file: Path | None, prune: bool, detailed_exitcode: bool) -> int:
     """Diff the topology against the live vhost. Exit 0, 1 conflict/broker, 2 invalid, 3 changes."""
     from bus.broker import PlanConflicts, plan
-    from bus.broker.plan import Action
-    from bus.errors import PlanUnverifiedError
 
-    result = plan(_load(file), _broker_settings(), prune=prune)
+    result = plan(_load(file), broker_settings(), prune=prune)
     click.echo(result.render(), nl=False)
     if result.conflicts:
         raise PlanConflicts(result, "bus apply will change nothing until they are resolved")
-    unverified = result.counts()[Action.UNVERIFIED]
-    if detailed_exitcode and (unverified or not result.verified):
-        # A drift check that could not compare must not pass: exit 1, never 0 (or 3).
-        what = f"{unverified} object(s)" if unverified else "part of the vhost"
-        raise PlanUnverifiedError(
-            f"{what} could not be verified (see the 'Not verified' lines): the drift check "
-            "is incomplete; give the user the management API (tag 'management') and "
-            "permissions on the vhost"
-        )
-    return 3 if detailed_exitcode and result.has_changes else 0
+    return plan_exit_code(result, detailed_exitcode)
 
 
 @cli.command("apply")
@@ -258,7 +232,7 @@ def apply_command(
         raise UsageError("--allow-data-loss only applies with --prune")
     loaded = _load(file)
     result = apply(
-        loaded, _broker_settings(), prune=prune, recreate_empty=recreate_empty,
+        loaded, broker_settings(), prune=prune, recreate_empty=recreate_empty,
         allow_data_loss=allow_data_loss, dry_run=dry_run,
         on_plan=lambda p: click.echo(p.render(), nl=False),
     )  # fmt: skip
@@ -276,7 +250,7 @@ def export_command(vhost: str | None, output: Path | None) -> None:
     from bus.broker import export_topology
     from bus.errors import BrokerError
 
-    exported = export_topology(_broker_settings(), vhost)
+    exported = export_topology(broker_settings(), vhost)
     if output is None:
         click.echo(exported.text, nl=False)
     else:
@@ -430,7 +404,7 @@ def status(
     from bus.status import UNHEALTHY, collect_status, collect_workers, render_table
 
     loaded = _load(file)
-    settings = _broker_settings()
+    settings = broker_settings()
     target = vhost or (loaded.model.vhost.name if loaded.model.vhost else None) or settings.vhost
     with ManagementClient.from_settings(settings) as management:
         while True:
@@ -505,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"error: {redact(exc.format_message())}", err=True)
         return exc.exit_code
     except ValidationError as exc:  # BusSettings() from the environment: never echo the input
-        click.echo(f"error: {redact(_settings_problems(exc))}", err=True)
+        click.echo(f"error: {redact(settings_problems(exc))}", err=True)
         return 2
     except click.exceptions.Abort:
         click.echo("error: aborted", err=True)

@@ -70,7 +70,7 @@ import logging
 import signal
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -87,19 +87,23 @@ from aio_pika.abc import (
 )
 from aiormq.abc import AbstractChannel, DeliveredMessage
 
+from bus import lenient
 from bus.broker.connect import close_later, connect_async
 from bus.contracts import ContractRegistry
 from bus.errors import AccessRefusedError, BrokerError, NotFoundError, UsageError
+from bus.headers import safe_headers
+from bus.lenient import UNDECODABLE_HEADER
 from bus.settings import BusSettings, mask_url
 from bus.topology import ExpandedTopology, FailurePolicy, LoadedTopology, load_topology
 from consumers.decode import Decoder, InvalidMessageError
 from consumers.handlers import HandlerFunc, HandlerOptions, HandlerSpec, inspect_handler
 from consumers.idempotency import IdempotencyStore, MemoryIdempotencyStore
-from consumers.message import RETRY_COUNT_HEADER, Message
+from consumers.message import RETRY_COUNT_HEADER, Message, describe
 from consumers.metrics import ConsumerMetrics
 from consumers.policy import (
     Backoff,
     DeadLetter,
+    Drop,
     FailureAction,
     Reject,
     RejectMessage,
@@ -248,6 +252,7 @@ class _QueueConsumer:
         self.timers: dict[tuple[ChannelSession, int], asyncio.TimerHandle] = {}
         self.stopping = False
         self.ack_batch = max(1, spec.options.prefetch // 4)
+        self.quorum = runtime.topology.queues[spec.queue].type == "quorum"
 
     async def start(self, connection: AbstractRobustConnection) -> None:
         channel = await connection.channel(publisher_confirms=False)
@@ -430,6 +435,8 @@ class Runtime:
         self._stopped = False
         self._inflight: dict[str, asyncio.Future[None]] = {}
         self._requeues: OrderedDict[str, int] = OrderedDict()
+        self.dropped: Counter[str] = Counter()
+        """Messages rejected without a dead-letter exchange (rule 5), per queue."""
         self._retired: set[asyncio.Handle | asyncio.Task[None]] = set()
 
     def _select(self, queues: Iterable[str] | None) -> list[_QueueConsumer]:
@@ -455,6 +462,9 @@ class Runtime:
     # -- start-up ---------------------------------------------------------------------------
     async def start(self) -> None:
         self.decoder.preload()
+        # One message with undecodable properties must not close the connection of every
+        # consumer (see bus.lenient): the runtime dead-letters it instead.
+        lenient.install()
         connection = await connect_async(self.settings, name=f"amqp-bus consumer {self.app.name}")
         self.connection = connection
         try:
@@ -584,6 +594,11 @@ class Runtime:
         message = Message(delivered, consumer.queue)
         args: tuple[Any, ...]
         try:
+            undecodable = (delivered.header.properties.headers or {}).get(UNDECODABLE_HEADER)
+            if undecodable is not None:
+                raise InvalidMessageError(
+                    "undecodable", "properties not decodable: " + str(undecodable)
+                )
             if spec.wants_model:
                 props = delivered.header.properties
                 event = self.decoder.decode(
@@ -647,10 +662,12 @@ class Runtime:
 
     # -- failures ---------------------------------------------------------------------------
     def _attempts(self, consumer: _QueueConsumer, message: Message) -> int:
-        """Requeues seen by this process (the broker counts none on classic queues)."""
-        if message.message_id is None:
-            return 1 if message.redelivered else 0
-        key = f"{consumer.queue}:{message.message_id}"
+        """Requeues seen by this process (the broker counts none on classic queues).
+
+        Keyed by ``message_id``, else by a digest of the message, so the back-off grows and
+        the ``max_requeues`` bound holds for messages without an id too.
+        """
+        key = f"{consumer.queue}:{message.key}"
         count = self._requeues.pop(key, 0)
         self._requeues[key] = count + 1
         while len(self._requeues) > 10_000:
@@ -672,7 +689,8 @@ class Runtime:
             # The broker redelivers it; acting on it now would duplicate the message.
             session.dropped += 1
             return
-        delivery_count = message.delivery_count
+        # Only a quorum queue counts deliveries; on a classic queue the header is a forgery.
+        delivery_count = message.delivery_count if consumer.quorum else None
         attempts = 0 if delivery_count is not None else self._attempts(consumer, message)
         action: FailureAction = decide(
             consumer.policy,
@@ -689,8 +707,8 @@ class Runtime:
                 step = action.step
                 await self._republish(message, "", step.queue, {RETRY_COUNT_HEADER: step.attempt})
                 log.warning(
-                    "queue %r: message %r failed (%s); retry %d/%d in %d ms via %r",
-                    queue, message.message_id, what, step.attempt,
+                    "queue %r: message %s failed (%s); retry %d/%d in %d ms via %r",
+                    queue, describe(message), what, step.attempt,
                     len(consumer.policy.retry), step.delay_ms, step.queue,
                 )  # fmt: skip
                 if metrics is not None:
@@ -707,27 +725,37 @@ class Runtime:
                 key = self._dead_letter_key(queue, message)
                 await self._republish(message, action.exchange, key, headers)
                 log.error(
-                    "queue %r: message %r dead-lettered to %r (%s: %s)",
-                    queue, message.message_id, action.exchange, reason, what,
+                    "queue %r: message %s dead-lettered to %r (%s: %s)",
+                    queue, describe(message), action.exchange, reason, what,
                 )  # fmt: skip
                 if metrics is not None:
                     metrics.dead_lettered(queue, reason)
                 session.done(tag)
             elif isinstance(action, Reject):
                 log.error(
-                    "queue %r: message %r rejected to its dead-letter exchange %r (%s: %s)",
-                    queue, message.message_id, action.exchange, reason, what,
+                    "queue %r: message %s rejected to its dead-letter exchange %r (%s: %s)",
+                    queue, describe(message), action.exchange, reason, what,
                 )  # fmt: skip
                 if await session.nack(tag, requeue=False) and metrics is not None:
                     metrics.dead_lettered(queue, reason)
+            elif isinstance(action, Drop):
+                log.error(
+                    "queue %r: message %s DROPPED: %s (%s: %s) and the queue has no dead-letter "
+                    "exchange; give it `dead_letter: true` to keep such messages",
+                    queue, describe(message), action.why, reason, what,
+                )  # fmt: skip
+                if await session.nack(tag, requeue=False):
+                    self.dropped[queue] += 1
+                    if metrics is not None:
+                        metrics.dropped(queue, reason)
             else:
                 self._requeue(consumer, session, message, action, what)
         except Exception as publish_exc:
             delay = self.backoff.delay(attempts or (delivery_count or 0))
             log.error(
-                "queue %r: message %r failed (%s) and could not be moved (%s: %s); "
+                "queue %r: message %s failed (%s) and could not be moved (%s: %s); "
                 "requeued in %.1f s instead",
-                queue, message.message_id, what,
+                queue, describe(message), what,
                 _exception_type(publish_exc), publish_exc, delay,
             )  # fmt: skip
             if session.alive:
@@ -745,15 +773,15 @@ class Runtime:
     ) -> None:
         if action.final:
             log.error(
-                "queue %r: message %r failed (%s) on its last delivery allowed by the delivery "
+                "queue %r: message %s failed (%s) on its last delivery allowed by the delivery "
                 "limit (%s) and the queue has no dead-letter exchange: the broker will DROP it "
                 "when it is requeued now",
-                consumer.queue, message.message_id, what, consumer.policy.delivery_limit,
+                consumer.queue, describe(message), what, consumer.policy.delivery_limit,
             )  # fmt: skip
         else:
             log.error(
-                "queue %r: message %r failed (%s); no dead-letter exchange, requeued in %.1f s",
-                consumer.queue, message.message_id, what, action.delay,
+                "queue %r: message %s failed (%s); no dead-letter exchange, requeued in %.1f s",
+                consumer.queue, describe(message), what, action.delay,
             )  # fmt: skip
         consumer.requeue_later(session, message.delivery_tag, action.delay)
         if self.metrics is not None:
@@ -780,7 +808,14 @@ class Runtime:
     ) -> None:
         """A confirmed, persistent, mandatory copy of ``message`` (raises when not confirmed)."""
         props = message.delivered.header.properties
-        headers = dict(props.headers or {})
+        # Broker-owned headers are never forwarded as a publisher wrote them: a forged x-death
+        # crashes the broker's dead-lettering when the copy expires from a delay queue.
+        headers, dropped = safe_headers(props.headers)
+        if dropped:
+            log.warning(
+                "queue %r: message %s: dropped forged or broker-owned header(s) %s from its copy",
+                message.queue, describe(message), ", ".join(sorted(dropped)),
+            )  # fmt: skip
         headers.update(extra)
         copy = aio_pika.Message(
             message.body,

@@ -287,7 +287,7 @@ async def test_a_nacked_dead_letter_is_requeued_then_moved_through_a_new_channel
     assert any("on a new channel" in m for m in messages)
 
 
-async def test_classic_queue_without_dlx_requeues_and_never_drops(
+async def test_classic_queue_without_dlx_requeues_a_handler_failure_with_backoff(
     topology: LoadedTopology, settings: BusSettings, bus_vhost_url: str
 ) -> None:
     app = fast_app()
@@ -426,6 +426,9 @@ class RecordingMetrics:
 
     def requeued(self, queue: str) -> None:
         self.counts[f"requeued {queue}"] += 1
+
+    def dropped(self, queue: str, reason: str) -> None:
+        self.counts[f"dropped {queue} {reason}"] += 1
 
     def duplicate(self, queue: str) -> None:
         self.counts[f"duplicate {queue}"] += 1

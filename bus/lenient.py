@@ -1,0 +1,277 @@
+"""Frame decoding that one hostile message cannot turn into a dropped connection.
+
+The async client stack (aio-pika -> aiormq -> pamqp 4.0.1) decodes every frame in the
+connection's reader task. pamqp decodes short strings strictly as UTF-8 and header tables by
+unbounded recursion, so a message with a ``type`` or ``app_id`` that is not UTF-8, a routing key
+that is not UTF-8, a header timestamp past year 9999 or a header table nested 5,000 deep
+raises in the reader (``UnicodeDecodeError``/``ValueError`` wrapped as ``InvalidFrameError``,
+or a bare ``RecursionError``), aiormq closes the *connection*, every consumer on it stops, and
+the broker redelivers the same message after the reconnect: forever on a classic queue. The
+broker itself accepts all of these (short strings are bytes to AMQP 0-9-1).
+
+:func:`install` replaces ``pamqp.frame.unmarshal`` (which aiormq looks up on every frame) with
+:func:`unmarshal`, which decodes content-header frames itself and method frames leniently when
+pamqp cannot:
+
+- short strings that are not UTF-8 are decoded with U+FFFD replacements;
+- header tables and arrays are decoded with a depth bound (:data:`MAX_DEPTH`) and an entry
+  budget (:data:`MAX_ENTRIES`); a nested value past the bound becomes ``None``;
+- a value pamqp cannot decode (e.g. a timestamp out of range) becomes ``None``.
+
+Every such problem of a content header is written, as text, into the header
+:data:`UNDECODABLE_HEADER` (and the table's raw bytes into :data:`RAW_HEADERS` when the table
+itself was damaged), which the consumer runtime dead-letters with reason ``undecodable``. A
+publisher cannot forge that header: any copy of it in the received table is dropped. Frames
+that decode normally give exactly what pamqp gives (the tests compare both).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import pamqp.frame
+from pamqp import commands, constants, decode, exceptions, header
+from pamqp.base import Frame
+
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_ENTRIES",
+    "RAW_HEADERS",
+    "UNDECODABLE_HEADER",
+    "decode_content_header",
+    "install",
+    "unmarshal",
+]
+
+UNDECODABLE_HEADER = "x-bus-undecodable"
+"""Set by :func:`unmarshal` on a message whose properties could not be decoded as sent."""
+
+RAW_HEADERS = "x-bus-undecodable-headers"
+"""The raw bytes of a damaged headers table (when at most 64 KiB), kept for an operator."""
+
+MAX_DEPTH = 32
+"""Nesting of tables/arrays in headers beyond which values are not decoded."""
+
+MAX_ENTRIES = 50_000
+"""Table and array entries decoded per content header, in total."""
+
+_MAX_RAW = 64 * 1024
+_MAX_NOTE = 1024
+_FIXED_WIDTH = {
+    b"t": 1, b"b": 1, b"B": 1, b"s": 2, b"u": 2, b"I": 4, b"i": 4, b"l": 8, b"L": 8,
+    b"f": 4, b"d": 8, b"D": 5, b"T": 8, b"V": 0, b"\x00": 0,
+}  # fmt: skip
+_VALUE_ERRORS = (ValueError, OverflowError, OSError, struct.error)
+
+_original_unmarshal: Callable[[bytes], tuple[int, int, Any]] = pamqp.frame.unmarshal
+
+
+class _Corrupt(Exception):
+    """The bytes cannot be walked any further (unknown type, lengths past the end)."""
+
+
+class _Walker:
+    """Decodes one frame's tables with a shared entry budget, collecting problems."""
+
+    def __init__(self) -> None:
+        self.entries = 0
+        self.problems: list[str] = []
+
+    def value(self, data: bytes, offset: int, depth: int, where: str) -> tuple[int, Any]:
+        kind = data[offset : offset + 1]
+        offset += 1
+        if kind in (b"F", b"A"):
+            if offset + 4 > len(data):
+                raise _Corrupt(f"{where}: truncated")
+            (length,) = struct.unpack_from(">I", data, offset)
+            end = offset + 4 + length
+            if end > len(data):
+                raise _Corrupt(f"{where}: length past the end")
+            if depth >= MAX_DEPTH:
+                self.problems.append(f"{where}: nested deeper than {MAX_DEPTH}")
+                return end, None
+            if kind == b"F":
+                return end, self.table(data, offset + 4, end, depth + 1, where)
+            return end, self.array(data, offset + 4, end, depth + 1, where)
+        if kind in (b"S", b"x"):
+            if offset + 4 > len(data):
+                raise _Corrupt(f"{where}: truncated")
+            (length,) = struct.unpack_from(">I", data, offset)
+            width = 4 + length
+        else:
+            fixed = _FIXED_WIDTH.get(kind)
+            if fixed is None:
+                raise _Corrupt(f"{where}: unknown field type {kind!r}")
+            width = fixed
+        end = offset + width
+        if end > len(data):
+            raise _Corrupt(f"{where}: length past the end")
+        try:
+            _, result = decode.TABLE_MAPPING[kind](data[offset:end])
+        except _VALUE_ERRORS as exc:
+            self.problems.append(f"{where}: {exc}")
+            return end, None
+        return end, result
+
+    def _count(self, where: str) -> None:
+        self.entries += 1
+        if self.entries > MAX_ENTRIES:
+            raise _Corrupt(f"{where}: more than {MAX_ENTRIES} entries")
+
+    def table(self, data: bytes, offset: int, end: int, depth: int, where: str) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        while offset < end:
+            self._count(where)
+            key_length = data[offset]
+            offset += 1
+            if offset + key_length > end:
+                raise _Corrupt(f"{where}: key length past the end")
+            raw_key = data[offset : offset + key_length]
+            offset += key_length
+            key = _text(raw_key, f"{where} key", self.problems)
+            offset, result[key] = self.value(data, offset, depth, f"{where}.{key}")
+        if offset != end:
+            raise _Corrupt(f"{where}: entries past the table's end")
+        return result
+
+    def array(self, data: bytes, offset: int, end: int, depth: int, where: str) -> list[Any]:
+        result: list[Any] = []
+        while offset < end:
+            self._count(where)
+            offset, item = self.value(data, offset, depth, f"{where}[{len(result)}]")
+            result.append(item)
+        if offset != end:
+            raise _Corrupt(f"{where}: entries past the array's end")
+        return result
+
+
+def _text(raw: bytes, where: str, problems: list[str]) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        problems.append(f"{where}: not UTF-8 ({raw[:64]!r})")
+        return raw.decode("utf-8", "replace")
+
+
+def _headers(data: bytes, offset: int, walker: _Walker) -> tuple[int, dict[str, Any]]:
+    if offset + 4 > len(data):
+        raise _Corrupt("headers: truncated")
+    (length,) = struct.unpack_from(">I", data, offset)
+    start, end = offset + 4, offset + 4 + length
+    if end > len(data):
+        raise _Corrupt("headers: length past the end")
+    before = len(walker.problems)
+    try:
+        table = walker.table(data, start, end, 0, "headers")
+    except _Corrupt as exc:
+        walker.problems.append(str(exc))
+        table = {}
+    table.pop(UNDECODABLE_HEADER, None)  # only this decoder may say so
+    table.pop(RAW_HEADERS, None)
+    if len(walker.problems) > before and length <= _MAX_RAW:
+        table[RAW_HEADERS] = data[start:end]
+    return end, table
+
+
+def decode_content_header(frame_data: bytes) -> header.ContentHeader:
+    """A content header frame's payload, decoded leniently (see the module docstring)."""
+    content = header.ContentHeader()
+    try:
+        content.class_id, content.weight, content.body_size = struct.unpack(
+            ">HHQ", frame_data[0:12]
+        )
+        offset, flags = header.ContentHeader._get_flags(frame_data[12:])
+        data = frame_data[12 + offset :]
+        props = content.properties
+        walker = _Walker()
+        position = 0
+        for name in props.__slots__:
+            if not flags & props.flags[name]:
+                continue
+            kind = props.amqp_type(name)
+            if kind == "shortstr":
+                length = data[position]
+                raw = data[position + 1 : position + 1 + length]
+                if len(raw) != length:
+                    raise _Corrupt(f"{name}: truncated")
+                position += 1 + length
+                value: Any = _text(raw, name, walker.problems)
+            elif kind == "table":
+                position, value = _headers(data, position, walker)
+            else:
+                try:
+                    used, value = decode.by_type(data[position:], kind)
+                except _VALUE_ERRORS as exc:
+                    if kind != "timestamp":
+                        raise _Corrupt(f"{name}: {exc}") from exc
+                    used, value = 8, None
+                    walker.problems.append(f"{name}: {exc}")
+                position += used
+            setattr(props, name, value)
+    except (_Corrupt, IndexError, struct.error, ValueError) as exc:
+        raise exceptions.UnmarshalingException("ContentHeader", exc) from exc
+    if walker.problems:
+        note = "; ".join(walker.problems)
+        headers = dict(props.headers or {})
+        headers[UNDECODABLE_HEADER] = note if len(note) <= _MAX_NOTE else note[:_MAX_NOTE] + "..."
+        props.headers = headers
+    return content
+
+
+def _lenient_method(frame_data: bytes) -> Frame:
+    """A method frame whose short strings are not UTF-8 (e.g. a routing key), with U+FFFD."""
+    (index,) = struct.unpack(">I", frame_data[0:4])
+    method: Frame = commands.INDEX_MAPPING[index]()
+    data = frame_data[4:]
+    offset, in_bits = 0, False
+    ignored: list[str] = []
+    for name in method.__slots__:
+        kind = method.amqp_type(name)
+        if in_bits and (kind != "bit" or offset == 8):
+            data, offset, in_bits = data[1:], 0, False
+        if kind == "shortstr":
+            length = data[0]
+            value: Any = _text(data[1 : 1 + length], name, ignored)
+            data = data[1 + length :]
+        elif kind == "bit":
+            _, value = decode.bit(data, offset)
+            offset, in_bits = offset + 1, True
+        else:
+            used, value = decode.by_type(data, kind)
+            data = data[used:]
+        setattr(method, name, value)
+    return method
+
+
+def unmarshal(data_in: bytes) -> tuple[int, int, Any]:
+    """``pamqp.frame.unmarshal`` with content headers and method frames decoded leniently."""
+    if data_in[:1] == bytes([constants.FRAME_HEADER]) and len(data_in) >= 7:
+        _, channel, size = struct.unpack(">BHI", data_in[:7])
+        count = constants.FRAME_HEADER_SIZE + size + 1
+        if size and count <= len(data_in) and data_in[count - 1] == constants.FRAME_END:
+            payload = data_in[constants.FRAME_HEADER_SIZE : count - 1]
+            return count, channel, decode_content_header(payload)
+    try:
+        return _original_unmarshal(data_in)
+    except exceptions.UnmarshalingException as exc:
+        if data_in[:1] != bytes([constants.FRAME_METHOD]) or not _is_unicode(exc):
+            raise
+        _, channel, size = struct.unpack(">BHI", data_in[:7])
+        count = constants.FRAME_HEADER_SIZE + size + 1
+        return count, channel, _lenient_method(data_in[constants.FRAME_HEADER_SIZE : count - 1])
+
+
+def _is_unicode(exc: BaseException) -> bool:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, UnicodeDecodeError):
+            return True
+        cause = cause.__cause__
+    return False
+
+
+def install() -> None:
+    """Make every aiormq connection of this process decode frames with :func:`unmarshal`."""
+    pamqp.frame.unmarshal = unmarshal

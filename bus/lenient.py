@@ -16,7 +16,9 @@ pamqp cannot:
 - short strings that are not UTF-8 are decoded with U+FFFD replacements;
 - header tables and arrays are decoded with a depth bound (:data:`MAX_DEPTH`) and an entry
   budget (:data:`MAX_ENTRIES`); a nested value past the bound becomes ``None``;
-- a value pamqp cannot decode (e.g. a timestamp out of range) becomes ``None``.
+- a value pamqp cannot decode (e.g. a timestamp out of range) becomes ``None``;
+- a long string that is not UTF-8 becomes a ``bytearray`` (pamqp decodes it to ``bytes``,
+  which its encoder then refuses, so no copy of the message could ever be published).
 
 Every such problem of a content header is written, as text, into the header
 :data:`UNDECODABLE_HEADER` (and the table's raw bytes into :data:`RAW_HEADERS` when the table
@@ -113,6 +115,11 @@ class _Walker:
         except _VALUE_ERRORS as exc:
             self.problems.append(f"{where}: {exc}")
             return end, None
+        if isinstance(result, bytes):
+            # pamqp hands back a long string that is not UTF-8 as bytes, which its own encoder
+            # refuses: every copy of the message would fail. A bytearray encodes (type 'x').
+            self.problems.append(f"{where}: not UTF-8")
+            return end, bytearray(result)
         return end, result
 
     def _count(self, where: str) -> None:
@@ -171,7 +178,7 @@ def _headers(data: bytes, offset: int, walker: _Walker) -> tuple[int, dict[str, 
     table.pop(UNDECODABLE_HEADER, None)  # only this decoder may say so
     table.pop(RAW_HEADERS, None)
     if len(walker.problems) > before and length <= _MAX_RAW:
-        table[RAW_HEADERS] = data[start:end]
+        table[RAW_HEADERS] = bytearray(data[start:end])  # pamqp encodes bytearray, not bytes
     return end, table
 
 

@@ -480,10 +480,11 @@ class Runtime:
         for consumer in self.consumers:
             if consumer.policy.dead_letter_exchange is None:
                 log.warning(
-                    "queue %r has no dead-letter exchange: failed messages are requeued with "
-                    "back-off%s; give it `dead_letter: true`",
+                    "queue %r has no dead-letter exchange: invalid messages are dropped and "
+                    "failing ones requeued with back-off at most %d times, then dropped; give "
+                    "it `dead_letter: true` to keep them",
                     consumer.queue,
-                    " until its delivery limit" if consumer.policy.delivery_limit else "",
+                    self.backoff.max_requeues,
                 )
         log.info(
             "consuming %s at %s",
@@ -700,7 +701,7 @@ class Runtime:
             backoff=self.backoff,
             attempts=attempts,
         )
-        what = f"{_exception_type(exc)}: {exc}"
+        what = f"{_exception_type(exc)}: {str(exc)[:_MAX_HEADER_TEXT]}"
         metrics = self.metrics
         try:
             if isinstance(action, Retry):
@@ -756,7 +757,7 @@ class Runtime:
                 "queue %r: message %s failed (%s) and could not be moved (%s: %s); "
                 "requeued in %.1f s instead",
                 queue, describe(message), what,
-                _exception_type(publish_exc), publish_exc, delay,
+                _exception_type(publish_exc), str(publish_exc)[:_MAX_HEADER_TEXT], delay,
             )  # fmt: skip
             if session.alive:
                 consumer.requeue_later(session, tag, delay)

@@ -30,20 +30,30 @@ Failure rules (exact; the decision itself lives in :func:`consumers.policy.decid
    ``x-retry-count``; then the original is acked. Permanent failures skip the ladder: wrong
    content type, JSON that does not parse, a body that fails the model, a missing or unknown
    ``type``, an event the handler's annotation does not accept (``x-failure-reason``
-   ``content-type``, ``json``, ``schema``, ``unknown-type``, ``not-accepted``) and a
-   :class:`RejectMessage` raised by the handler (``rejected``). Handler exceptions have
-   ``x-failure-reason: handler``.
+   ``content-type``, ``json``, ``schema``, ``unknown-type``, ``not-accepted``,
+   ``undecodable``) and a :class:`RejectMessage` raised by the handler (``rejected``).
+   Handler exceptions have ``x-failure-reason: handler``.
 4. The queue has an ``x-dead-letter-exchange`` but no DLQ of ours: ``basic.reject`` without
    requeue; the broker dead-letters it (``x-death`` reason ``rejected``).
-5. No dead-letter exchange at all: ``basic.nack`` with requeue after a back-off
-   (``backoff.base * 2**deliveries`` s, at most ``backoff.cap``), logged at ERROR each time,
-   never dropped by us. On a quorum queue the ``delivery_limit`` is the guard (the final allowed
-   delivery is logged as such: the broker drops it afterwards when there is no DLX). On a classic
-   queue there is no guard; the message keeps coming back with the back-off and each failure is
-   logged, which is the safest rule short of refusing to consume the queue at all. A WARNING
-   at start-up names every consumed queue in this situation: give it ``dead_letter: true``.
+5. No dead-letter exchange at all: a permanent failure is dropped at once (``basic.reject``
+   without requeue, logged at ERROR, counted in :attr:`Runtime.dropped`); a handler failure
+   is requeued (``basic.nack``) after a back-off (``backoff.base * 2**n`` s, at most
+   ``backoff.cap``), logged at ERROR, at most ``backoff.max_requeues`` times, then dropped
+   the same way. ``n`` is the quorum ``x-delivery-count`` (never trusted on a classic queue,
+   where a publisher could forge it), else this process's count per ``message_id`` or, without
+   one, per digest of the message. Requeuing without bound starves the valid messages behind
+   the failing ones until they expire. A quorum ``delivery_limit`` below the bound stays the
+   guard (its final delivery is logged as such). A WARNING at start-up names every consumed
+   queue in this situation: give it ``dead_letter: true``.
 6. A confirm that does not come (nack, return, timeout, connection lost): the original is not
    acked but requeued after the back-off of rule 5, so nothing is lost.
+
+Hostile input: the runtime installs :func:`bus.lenient.install`, so a message whose properties
+the client cannot decode (non-UTF-8 short strings, header tables nested past 32 levels, values
+out of range) arrives marked ``x-bus-undecodable`` instead of closing the connection, and is a
+permanent failure with reason ``undecodable``. Copies (retries, dead letters) carry only the
+headers :func:`bus.headers.safe_headers` keeps: never ``x-delivery-count``, never a forged
+``x-death``.
 
 Connection loss: the robust connection reconnects by itself and the consumers are re-registered
 on the new channels. Deliveries of the dead channel are never acked or rejected (their tags

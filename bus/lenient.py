@@ -10,8 +10,10 @@ the broker redelivers the same message after the reconnect: forever on a classic
 broker itself accepts all of these (short strings are bytes to AMQP 0-9-1).
 
 :func:`install` replaces ``pamqp.frame.unmarshal`` (which aiormq looks up on every frame) with
-:func:`unmarshal`, which decodes content-header frames itself and method frames leniently when
-pamqp cannot:
+:func:`unmarshal`. pamqp still decodes every frame first; a content header it cannot decode,
+or whose headers are past the bounds below (or hold a value its encoder refuses), is decoded
+again by :func:`decode_content_header`, and a method frame with a short string that is not
+UTF-8 by a lenient copy of pamqp's method decoding:
 
 - short strings that are not UTF-8 are decoded with U+FFFD replacements;
 - header tables and arrays are decoded with a depth bound (:data:`MAX_DEPTH`) and an entry
@@ -66,6 +68,9 @@ _FIXED_WIDTH = {
     b"f": 4, b"d": 8, b"D": 5, b"T": 8, b"V": 0, b"\x00": 0,
 }  # fmt: skip
 _VALUE_ERRORS = (ValueError, OverflowError, OSError, struct.error)
+
+_HEADER_TYPE = bytes([constants.FRAME_HEADER])
+_METHOD_TYPE = bytes([constants.FRAME_METHOD])
 
 _original_unmarshal: Callable[[bytes], tuple[int, int, Any]] = pamqp.frame.unmarshal
 
@@ -252,22 +257,55 @@ def _lenient_method(frame_data: bytes) -> Frame:
     return method
 
 
+def _plain(headers: dict[str, Any] | None) -> bool:
+    """True when pamqp's decoding of ``headers`` is within the bounds and can be sent again."""
+    if not headers:
+        return True
+    if UNDECODABLE_HEADER in headers or RAW_HEADERS in headers:
+        return False
+    entries = 0
+    stack: list[tuple[Any, int]] = [(headers, 0)]
+    while stack:
+        node, depth = stack.pop()
+        for value in node.values() if isinstance(node, dict) else node:
+            entries += 1
+            if isinstance(value, dict | list):
+                if depth >= MAX_DEPTH:
+                    return False
+                stack.append((value, depth + 1))
+            elif isinstance(value, bytes):
+                return False
+    return entries <= MAX_ENTRIES
+
+
 def unmarshal(data_in: bytes) -> tuple[int, int, Any]:
-    """``pamqp.frame.unmarshal`` with content headers and method frames decoded leniently."""
-    if data_in[:1] == bytes([constants.FRAME_HEADER]) and len(data_in) >= 7:
-        _, channel, size = struct.unpack(">BHI", data_in[:7])
-        count = constants.FRAME_HEADER_SIZE + size + 1
-        if size and count <= len(data_in) and data_in[count - 1] == constants.FRAME_END:
-            payload = data_in[constants.FRAME_HEADER_SIZE : count - 1]
-            return count, channel, decode_content_header(payload)
+    """``pamqp.frame.unmarshal`` with content headers and method frames decoded leniently.
+
+    pamqp decodes first (the fast path); a content header it cannot decode, or whose headers
+    are past the bounds, is decoded again by :func:`decode_content_header`.
+    """
+    is_header = data_in[:1] == _HEADER_TYPE
     try:
-        return _original_unmarshal(data_in)
-    except exceptions.UnmarshalingException as exc:
-        if data_in[:1] != bytes([constants.FRAME_METHOD]) or not _is_unicode(exc):
+        result = _original_unmarshal(data_in)
+    except (exceptions.UnmarshalingException, RecursionError) as exc:
+        if is_header:
+            return _lenient_header(data_in, exc)
+        if data_in[:1] != _METHOD_TYPE or not _is_unicode(exc):
             raise
         _, channel, size = struct.unpack(">BHI", data_in[:7])
         count = constants.FRAME_HEADER_SIZE + size + 1
         return count, channel, _lenient_method(data_in[constants.FRAME_HEADER_SIZE : count - 1])
+    if is_header and not _plain(result[2].properties.headers):
+        return _lenient_header(data_in, None)
+    return result
+
+
+def _lenient_header(data_in: bytes, error: BaseException | None) -> tuple[int, int, Any]:
+    _, channel, size = struct.unpack(">BHI", data_in[:7])
+    count = constants.FRAME_HEADER_SIZE + size + 1
+    if count > len(data_in) or data_in[count - 1] != constants.FRAME_END:
+        raise exceptions.UnmarshalingException("ContentHeader", error or "truncated frame")
+    return count, channel, decode_content_header(data_in[constants.FRAME_HEADER_SIZE : count - 1])
 
 
 def _is_unicode(exc: BaseException) -> bool:

@@ -259,12 +259,16 @@ def test_prometheus_metrics_count_per_queue() -> None:
     metrics.consumed("q")
     metrics.acked("q", 3)
     metrics.dead_lettered("q", "schema")
+    metrics.dropped("q", "undecodable")
     metrics.handler_seconds("q", 0.01)
     value = registry.get_sample_value
     assert value("bus_consumer_messages_consumed_total", {"queue": "q"}) == 1
     assert value("bus_consumer_messages_acked_total", {"queue": "q"}) == 3
     assert (
         value("bus_consumer_messages_dead_lettered_total", {"queue": "q", "reason": "schema"}) == 1
+    )
+    assert (
+        value("bus_consumer_messages_dropped_total", {"queue": "q", "reason": "undecodable"}) == 1
     )
     assert value("bus_consumer_handler_seconds_count", {"queue": "q"}) == 1
 

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench import java_client
 from bench._harness import BODY, CaseFailed, Spread, bench_vhost, paired_ratios, run_in_process
 
 LABELS = {
@@ -41,6 +42,7 @@ LABELS = {
     "ours-x4": "ours 4 publishers",
     "ours-p1": "ours (prefetch x1)",
     "plain": "plain Celery",
+    "java": "Java client",
 }
 
 # Same loop and the product's loop choice, side by side (see the README's Performance notes).
@@ -97,6 +99,8 @@ def groups(opts: argparse.Namespace) -> dict[str, Group]:
                     *ASYNC_RATIOS,
                     ("ours-sync", "raw-pika"),
                     ("ours-sync", "raw-aio-pika"),
+                    ("ours", "java"),
+                    ("ours-sync", "java"),
                     *publisher_ratios,
                 ),
             ),
@@ -107,7 +111,7 @@ def groups(opts: argparse.Namespace) -> dict[str, Group]:
                 "every message with pydantic)",
                 "msg_s",
                 "msg/s",
-                ratios=(*ASYNC_RATIOS, ("ours", "raw-pika")),
+                ratios=(*ASYNC_RATIOS, ("ours", "raw-pika"), ("ours", "java")),
             ),
             Group(
                 "latency",
@@ -164,6 +168,8 @@ def catalogue(opts: argparse.Namespace) -> list[Case]:
     """Every case of the suite with the options applied (selection comes later)."""
     cases: list[Case] = []
     uv = [] if opts.no_uvloop else ["uvloop"]
+    # The Java client baseline where javac and Debian's jars exist (main() says when not).
+    java = not opts.no_java and java_client.available() is None
 
     def impls(group: str, variant: str, target: str, params: dict[str, Any]) -> None:
         module = f"bench.{group}"
@@ -185,6 +191,8 @@ def catalogue(opts: argparse.Namespace) -> list[Case]:
             # pika's BlockingChannel waits for each confirm: it has no pipelined variant.
             cases.append(Case("publish", "w1", "raw-pika", "bench.publish:raw_pika", params))
         cases.append(Case("publish", f"w{window}", "ours-sync", "bench.publish:ours_sync", params))
+        if java:
+            cases.append(Case("publish", f"w{window}", "java", "bench.java_client:publish", params))
         if opts.publishers > 1 and window == max(opts.windows):
             cases.append(
                 Case("publish", f"w{window}", f"ours-x{opts.publishers}", "bench.publish:ours",
@@ -194,6 +202,10 @@ def catalogue(opts: argparse.Namespace) -> list[Case]:
         params = {"messages": opts.messages, "prefetch": prefetch}
         impls("consume", f"p{prefetch}", "uv" if prefetch == 100 else "", params)
         cases.append(Case("consume", f"p{prefetch}", "raw-pika", "bench.consume:raw_pika", params))
+        if java:
+            cases.append(
+                Case("consume", f"p{prefetch}", "java", "bench.java_client:consume", params)
+            )
     for rate in opts.rates:
         for impl, loop in [("raw-aio-pika", "asyncio"), ("ours", "asyncio")] + [
             (f"ours-{x}", x) for x in uv
@@ -380,6 +392,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", metavar="FILE", help="write every result and ratio as JSON")
     parser.add_argument("--seed", type=int, default=None, help="seed of the shuffled order")
     parser.add_argument("--no-uvloop", action="store_true", help="skip the uvloop variants")
+    parser.add_argument("--no-java", action="store_true", help="skip the Java client baseline")
     parser.add_argument("--seconds", type=float, default=None, help="per publish case (5)")
     parser.add_argument("--windows", type=_ints, default=[1, 100, 1000])
     parser.add_argument(
@@ -445,6 +458,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def log(line: str) -> None:
         print(line, flush=True)
+
+    missing_java = None if opts.no_java else java_client.available()
+    if missing_java and any(c.group in ("publish", "consume") for c in cases):
+        log(missing_java)
 
     if any(c.broker for c in cases):
         with bench_vhost("suite") as url:

@@ -8,8 +8,10 @@ from typing import Any
 
 import click
 import yaml
+from pydantic import ValidationError
 
 from bus.asyncapi import asyncapi_document, dump_document
+from bus.cli_support import broker_settings, plan_exit_code, settings_problems
 from bus.errors import BusError, TopologyError
 from bus.graph import render
 from bus.settings import install_log_redaction, redact
@@ -177,7 +179,7 @@ def publish_command(
     from producers.cli import publish_once
 
     line = publish_once(
-        _broker_settings(),
+        broker_settings(),
         topology_file=topology_file,
         exchange=exchange,
         routing_key=routing_key,
@@ -190,34 +192,23 @@ def publish_command(
     click.echo(line)
 
 
-def _broker_settings() -> Any:
-    from pydantic import ValidationError
-
-    from bus.errors import UsageError
-    from bus.settings import BusSettings
-
-    try:
-        return BusSettings()
-    except ValidationError as exc:
-        problems = "; ".join(str(e["msg"]) for e in exc.errors())
-        raise UsageError(f"invalid settings: {problems}") from None
-
-
 @cli.command("plan")
 @_file_option
 @click.option("--prune", is_flag=True, help="Show what apply --prune would delete.")
 @click.option(
-    "--detailed-exitcode", is_flag=True, help="Exit 3 when changes are pending (0 = none)."
+    "--detailed-exitcode",
+    is_flag=True,
+    help="Exit 3 when changes are pending, 1 when anything could not be verified, 0 in sync.",
 )
 def plan_command(file: Path | None, prune: bool, detailed_exitcode: bool) -> int:
     """Diff the topology against the live vhost. Exit 0, 1 conflict/broker, 2 invalid, 3 changes."""
     from bus.broker import PlanConflicts, plan
 
-    result = plan(_load(file), _broker_settings(), prune=prune)
+    result = plan(_load(file), broker_settings(), prune=prune)
     click.echo(result.render(), nl=False)
     if result.conflicts:
         raise PlanConflicts(result, "bus apply will change nothing until they are resolved")
-    return 3 if detailed_exitcode and result.has_changes else 0
+    return plan_exit_code(result, detailed_exitcode)
 
 
 @cli.command("apply")
@@ -241,7 +232,7 @@ def apply_command(
         raise UsageError("--allow-data-loss only applies with --prune")
     loaded = _load(file)
     result = apply(
-        loaded, _broker_settings(), prune=prune, recreate_empty=recreate_empty,
+        loaded, broker_settings(), prune=prune, recreate_empty=recreate_empty,
         allow_data_loss=allow_data_loss, dry_run=dry_run,
         on_plan=lambda p: click.echo(p.render(), nl=False),
     )  # fmt: skip
@@ -259,7 +250,7 @@ def export_command(vhost: str | None, output: Path | None) -> None:
     from bus.broker import export_topology
     from bus.errors import BrokerError
 
-    exported = export_topology(_broker_settings(), vhost)
+    exported = export_topology(broker_settings(), vhost)
     if output is None:
         click.echo(exported.text, nl=False)
     else:
@@ -290,6 +281,31 @@ def asyncapi(file: Path | None, output: Path | None) -> None:
     """AsyncAPI 3.0 document of the exchanges, queues and events. Exit 0, 1 bad model, 2 invalid."""
     as_json = output is not None and output.suffix.lower() == ".json"
     text = dump_document(asyncapi_document(_load(file)), as_json=as_json)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
+    click.echo(f"wrote {output}", err=True)
+
+
+@cli.command("celery-config")
+@_file_option
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path, dir_okay=False), default=None,
+    help="Write the module to FILE (e.g. celeryconfig.py) instead of stdout.",
+)  # fmt: skip
+@click.option("--default-queue", default=None, help="Celery queue of unrouted tasks.")
+def celery_config_command(
+    file: Path | None, output: Path | None, default_queue: str | None
+) -> None:
+    """Celery settings module for a plain Celery app beside the bus. Exit 0, 2 invalid."""
+    from bus.celery_plain import plain_celery_config
+
+    module = output.stem if output is not None else "celeryconfig"
+    text = plain_celery_config(_load(file).expanded, module=module, default_queue=default_queue)
     if output is None:
         click.echo(text, nl=False)
         return
@@ -385,11 +401,10 @@ def status(
     import time
 
     from bus.broker.management import ManagementClient
-    from bus.settings import BusSettings
     from bus.status import UNHEALTHY, collect_status, collect_workers, render_table
 
     loaded = _load(file)
-    settings = BusSettings()
+    settings = broker_settings()
     target = vhost or (loaded.model.vhost.name if loaded.model.vhost else None) or settings.vhost
     with ManagementClient.from_settings(settings) as management:
         while True:
@@ -463,6 +478,9 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         click.echo(f"error: {redact(exc.format_message())}", err=True)
         return exc.exit_code
+    except ValidationError as exc:  # BusSettings() from the environment: never echo the input
+        click.echo(f"error: {redact(settings_problems(exc))}", err=True)
+        return 2
     except click.exceptions.Abort:
         click.echo("error: aborted", err=True)
         return 130

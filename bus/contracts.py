@@ -9,12 +9,15 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from bus.errors import ContractError
 from bus.topology.model import EventContract
+
+if TYPE_CHECKING:
+    from bus.topology.expand import ExpandedTopology
 
 __all__ = ["Contract", "ContractRegistry", "import_model"]
 
@@ -33,6 +36,11 @@ def import_model(path: str) -> type[BaseModel]:
     return target
 
 
+def _same(live: Any, declared: Any) -> bool:
+    # A header value must match with its type: True is not 1, and 5 is not "5".
+    return type(live) is type(declared) and bool(live == declared)
+
+
 @dataclass(frozen=True)
 class Contract:
     name: str
@@ -49,13 +57,25 @@ class Contract:
 class ContractRegistry:
     """Lookup of contracts by event name and by model class (models imported lazily)."""
 
-    def __init__(self, events: Mapping[str, EventContract]) -> None:
+    def __init__(
+        self,
+        events: Mapping[str, EventContract],
+        exchange_types: Mapping[str, str] | None = None,
+    ) -> None:
         self._by_name = {
             name: Contract(name, e.exchange, e.routing_key, e.model, dict(e.headers))
             for name, e in events.items()
         }
+        # Fanout and headers exchanges ignore the routing key, so a publisher may send any.
+        self._exchange_types = dict(exchange_types or {})
         self._by_model: dict[type[BaseModel], Contract] | None = None
         self._ambiguous: dict[type[BaseModel], list[str]] = {}
+
+    @classmethod
+    def of(cls, expanded: ExpandedTopology) -> ContractRegistry:
+        """The registry of a topology, knowing its exchange types (for :meth:`matching`)."""
+        types = {name: spec.type for name, spec in expanded.exchanges.items()}
+        return cls(expanded.events, types)
 
     def __contains__(self, name: object) -> bool:
         return name in self._by_name
@@ -68,6 +88,31 @@ class ContractRegistry:
             return self._by_name[name]
         except KeyError:
             raise ContractError(f"unknown event {name!r}: not in the topology's events") from None
+
+    def matching(
+        self, exchange: str, routing_key: str, headers: Mapping[str, Any] | None = None
+    ) -> list[Contract]:
+        """The contracts a message without ``type`` may be: same exchange; same routing key
+        unless the exchange ignores keys (fanout, headers); the contract's headers present
+        with the same values."""
+        headers = headers or {}
+        key_matters = self._exchange_types.get(exchange) not in ("fanout", "headers")
+        return [
+            c
+            for c in self._by_name.values()
+            if c.exchange == exchange
+            and (not key_matters or c.routing_key == routing_key)
+            and all(
+                name in headers and _same(headers[name], value) for name, value in c.headers.items()
+            )
+        ]
+
+    def infer(
+        self, exchange: str, routing_key: str, headers: Mapping[str, Any] | None = None
+    ) -> Contract | None:
+        """The one contract matching a message without ``type``; None when none or several do."""
+        found = self.matching(exchange, routing_key, headers)
+        return found[0] if len(found) == 1 else None
 
     def for_model(self, model: type[BaseModel] | BaseModel) -> Contract:
         """The one contract whose model is ``model`` (a class or an instance)."""

@@ -12,6 +12,7 @@ on one line; a traceback means a bug.
     ├── RoutingError (2)               a simulated publish the broker would refuse
     ├── ContractError (1)              an event/model does not match a contract
     ├── PlanConflictError (1)          the live broker conflicts with the topology
+    ├── PlanUnverifiedError (1)        plan --detailed-exitcode could not compare everything
     ├── BrokerError (1)                talking to RabbitMQ failed
     │   ├── BrokerUnavailableError     nothing answers / connection refused
     │   ├── AccessRefusedError         the broker user lacks a permission
@@ -21,7 +22,9 @@ on one line; a traceback means a bug.
         ├── UnroutableError            returned by the broker (mandatory, no route)
         ├── PublishNackedError         the broker nacked the publish
         ├── PublishTimeoutError        no confirm within the deadline
-        └── MessageTooLargeError       refused before sending
+        ├── MessageTooLargeError       refused before sending
+        └── UnsendableMessageError (2) a name, key, property or header AMQP cannot carry;
+                                       refused before sending
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ __all__ = [
     "MessageTooLargeError",
     "NotFoundError",
     "PlanConflictError",
+    "PlanUnverifiedError",
     "PublishError",
     "PublishNackedError",
     "PublishTimeoutError",
@@ -46,6 +50,7 @@ __all__ = [
     "TopologyError",
     "TopologyIssue",
     "UnroutableError",
+    "UnsendableMessageError",
     "UsageError",
     "parse_access_refused",
 ]
@@ -101,6 +106,11 @@ class ContractError(BusError):
 
 class PlanConflictError(BusError):
     """The live broker holds objects that conflict with the topology."""
+
+
+class PlanUnverifiedError(BusError):
+    """A drift check (``bus plan --detailed-exitcode``) could not compare every object:
+    it fails rather than pass without checking."""
 
 
 class BrokerError(BusError):
@@ -216,3 +226,13 @@ class PublishTimeoutError(PublishError):
 
 class MessageTooLargeError(PublishError):
     """The message exceeds the configured maximum size; nothing was sent."""
+
+
+class UnsendableMessageError(PublishError):
+    """A value AMQP cannot carry as given (a name, routing key, property or header name over
+    255 bytes, a header value of no AMQP type); refused before anything was sent."""
+
+    exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"{message}: nothing was sent")

@@ -18,6 +18,7 @@ __all__ = [
     "mask_url",
     "mask_urls",
     "redact",
+    "url_problem",
     "vhost_from_url",
     "with_vhost",
 ]
@@ -25,8 +26,39 @@ __all__ = [
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/"
 
 
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be split safely into user, password, host and path; None when it can.
+
+    An unencoded ``@``, ``/``, ``?``, ``#`` or ``:`` in a password moves the split points: part
+    of the password becomes the host (and is looked up in DNS), the port or the vhost, and
+    reaches error lines. The answer never quotes the URL.
+    """
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        return (
+            "the URL's host or port is malformed (an unencoded ':' or '@' in the password?): "
+            "percent-encode the password"
+        )
+    after_host = parts.path + parts.query + parts.fragment
+    if parts.netloc.count("@") > 1 or "@" in after_host:
+        return (
+            "the URL has an '@' after its credentials (an unencoded '@', '/', '?' or '#' in "
+            "the password?): percent-encode the password"
+        )
+    return None
+
+
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``***`` (for logs and error messages)."""
+    """The URL with its password replaced by ``***`` (for logs and error messages).
+
+    A URL whose credentials cannot be told apart from its host (see :func:`url_problem`)
+    is shown as ``scheme://***``: any part of it may be a piece of the password.
+    """
+    if url_problem(url) is not None:
+        scheme = urlsplit(url).scheme
+        return f"{scheme}://***" if scheme else "***"
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -44,8 +76,9 @@ def mask_urls(urls: list[str] | tuple[str, ...]) -> str:
     return ", ".join(mask_url(url) for url in urls)
 
 
-# scheme://user:password@ anywhere in a text (amqp, amqps, http(s), redis...).
-_USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s'\"<>]*):[^@\s'\"<>]*@")
+# scheme://user:password@ anywhere in a text (amqp, amqps, http(s), redis...). The password
+# runs to the last '@' of the word: an unencoded '@' or '/' in it must not leave a tail.
+_USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s'\"<>]*):[^\s'\"<>]*@")
 
 
 def redact(text: str) -> str:
@@ -143,9 +176,21 @@ class BusSettings(BaseSettings):
     @field_validator("amqp_url")
     @classmethod
     def _amqp_scheme(cls, value: str) -> str:
+        problem = url_problem(value)
+        if problem is not None:
+            raise ValueError(f"BUS_AMQP_URL: {problem}")
         scheme = urlsplit(value).scheme
         if scheme not in ("amqp", "amqps"):
             raise ValueError(f"BUS_AMQP_URL must start with amqp:// or amqps://, got {scheme!r}")
+        return value
+
+    @field_validator("management_url")
+    @classmethod
+    def _management_url(cls, value: str | None) -> str | None:
+        for url in (value or "").split(","):
+            problem = url_problem(url.strip())
+            if problem is not None:
+                raise ValueError(f"BUS_MANAGEMENT_URL: {problem}")
         return value
 
     @field_validator("amqp_nodes", mode="before")

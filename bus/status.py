@@ -18,7 +18,6 @@ not a broken bus.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -30,7 +29,8 @@ import pika.exceptions
 from bus.broker.connect import connect_sync
 from bus.broker.management import ManagementClient, quote_name
 from bus.celery_message import celery_routes
-from bus.errors import BrokerError, NotFoundError
+from bus.errors import BrokerError, NotFoundError, UsageError
+from bus.patterns import NamePattern, compile_name_pattern
 from bus.settings import BusSettings, with_vhost
 from bus.topology.expand import ExpandedTopology
 
@@ -147,6 +147,17 @@ def _vhost_exists(management: ManagementClient, vhost: str) -> bool:
     return management.vhost(vhost) is not None
 
 
+def _idle_patterns(patterns: Iterable[str]) -> list[NamePattern]:
+    """``--allow-idle`` patterns on RE2: they run against every live queue name."""
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(compile_name_pattern(pattern))
+        except ValueError as exc:
+            raise UsageError(f"--allow-idle {pattern!r}: {exc}") from None
+    return compiled
+
+
 def collect_status(
     topology: ExpandedTopology,
     settings: BusSettings,
@@ -155,9 +166,9 @@ def collect_status(
     *,
     allow_idle: Iterable[str] = (),
 ) -> StatusReport:
+    idle = _idle_patterns(allow_idle)
     if not _vhost_exists(management, vhost):
         raise NotFoundError(f"vhost {vhost!r} does not exist")
-    idle = [re.compile(p) for p in allow_idle]
     counts = _passive_counts(settings, vhost, topology.queues)
     live = {q["name"]: q for q in management.queues(vhost)}
     consumers: dict[str, list[str]] = {}

@@ -3,7 +3,8 @@
 The event is named by the AMQP ``type`` property; the body is the model's JSON with
 ``content_type=application/json``. Every way a payload can be wrong raises
 :class:`InvalidMessageError` with a short ``reason``, which becomes the dead-letter header
-``x-failure-reason``: ``content-type``, ``unknown-type``, ``json``, ``schema``, ``not-accepted``.
+``x-failure-reason``: ``content-type``, ``unknown-type``, ``json``, ``schema``, ``not-accepted``
+(and ``undecodable``, raised by the runtime for properties marked by :mod:`bus.lenient`).
 """
 
 from __future__ import annotations

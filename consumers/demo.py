@@ -63,6 +63,7 @@ class Received:
     exchange: str
     body: bytes
     retry_count: int = 0
+    correlation_id: str | None = None
 
 
 class Recorder:
@@ -82,6 +83,7 @@ class Recorder:
                 message.exchange,
                 message.body,
                 message.retry_count,
+                message.correlation_id,
             )
         )
         self._changed.set()

@@ -6,13 +6,14 @@ so building one per delivery costs one small object.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import datetime
 from typing import Any
 
 from aiormq.abc import DeliveredMessage
 
-__all__ = ["RETRY_COUNT_HEADER", "Message", "int_header"]
+__all__ = ["RETRY_COUNT_HEADER", "Message", "describe", "int_header"]
 
 RETRY_COUNT_HEADER = "x-retry-count"
 
@@ -117,6 +118,23 @@ class Message:
         return [dict(entry) for entry in value if isinstance(entry, dict)]
 
     @property
+    def key(self) -> str:
+        """A name for this message that survives redelivery: ``message_id``, else a digest.
+
+        The digest covers the body, ``type`` and routing key, which a requeue does not change;
+        two identical messages without an id share it (and so share a requeue count).
+        """
+        message_id = self.message_id
+        if message_id:
+            return f"id:{message_id}"
+        digest = hashlib.sha256()
+        for part in (self.type or "", self.routing_key):
+            digest.update(part.encode("utf-8", "surrogatepass"))
+            digest.update(b"\0")
+        digest.update(self._delivered.body)
+        return f"sha256:{digest.hexdigest()[:16]}"
+
+    @property
     def delivered(self) -> DeliveredMessage:
         """The client's delivery object (aiormq), for what this view does not cover."""
         return self._delivered
@@ -126,3 +144,13 @@ class Message:
             f"Message(queue={self.queue!r}, type={self.type!r}, message_id={self.message_id!r}, "
             f"routing_key={self.routing_key!r}, delivery_tag={self.delivery_tag})"
         )
+
+
+def describe(message: Message) -> str:
+    """How logs name a message: its id, or (without one) digest, type, key and size."""
+    if message.message_id:
+        return repr(message.message_id)
+    return (
+        f"without message_id ({message.key}, type {message.type!r}, "
+        f"routing key {message.routing_key!r}, {len(message.body)} bytes)"
+    )

@@ -27,6 +27,8 @@ class ConsumerMetrics(Protocol):
 
     def requeued(self, queue: str) -> None: ...
 
+    def dropped(self, queue: str, reason: str) -> None: ...
+
     def duplicate(self, queue: str) -> None: ...
 
     def handler_seconds(self, queue: str, seconds: float) -> None: ...
@@ -67,6 +69,12 @@ class PrometheusMetrics:
             "messages_requeued", "Deliveries requeued (no dead-letter exchange).", ["queue"],
             **kwargs,
         )  # fmt: skip
+        self._dropped = prom.Counter(
+            "messages_dropped",
+            "Deliveries rejected without a dead-letter exchange (the broker drops them).",
+            ["queue", "reason"],
+            **kwargs,
+        )
         self._duplicates = prom.Counter(
             "messages_duplicate", "Deliveries skipped by the idempotency hook.", ["queue"],
             **kwargs,
@@ -87,6 +95,9 @@ class PrometheusMetrics:
 
     def requeued(self, queue: str) -> None:
         self._requeued.labels(queue).inc()
+
+    def dropped(self, queue: str, reason: str) -> None:
+        self._dropped.labels(queue, reason).inc()
 
     def duplicate(self, queue: str) -> None:
         self._duplicates.labels(queue).inc()

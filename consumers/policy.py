@@ -14,11 +14,16 @@ so the rules can be read and tested without a broker. The rules (also in ``consu
    ``x-exception-message``, ``x-failure-reason``, ``x-failed-queue``; then ack the original.
 4. Otherwise, if the queue has an ``x-dead-letter-exchange`` of its own (no DLQ of ours):
    ``basic.reject`` without requeue; the broker dead-letters it (``x-death`` reason ``rejected``).
-5. Otherwise (no dead-letter exchange at all): ``basic.nack`` with requeue after a back-off
-   (doubling per delivery, capped), logged at ERROR each time. On a quorum queue the
-   ``delivery_limit`` is the guard: the final allowed delivery is logged as such, because the
-   broker drops the message after it when there is no DLX. On a classic queue there is no guard:
-   the message comes back after each back-off until a handler accepts it or an operator moves it.
+5. Otherwise (no dead-letter exchange at all) a permanent failure is *dropped*: ``basic.reject``
+   without requeue, logged at ERROR with the message's id or digest. Requeuing a payload that
+   can never be handled only starves the valid messages queued behind it (they wait, then
+   expire through the queue's TTL). A handler failure is requeued (``basic.nack``) after a
+   back-off (doubling per delivery, capped), logged at ERROR each time, at most
+   ``max_requeues`` times: the broker's ``x-delivery-count`` on a quorum queue, this process's
+   count per message (``message_id``, else a digest of the message) on a classic queue. The
+   delivery after that is dropped too, loudly. A quorum ``delivery_limit`` lower than that bound
+   stays the guard: the final allowed delivery is logged as such, because the broker drops the
+   message after it when there is no DLX.
 
 If a republish of rule 2 or 3 is not confirmed (nack, return, timeout, lost connection), the
 original is not acked; it is requeued after a back-off (rule 5's timing) and nothing is lost.
@@ -33,6 +38,7 @@ from bus.topology.expand import FailurePolicy, RetryStep
 __all__ = [
     "Backoff",
     "DeadLetter",
+    "Drop",
     "FailureAction",
     "Reject",
     "RejectMessage",
@@ -52,6 +58,8 @@ class Backoff:
 
     base: float = 1.0
     cap: float = 60.0
+    max_requeues: int = 5
+    """Requeues of one failing message on a queue without a dead-letter exchange (rule 5)."""
 
     def delay(self, attempts: int) -> float:
         # Bounding the exponent keeps huge delivery counts from overflowing the float.
@@ -74,13 +82,20 @@ class Reject:
 
 
 @dataclass(frozen=True)
+class Drop:
+    """Reject without requeue on a queue without a dead-letter exchange: the broker drops it."""
+
+    why: str
+
+
+@dataclass(frozen=True)
 class Requeue:
     delay: float
     final: bool
     """True when the quorum delivery limit makes this the last delivery the broker allows."""
 
 
-FailureAction = Retry | DeadLetter | Reject | Requeue
+FailureAction = Retry | DeadLetter | Reject | Drop | Requeue
 
 
 def decide(
@@ -95,8 +110,9 @@ def decide(
     """The action for one failed delivery (see the module docstring for the rules).
 
     ``retry_count`` is ``x-retry-count``; ``delivery_count`` the quorum ``x-delivery-count``
-    (None when absent); ``attempts`` how often this process already requeued the message,
-    used for the back-off when the broker does not count deliveries (classic queues).
+    (None when absent, or on a classic queue where a publisher could have forged it);
+    ``attempts`` how often this process already requeued the message, used for the back-off
+    and the bound when the broker does not count deliveries (classic queues).
     """
     if not permanent and 0 <= retry_count < len(policy.retry):
         return Retry(policy.retry[retry_count])
@@ -104,7 +120,11 @@ def decide(
         return DeadLetter(policy.dead_letter_exchange)
     if policy.dead_letter_exchange is not None:
         return Reject(policy.dead_letter_exchange)
+    if permanent:
+        return Drop("the payload can never be handled")
     count = delivery_count if delivery_count is not None else attempts
+    if count >= backoff.max_requeues:
+        return Drop(f"it failed on {count + 1} deliveries (max_requeues={backoff.max_requeues})")
     final = (
         policy.delivery_limit is not None
         and delivery_count is not None

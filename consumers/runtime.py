@@ -30,20 +30,30 @@ Failure rules (exact; the decision itself lives in :func:`consumers.policy.decid
    ``x-retry-count``; then the original is acked. Permanent failures skip the ladder: wrong
    content type, JSON that does not parse, a body that fails the model, a missing or unknown
    ``type``, an event the handler's annotation does not accept (``x-failure-reason``
-   ``content-type``, ``json``, ``schema``, ``unknown-type``, ``not-accepted``) and a
-   :class:`RejectMessage` raised by the handler (``rejected``). Handler exceptions have
-   ``x-failure-reason: handler``.
+   ``content-type``, ``json``, ``schema``, ``unknown-type``, ``not-accepted``,
+   ``undecodable``) and a :class:`RejectMessage` raised by the handler (``rejected``).
+   Handler exceptions have ``x-failure-reason: handler``.
 4. The queue has an ``x-dead-letter-exchange`` but no DLQ of ours: ``basic.reject`` without
    requeue; the broker dead-letters it (``x-death`` reason ``rejected``).
-5. No dead-letter exchange at all: ``basic.nack`` with requeue after a back-off
-   (``backoff.base * 2**deliveries`` s, at most ``backoff.cap``), logged at ERROR each time,
-   never dropped by us. On a quorum queue the ``delivery_limit`` is the guard (the final allowed
-   delivery is logged as such: the broker drops it afterwards when there is no DLX). On a classic
-   queue there is no guard; the message keeps coming back with the back-off and each failure is
-   logged, which is the safest rule short of refusing to consume the queue at all. A WARNING
-   at start-up names every consumed queue in this situation: give it ``dead_letter: true``.
+5. No dead-letter exchange at all: a permanent failure is dropped at once (``basic.reject``
+   without requeue, logged at ERROR, counted in :attr:`Runtime.dropped`); a handler failure
+   is requeued (``basic.nack``) after a back-off (``backoff.base * 2**n`` s, at most
+   ``backoff.cap``), logged at ERROR, at most ``backoff.max_requeues`` times, then dropped
+   the same way. ``n`` is the quorum ``x-delivery-count`` (never trusted on a classic queue,
+   where a publisher could forge it), else this process's count per ``message_id`` or, without
+   one, per digest of the message. Requeuing without bound starves the valid messages behind
+   the failing ones until they expire. A quorum ``delivery_limit`` below the bound stays the
+   guard (its final delivery is logged as such). A WARNING at start-up names every consumed
+   queue in this situation: give it ``dead_letter: true``.
 6. A confirm that does not come (nack, return, timeout, connection lost): the original is not
    acked but requeued after the back-off of rule 5, so nothing is lost.
+
+Hostile input: the runtime installs :func:`bus.lenient.install`, so a message whose properties
+the client cannot decode (non-UTF-8 short strings, header tables nested past 32 levels, values
+out of range) arrives marked ``x-bus-undecodable`` instead of closing the connection, and is a
+permanent failure with reason ``undecodable``. Copies (retries, dead letters) carry only the
+headers :func:`bus.headers.safe_headers` keeps: never ``x-delivery-count``, never a forged
+``x-death``.
 
 Connection loss: the robust connection reconnects by itself and the consumers are re-registered
 on the new channels. Deliveries of the dead channel are never acked or rejected (their tags
@@ -69,58 +79,40 @@ import contextlib
 import logging
 import signal
 import time
-import uuid
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import aio_pika
 import aiormq
 from aio_pika.abc import (
     AbstractExchange,
     AbstractRobustChannel,
     AbstractRobustConnection,
-    DeliveryMode,
 )
-from aiormq.abc import AbstractChannel, DeliveredMessage
+from aiormq.abc import DeliveredMessage
 
-from bus.broker.connect import close_later, connect_async
+from bus import lenient
+from bus.broker.connect import connect_async
 from bus.contracts import ContractRegistry
 from bus.errors import AccessRefusedError, BrokerError, NotFoundError, UsageError
+from bus.lenient import UNDECODABLE_HEADER
 from bus.settings import BusSettings, mask_url
-from bus.topology import ExpandedTopology, FailurePolicy, LoadedTopology, load_topology
+from bus.topology import ExpandedTopology, LoadedTopology, load_topology
 from consumers.decode import Decoder, InvalidMessageError
+from consumers.failures import FailureHandling
 from consumers.handlers import HandlerFunc, HandlerOptions, HandlerSpec, inspect_handler
 from consumers.idempotency import IdempotencyStore, MemoryIdempotencyStore
-from consumers.message import RETRY_COUNT_HEADER, Message
+from consumers.message import Message
 from consumers.metrics import ConsumerMetrics
-from consumers.policy import (
-    Backoff,
-    DeadLetter,
-    FailureAction,
-    Reject,
-    RejectMessage,
-    Requeue,
-    Retry,
-    decide,
-)
+from consumers.policy import Backoff, RejectMessage
+from consumers.queue_consumer import QueueConsumer, delivery_tag
 from consumers.settle import ChannelSession
 
 __all__ = ["ConsumerApp", "Runtime"]
 
 log = logging.getLogger("consumers.runtime")
-
-_MAX_HEADER_TEXT = 1024
-
-
-def _exception_type(exc: BaseException) -> str:
-    cls = type(exc)
-    if cls.__module__ == "builtins":
-        return cls.__qualname__
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 class ConsumerApp:
@@ -231,179 +223,7 @@ class ConsumerApp:
             self._runtime.request_stop("stop()")
 
 
-class _QueueConsumer:
-    """One handler consuming one queue on its own robust channel."""
-
-    def __init__(self, runtime: Runtime, spec: HandlerSpec, policy: FailurePolicy) -> None:
-        self.runtime = runtime
-        self.spec = spec
-        self.queue = spec.queue
-        self.policy = policy
-        self.channel: AbstractRobustChannel | None = None
-        self.session: ChannelSession | None = None
-        self.consumer_tag = f"{runtime.app.name}.{spec.queue}.{uuid.uuid4().hex[:8]}"
-        self.backlog: deque[tuple[ChannelSession, DeliveredMessage]] = deque()
-        self.waiters: deque[asyncio.Future[None]] = deque()
-        self.workers: list[asyncio.Task[None]] = []
-        self.timers: dict[tuple[ChannelSession, int], asyncio.TimerHandle] = {}
-        self.stopping = False
-        self.ack_batch = max(1, spec.options.prefetch // 4)
-
-    async def start(self, connection: AbstractRobustConnection) -> None:
-        channel = await connection.channel(publisher_confirms=False)
-        self.channel = channel
-        # global_=False: per-consumer prefetch; quorum queues refuse global QoS.
-        await channel.set_qos(prefetch_count=self.spec.options.prefetch, global_=False)
-        channel.reopen_callbacks.add(self._on_reopen)
-        await self._consume(await channel.get_underlay_channel())
-        self.workers = [
-            asyncio.create_task(self._worker(), name=f"consumer {self.queue} #{i}")
-            for i in range(self.spec.options.concurrency)
-        ]
-
-    async def _consume(self, underlay: AbstractChannel) -> None:
-        session = ChannelSession(underlay, self.queue, self.runtime.metrics)
-        self.session = session
-        underlay.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
-        try:
-            await underlay.basic_consume(
-                self.queue, partial(self._on_delivery, session), consumer_tag=self.consumer_tag
-            )
-        except aiormq.exceptions.ChannelAccessRefused as exc:
-            # basic.consume needs read on the queue (and nothing else).
-            settings = self.runtime.settings
-            raise AccessRefusedError.from_reply(
-                str(exc), "read", kind="queue", name=self.queue, vhost=settings.vhost,
-                user=settings.credentials()[0],
-            ) from None  # fmt: skip
-
-    async def _on_reopen(self, channel: AbstractRobustChannel | None) -> None:
-        if self.stopping or channel is None:
-            return
-        try:
-            await self._consume(await channel.get_underlay_channel())
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            self.runtime.fail(
-                NotFoundError(f"queue {self.queue!r} no longer exists: cannot resume consuming")
-            )
-            return
-        except Exception as exc:
-            # The channel died again while re-registering; the next reopen tries again.
-            log.warning(
-                "consumer of %r: re-registering after reconnect failed: %s", self.queue, exc
-            )
-            return
-        log.info("consumer of %r resumed after reconnect", self.queue)
-
-    def _on_broker_cancel(self, frame: aiormq.spec.Basic.Cancel) -> None:
-        if frame.consumer_tag == self.consumer_tag and not self.stopping:
-            self.runtime.fail(
-                BrokerError(
-                    f"the broker cancelled the consumer of queue {self.queue!r} "
-                    "(queue deleted?): stopping"
-                )
-            )
-
-    async def _on_delivery(self, session: ChannelSession, delivered: DeliveredMessage) -> None:
-        # Runs in the client's per-delivery task: only bookkeeping here, handlers run in the
-        # workers so that a channel closing cannot interrupt them halfway.
-        tag = _tag(delivered)
-        session.track(tag)
-        metrics = self.runtime.metrics
-        if metrics is not None:
-            metrics.consumed(self.queue)
-        if self.stopping:
-            await session.nack(tag, requeue=True)
-            return
-        self.backlog.append((session, delivered))
-        waiters = self.waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                break
-
-    async def _worker(self) -> None:
-        backlog = self.backlog
-        process = self.runtime.process
-        loop = asyncio.get_running_loop()
-        while not self.stopping:
-            if not backlog:
-                waiter: asyncio.Future[None] = loop.create_future()
-                self.waiters.append(waiter)
-                await waiter
-                continue
-            session, delivered = backlog.popleft()
-            if not session.alive:
-                session.dropped += 1
-                continue
-            await process(self, session, delivered)
-            if not backlog or session.pending_acks >= self.ack_batch:
-                await session.flush()
-
-    def wake_all(self) -> None:
-        while self.waiters:
-            waiter = self.waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def requeue_later(self, session: ChannelSession, tag: int, delay: float) -> None:
-        loop = asyncio.get_running_loop()
-        key = (session, tag)
-
-        def fire() -> None:
-            self.timers.pop(key, None)
-            task = loop.create_task(session.nack(tag, requeue=True))
-            self.runtime.background.add(task)
-            task.add_done_callback(self.runtime.background.discard)
-
-        self.timers[key] = loop.call_later(delay, fire)
-
-    async def stop_consuming(self) -> None:
-        """Cancel at the broker and hand back deliveries that never started."""
-        self.stopping = True
-        session = self.session
-        if session is not None and session.alive:
-            try:
-                await asyncio.wait_for(session.channel.basic_cancel(self.consumer_tag), 5)
-            except Exception as exc:
-                log.warning("consumer of %r: basic.cancel failed: %s", self.queue, exc)
-        pending = list(self.backlog)
-        self.backlog.clear()
-        for owner, delivered in pending:
-            await owner.nack(_tag(delivered), requeue=True)
-        self.wake_all()
-
-    async def finish(self, deadline: float) -> None:
-        """Wait for running handlers until ``deadline`` (loop time), then settle and close."""
-        loop = asyncio.get_running_loop()
-        if self.workers:
-            timeout = max(0.0, deadline - loop.time())
-            _, late = await asyncio.wait(self.workers, timeout=timeout)
-            for task in late:
-                task.cancel()
-            if late:
-                log.warning(
-                    "consumer of %r: %d handler(s) still running after the grace period were "
-                    "cancelled; their messages are not acked and will be redelivered",
-                    self.queue,
-                    len(late),
-                )
-            await asyncio.gather(*self.workers, return_exceptions=True)
-        for (owner, tag), handle in list(self.timers.items()):
-            handle.cancel()
-            await owner.nack(tag, requeue=True)
-        self.timers.clear()
-        if self.session is not None:
-            await self.session.flush()
-        if self.channel is not None:
-            try:
-                await self.channel.close()
-            except Exception as exc:
-                log.debug("closing the channel of %r: %s", self.queue, exc)
-
-
-class Runtime:
+class Runtime(FailureHandling):
     """One run of a :class:`ConsumerApp`: connection, consumers, republishing, shutdown."""
 
     def __init__(
@@ -430,13 +250,15 @@ class Runtime:
         self._stopped = False
         self._inflight: dict[str, asyncio.Future[None]] = {}
         self._requeues: OrderedDict[str, int] = OrderedDict()
+        self.dropped: Counter[str] = Counter()
+        """Messages rejected without a dead-letter exchange (rule 5), per queue."""
         self._retired: set[asyncio.Handle | asyncio.Task[None]] = set()
 
-    def _select(self, queues: Iterable[str] | None) -> list[_QueueConsumer]:
+    def _select(self, queues: Iterable[str] | None) -> list[QueueConsumer]:
         wanted = list(self.app.handlers) if queues is None else list(dict.fromkeys(queues))
         if not wanted:
             raise UsageError(f"consumer app {self.app.name!r} has no handlers to run")
-        consumers: list[_QueueConsumer] = []
+        consumers: list[QueueConsumer] = []
         for name in wanted:
             spec = self.app.handlers.get(name)
             if spec is None:
@@ -449,12 +271,15 @@ class Runtime:
                 raise UsageError(f"queue {name!r} is not a queue of the topology")
             if queue.celery_routing_key is not None:
                 raise UsageError(f"queue {name!r} is served by Celery (bus worker), not consumers")
-            consumers.append(_QueueConsumer(self, spec, self.topology.failure[name]))
+            consumers.append(QueueConsumer(self, spec, self.topology.failure[name]))
         return consumers
 
     # -- start-up ---------------------------------------------------------------------------
     async def start(self) -> None:
         self.decoder.preload()
+        # One message with undecodable properties must not close the connection of every
+        # consumer (see bus.lenient): the runtime dead-letters it instead.
+        lenient.install()
         connection = await connect_async(self.settings, name=f"amqp-bus consumer {self.app.name}")
         self.connection = connection
         try:
@@ -470,10 +295,11 @@ class Runtime:
         for consumer in self.consumers:
             if consumer.policy.dead_letter_exchange is None:
                 log.warning(
-                    "queue %r has no dead-letter exchange: failed messages are requeued with "
-                    "back-off%s; give it `dead_letter: true`",
+                    "queue %r has no dead-letter exchange: invalid messages are dropped and "
+                    "failing ones requeued with back-off at most %d times, then dropped; give "
+                    "it `dead_letter: true` to keep them",
                     consumer.queue,
-                    " until its delivery limit" if consumer.policy.delivery_limit else "",
+                    self.backoff.max_requeues,
                 )
         log.info(
             "consuming %s at %s",
@@ -577,13 +403,18 @@ class Runtime:
             log.info("%d settle(s) of closed channels were not sent (redelivered)", dropped)
 
     async def process(
-        self, consumer: _QueueConsumer, session: ChannelSession, delivered: DeliveredMessage
+        self, consumer: QueueConsumer, session: ChannelSession, delivered: DeliveredMessage
     ) -> None:
         spec = consumer.spec
-        tag = _tag(delivered)
+        tag = delivery_tag(delivered)
         message = Message(delivered, consumer.queue)
         args: tuple[Any, ...]
         try:
+            undecodable = (delivered.header.properties.headers or {}).get(UNDECODABLE_HEADER)
+            if undecodable is not None:
+                raise InvalidMessageError(
+                    "undecodable", "properties not decodable: " + str(undecodable)
+                )
             if spec.wants_model:
                 props = delivered.header.properties
                 event = self.decoder.decode(
@@ -612,7 +443,7 @@ class Runtime:
             session.done(tag)
 
     async def _run_once(
-        self, consumer: _QueueConsumer, message_id: str, args: tuple[Any, ...]
+        self, consumer: QueueConsumer, message_id: str, args: tuple[Any, ...]
     ) -> bool:
         """Run the handler unless ``message_id`` already succeeded on this queue."""
         key = f"{consumer.queue}:{message_id}"
@@ -636,7 +467,7 @@ class Runtime:
             del self._inflight[key]
             done.set_result(None)
 
-    async def _timed(self, consumer: _QueueConsumer, args: tuple[Any, ...]) -> None:
+    async def _timed(self, consumer: QueueConsumer, args: tuple[Any, ...]) -> None:
         """Run the handler and observe its duration, whether it returns or raises."""
         started = time.perf_counter()
         try:
@@ -644,215 +475,6 @@ class Runtime:
         finally:
             if self.metrics is not None:
                 self.metrics.handler_seconds(consumer.queue, time.perf_counter() - started)
-
-    # -- failures ---------------------------------------------------------------------------
-    def _attempts(self, consumer: _QueueConsumer, message: Message) -> int:
-        """Requeues seen by this process (the broker counts none on classic queues)."""
-        if message.message_id is None:
-            return 1 if message.redelivered else 0
-        key = f"{consumer.queue}:{message.message_id}"
-        count = self._requeues.pop(key, 0)
-        self._requeues[key] = count + 1
-        while len(self._requeues) > 10_000:
-            self._requeues.popitem(last=False)
-        return count
-
-    async def _failed(
-        self,
-        consumer: _QueueConsumer,
-        session: ChannelSession,
-        message: Message,
-        exc: BaseException,
-        *,
-        permanent: bool,
-        reason: str,
-    ) -> None:
-        queue, tag = consumer.queue, message.delivery_tag
-        if not session.alive:
-            # The broker redelivers it; acting on it now would duplicate the message.
-            session.dropped += 1
-            return
-        delivery_count = message.delivery_count
-        attempts = 0 if delivery_count is not None else self._attempts(consumer, message)
-        action: FailureAction = decide(
-            consumer.policy,
-            retry_count=message.retry_count,
-            delivery_count=delivery_count,
-            permanent=permanent,
-            backoff=self.backoff,
-            attempts=attempts,
-        )
-        what = f"{_exception_type(exc)}: {exc}"
-        metrics = self.metrics
-        try:
-            if isinstance(action, Retry):
-                step = action.step
-                await self._republish(message, "", step.queue, {RETRY_COUNT_HEADER: step.attempt})
-                log.warning(
-                    "queue %r: message %r failed (%s); retry %d/%d in %d ms via %r",
-                    queue, message.message_id, what, step.attempt,
-                    len(consumer.policy.retry), step.delay_ms, step.queue,
-                )  # fmt: skip
-                if metrics is not None:
-                    metrics.retried(queue)
-                session.done(tag)
-            elif isinstance(action, DeadLetter):
-                headers = {
-                    RETRY_COUNT_HEADER: message.retry_count,
-                    "x-exception-type": _exception_type(exc),
-                    "x-exception-message": str(exc)[:_MAX_HEADER_TEXT],
-                    "x-failure-reason": reason,
-                    "x-failed-queue": queue,
-                }
-                key = self._dead_letter_key(queue, message)
-                await self._republish(message, action.exchange, key, headers)
-                log.error(
-                    "queue %r: message %r dead-lettered to %r (%s: %s)",
-                    queue, message.message_id, action.exchange, reason, what,
-                )  # fmt: skip
-                if metrics is not None:
-                    metrics.dead_lettered(queue, reason)
-                session.done(tag)
-            elif isinstance(action, Reject):
-                log.error(
-                    "queue %r: message %r rejected to its dead-letter exchange %r (%s: %s)",
-                    queue, message.message_id, action.exchange, reason, what,
-                )  # fmt: skip
-                if await session.nack(tag, requeue=False) and metrics is not None:
-                    metrics.dead_lettered(queue, reason)
-            else:
-                self._requeue(consumer, session, message, action, what)
-        except Exception as publish_exc:
-            delay = self.backoff.delay(attempts or (delivery_count or 0))
-            log.error(
-                "queue %r: message %r failed (%s) and could not be moved (%s: %s); "
-                "requeued in %.1f s instead",
-                queue, message.message_id, what,
-                _exception_type(publish_exc), publish_exc, delay,
-            )  # fmt: skip
-            if session.alive:
-                consumer.requeue_later(session, tag, delay)
-                if metrics is not None:
-                    metrics.requeued(queue)
-
-    def _requeue(
-        self,
-        consumer: _QueueConsumer,
-        session: ChannelSession,
-        message: Message,
-        action: Requeue,
-        what: str,
-    ) -> None:
-        if action.final:
-            log.error(
-                "queue %r: message %r failed (%s) on its last delivery allowed by the delivery "
-                "limit (%s) and the queue has no dead-letter exchange: the broker will DROP it "
-                "when it is requeued now",
-                consumer.queue, message.message_id, what, consumer.policy.delivery_limit,
-            )  # fmt: skip
-        else:
-            log.error(
-                "queue %r: message %r failed (%s); no dead-letter exchange, requeued in %.1f s",
-                consumer.queue, message.message_id, what, action.delay,
-            )  # fmt: skip
-        consumer.requeue_later(session, message.delivery_tag, action.delay)
-        if self.metrics is not None:
-            self.metrics.requeued(consumer.queue)
-
-    def _dead_letter_key(self, queue: str, message: Message) -> str:
-        spec = self.topology.queues[queue]
-        key = spec.arguments.get("x-dead-letter-routing-key")
-        return key if isinstance(key, str) else message.routing_key
-
-    async def _exchange(self, name: str) -> AbstractExchange:
-        channel = self.publish_channel
-        if channel is None:
-            raise BrokerError("not started")
-        if name == "":
-            return channel.default_exchange
-        exchange = self.exchanges.get(name)
-        if exchange is None:
-            exchange = self.exchanges[name] = await channel.get_exchange(name, ensure=False)
-        return exchange
-
-    async def _republish(
-        self, message: Message, exchange: str, routing_key: str, extra: dict[str, Any]
-    ) -> None:
-        """A confirmed, persistent, mandatory copy of ``message`` (raises when not confirmed)."""
-        props = message.delivered.header.properties
-        headers = dict(props.headers or {})
-        headers.update(extra)
-        copy = aio_pika.Message(
-            message.body,
-            headers=headers,
-            content_type=props.content_type,
-            content_encoding=props.content_encoding,
-            delivery_mode=DeliveryMode.PERSISTENT,
-            priority=props.priority,
-            correlation_id=props.correlation_id,
-            reply_to=props.reply_to,
-            # Returned messages are matched by id: never publish a copy without one.
-            message_id=props.message_id or str(uuid.uuid4()),
-            timestamp=props.timestamp,
-            type=props.message_type,
-            app_id=props.app_id,
-        )
-        channel = self.publish_channel
-        target = await self._exchange(exchange)
-        try:
-            async with asyncio.timeout(self.app.publish_timeout):
-                await target.publish(copy, routing_key, mandatory=True)
-        except aiormq.exceptions.PublishError:
-            raise  # returned unroutable: the channel is fine
-        except aiormq.exceptions.DeliveryError:
-            await self._renew_publish_channel(channel)
-            raise
-        except aiormq.exceptions.ChannelAccessRefused as exc:
-            # Retries go through the default exchange: write on 'amq.default' is needed.
-            raise AccessRefusedError.from_reply(
-                str(exc), "write", kind="exchange", name=exchange or "amq.default",
-                vhost=self.settings.vhost, user=self.settings.credentials()[0],
-            ) from None  # fmt: skip
-        except asyncio.CancelledError:
-            # aiormq rejects pending confirms with CancelledError when it drops a link it
-            # found stuck (no frame within the heartbeat grace). This worker was not
-            # cancelled: report a lost connection (the delivery is redelivered) instead of
-            # letting the worker task end, which would leave the consumer holding its
-            # prefetched deliveries with nobody to handle them.
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise
-            raise BrokerError(
-                f"connection lost before the broker confirmed the copy to {exchange!r}"
-            ) from None
-
-    async def _renew_publish_channel(self, nacked: AbstractRobustChannel | None) -> None:
-        """Republish on a fresh channel once the broker nacked a copy on ``nacked``.
-
-        RabbitMQ 3.10.8 can keep nacking every publish on a channel whose first publish to a
-        quorum queue met its leader just killed, while a new channel is accepted (see
-        ``producers.publisher.Publisher._retire``). Copies still awaiting their confirm on
-        the old channel keep it until the publish timeout has passed.
-        """
-        connection = self.connection
-        if nacked is None or nacked is not self.publish_channel or connection is None:
-            return  # already replaced after another nack
-        try:
-            fresh = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        except Exception as exc:
-            log.warning("could not open a new publishing channel after a nack (%s)", exc)
-            return
-        if self.publish_channel is not nacked:
-            await fresh.close()  # another worker replaced it while this one was opening
-            return
-        self.publish_channel, self.exchanges = fresh, {}
-        log.info("broker nacked a copy: publishing retries and dead letters on a new channel")
-        close_later(nacked.close, self.app.publish_timeout, self._retired)
-
-
-def _tag(delivered: DeliveredMessage) -> int:
-    # Consumers only ever receive Basic.Deliver, whose tag is always set.
-    return cast(aiormq.spec.Basic.Deliver, delivered.delivery).delivery_tag or 0
 
 
 def _expanded(topology: LoadedTopology | ExpandedTopology | Path | None) -> ExpandedTopology:

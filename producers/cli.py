@@ -10,12 +10,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from bus.contracts import ContractRegistry
+from bus.contracts import Contract, ContractRegistry
 from bus.errors import ContractError, UsageError
+from bus.files import read_bounded
+from bus.outgoing import DEFAULT_MAX_MESSAGE_SIZE
 from bus.settings import BusSettings
 from bus.topology import load_topology
+from bus.topology.load import default_topology_path
 from producers.sync import SyncPublisher
 
 __all__ = ["parse_headers", "publish_once"]
@@ -40,16 +43,33 @@ def _body(json_text: str | None, body_file: Path | None) -> bytes:
         source = "--json"
     else:
         assert body_file is not None
-        try:
-            raw = body_file.read_bytes()
-        except OSError as exc:
-            raise UsageError(f"cannot read body file {body_file}: {exc.strerror}") from None
+        raw = read_bounded(body_file, DEFAULT_MAX_MESSAGE_SIZE, "body file")
         source = str(body_file)
     try:
         json.loads(raw)
     except ValueError as exc:
         raise UsageError(f"{source} is not valid JSON: {exc}") from None
     return raw
+
+
+def _inferred_contract(
+    topology_file: Path | None, exchange: str, routing_key: str, headers: dict[str, Any]
+) -> Contract | None:
+    path = topology_file or default_topology_path()
+    if topology_file is None and not Path(path).is_file():
+        return None  # publishing by exchange and key needs no topology
+    expanded = load_topology(path).expanded
+    return ContractRegistry.of(expanded).infer(exchange, routing_key, headers)
+
+
+def _validate(contract: Contract, raw: bytes) -> BaseModel:
+    try:
+        return contract.model.model_validate_json(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ContractError(f"body does not match event {contract.name!r}: {problems}") from None
 
 
 def publish_once(
@@ -69,6 +89,14 @@ def publish_once(
     headers: dict[str, Any] = parse_headers(header_pairs)
     body: bytes | Any = raw
     event_type: str | None = None
+    if event is None and exchange is not None and routing_key is not None:
+        # Without --event, the one contract this exchange, key and headers match names the
+        # message, as the consumer does for a message without type: the publish gets its
+        # type, and its body (sent as given) is checked first.
+        inferred = _inferred_contract(topology_file, exchange, routing_key, headers)
+        if inferred is not None:
+            _validate(inferred, raw)
+            event_type = inferred.name
     if event is not None:
         contracts = ContractRegistry(load_topology(topology_file).expanded.events)
         contract = contracts.by_name(event)
@@ -79,13 +107,7 @@ def publish_once(
         exchange = contract.exchange
         if routing_key is None:
             routing_key = contract.routing_key
-        try:
-            body = contract.model.model_validate_json(raw)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
-            )
-            raise ContractError(f"body does not match event {event!r}: {problems}") from None
+        body = _validate(contract, raw)
         headers = {**contract.headers, **headers}
         event_type = event
     if exchange is None or routing_key is None:

@@ -47,6 +47,7 @@ from bus.errors import (
     PublishTimeoutError,
     UnroutableError,
 )
+from bus.outgoing import check_short_string
 from bus.settings import BusSettings
 from producers._common import (
     CONTENT_TYPE,
@@ -97,6 +98,7 @@ class Publisher:
         self.settings = settings
         self.resolver = Resolver(topology, max_message_size)
         self.app_id = app_id or default_app_id()
+        check_short_string(self.app_id, "app_id")
         self.confirm_timeout = confirm_timeout
         self.window = window
         self._exchanges = list(exchanges)

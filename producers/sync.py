@@ -35,6 +35,7 @@ from bus.errors import (
     PublishTimeoutError,
     UnroutableError,
 )
+from bus.outgoing import check_short_string
 from bus.settings import BusSettings, mask_urls
 from producers._common import (
     CONTENT_TYPE,
@@ -91,6 +92,7 @@ class SyncPublisher:
         self.settings = settings
         self.resolver = Resolver(topology, max_message_size)
         self.app_id = app_id or default_app_id()
+        check_short_string(self.app_id, "app_id")
         self.confirm_timeout = confirm_timeout
         self._exchanges = list(exchanges)
         self._connection_name = connection_name

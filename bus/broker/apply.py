@@ -160,10 +160,18 @@ class _Executor:
                 exc.reply_text, permission, kind=kind, name=name, vhost=self.vhost, user=user,
                 detail=f"{why}; stopped {self.progress()}",
             )  # fmt: skip
-        if exc.reply_code == 406:
+        if exc.reply_code == 406 and "inequivalent arg" in exc.reply_text:
             return PlanConflictError(
                 f"the broker refused to {operation} {kind} {name!r} ({text}): it changed since "
                 f"the plan; stopped {self.progress()}"
+            )
+        if exc.reply_code == 406:
+            # invalid arg ... value_too_large / value_zero / max_value_exceeded: the value
+            # itself, not a drift; the validator should know every such limit.
+            return BrokerError(
+                f"the broker refused a value of {kind} {name!r} ({text}); stopped "
+                f"{self.progress()}: fix the value in the topology (bus validate knows the "
+                "limits it has measured; this one is new)"
             )
         if exc.reply_code == 404:
             return NotFoundError(f"{operation} {kind} {name!r}: {text}; stopped {self.progress()}")

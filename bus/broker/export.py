@@ -1,6 +1,7 @@
 """``bus export``: the topology.yaml of an existing vhost, read through the management API.
 
-The output names concrete objects only (no ``dead_letter``/``retry`` shorthands): applying
+The output starts with the ``vhost:`` section (name, description, default queue type) and
+names concrete objects only (no ``dead_letter``/``retry`` shorthands): applying
 it back to the same vhost plans as all-unchanged. Queue arguments with a typed field are
 written as that field, the rest under ``arguments``; bindings go under their queue,
 exchange-to-exchange bindings under ``exchange_bindings``. Exclusive and server-named queues
@@ -18,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from bus.broker.inspect import LiveBinding, LiveState, read_live_state
+from bus.broker.inspect import LiveBinding, LiveState, LiveVhost, read_live_state
 from bus.broker.management import ManagementClient
 from bus.errors import NotFoundError, TopologyError
 from bus.settings import BusSettings, mask_url
@@ -49,9 +50,22 @@ def _binding(b: LiveBinding, target: str) -> dict[str, Any]:
     return entry
 
 
+def _vhost(info: LiveVhost) -> dict[str, Any]:
+    # The name makes a re-apply target the exported vhost (it wins over the URL's vhost);
+    # classic is what an unset default means, so it is left out like every other default.
+    entry: dict[str, Any] = {"name": info.name}
+    if info.description:
+        entry["description"] = info.description
+    if info.default_queue_type != "classic":
+        entry["default_queue_type"] = info.default_queue_type
+    return entry
+
+
 def export_data(live: LiveState) -> dict[str, Any]:
     """Topology data (YAML-ready) of a live vhost read through the management API."""
     data: dict[str, Any] = {"version": 1}
+    if live.vhost_info is not None:
+        data["vhost"] = _vhost(live.vhost_info)
     exchanges: dict[str, Any] = {}
     for name, x in sorted(live.exchanges.items()):
         entry: dict[str, Any] = {"type": x.type}

@@ -37,6 +37,7 @@ from bus.broker.inspect import (
 from bus.broker.management import ManagementClient
 from bus.broker.session import AmqpSession
 from bus.errors import AccessRefusedError, BrokerUnavailableError, NotFoundError, PlanConflictError
+from bus.patterns import compile_name_pattern
 from bus.settings import BusSettings, mask_url, with_vhost
 from bus.topology.expand import BindingSpec, ExchangeSpec, ExpandedTopology, QueueSpec
 from bus.topology.load import LoadedTopology
@@ -426,7 +427,7 @@ class _Differ:
         self.live = live
         self.options = options
         self.usage = usage
-        self.patterns = [re.compile(p) for p in desired.unmanaged]
+        self.patterns = [compile_name_pattern(p) for p in desired.unmanaged]
         self.items: list[PlanItem] = []
         self.recreated: set[str] = set()
 

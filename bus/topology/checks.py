@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
+from bus.patterns import pattern_problem
 from bus.topology.model import (
     CELERY_MONITORING_EXCHANGES,
     MAX_AGE,
@@ -121,7 +122,10 @@ class _Checker:
         yield from self.events()
         yield from self.policies()
         for index, pattern in enumerate(self.t.unmanaged):
-            yield from _regex(("unmanaged", index), pattern)
+            # Evaluated by plan/apply on our CPU against broker names: RE2, linear time.
+            problem = pattern_problem(pattern)
+            if problem is not None:
+                yield ("unmanaged", index), problem
         yield from self.celery_section()
 
     def vhost(self) -> Iterator[Finding | tuple[Path, str]]:

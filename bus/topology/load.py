@@ -14,9 +14,11 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from bus.errors import TopologyError, TopologyIssue, UsageError
+from bus.errors import TopologyError, TopologyIssue
+from bus.files import MAX_TOPOLOGY_BYTES, read_bounded
 from bus.topology.checks import as_finding, check_credentials, check_topology
 from bus.topology.expand import ExpandedTopology, expand
+from bus.topology.limits import check_limits
 from bus.topology.model import (
     LIST_SECTIONS,
     SECTIONS,
@@ -226,6 +228,7 @@ class _Loader:
         )
         findings = [
             *check_topology(topology, declared_exchanges, declared_queues),
+            *check_limits(topology),
             *map(as_finding, check_credentials(data)),
         ]
         for path, message, at_key in findings:
@@ -249,16 +252,11 @@ def parse_topology(text: str, file: str = "topology.yaml") -> LoadedTopology:
 def load_topology(path: str | os.PathLike[str] | None = None) -> LoadedTopology:
     """Read and validate a topology file (default: ``$BUS_TOPOLOGY`` or ``./topology.yaml``)."""
     file = FilePath(path) if path is not None else default_topology_path()
+    raw = read_bounded(file, MAX_TOPOLOGY_BYTES, "topology file")
     try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"topology file not found: {file}") from None
-    except IsADirectoryError:
-        raise UsageError(f"topology path is a directory: {file}") from None
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise TopologyError(
             [TopologyIssue(str(file), 1, 1, "", f"the file is not UTF-8 text ({exc.reason})")]
         ) from None
-    except OSError as exc:
-        raise UsageError(f"cannot read {file}: {exc.strerror}") from None
     return parse_topology(text, str(file))

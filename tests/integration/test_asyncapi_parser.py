@@ -2,20 +2,15 @@
 
 The parser is pinned in tools/asyncapi/package-lock.json and installed with ``npm ci`` into
 tools/asyncapi/node_modules the first time (about 10-20 s; later runs reuse it, and npm's cache
-makes a re-install work offline). Node.js and npm are required: without them these tests fail
-with a message saying so, because a silently skipped check is no check (issue 8: "passes the
-official parser in CI").
+makes a re-install work offline; see tests/support/node.py). Without Node.js and npm these
+tests fail saying so, because a silently skipped check is no check.
 """
 
 from __future__ import annotations
 
 import copy
-import fcntl
-import hashlib
 import json
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,11 +20,11 @@ import pytest
 from bus.asyncapi import asyncapi_document, dump_document
 from bus.cli import main
 from bus.topology import load_topology
+from tests.support.node import install_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOL = ROOT / "tools" / "asyncapi"
 SHIPPED = ROOT / "topology.yaml"
-INSTALL_TIMEOUT = 600
 VALIDATE_TIMEOUT = 120
 
 Validate = Callable[..., subprocess.CompletedProcess[str]]
@@ -40,51 +35,9 @@ def _pinned_version() -> str:
     return str(package["dependencies"]["@asyncapi/parser"])
 
 
-def _installed_version() -> str | None:
-    manifest = TOOL / "node_modules" / "@asyncapi" / "parser" / "package.json"
-    if not (TOOL / "node_modules" / ".package-lock.json").is_file() or not manifest.is_file():
-        return None
-    return str(json.loads(manifest.read_text(encoding="utf-8"))["version"])
-
-
 @pytest.fixture(scope="session")
-def tool_paths() -> tuple[str, str]:
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.fail(
-            "the AsyncAPI check needs Node.js (>= 18) and npm on PATH "
-            f"(node: {node or 'missing'}, npm: {npm or 'missing'}); install them, e.g. "
-            "`apt-get install nodejs npm`, then rerun",
-            pytrace=False,
-        )
-    return node, npm
-
-
-@pytest.fixture(scope="session")
-def validate(tool_paths: tuple[str, str]) -> Validate:
-    node, npm = tool_paths
-    # Several test runs may share this checkout: one npm ci at a time.
-    digest = hashlib.sha256(str(TOOL).encode()).hexdigest()[:12]
-    lock_path = Path(tempfile.gettempdir()) / f"amqp-bus-asyncapi-{digest}.lock"
-    with lock_path.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _installed_version() != _pinned_version():
-            # --ignore-scripts: the parser needs no install script, and one dependency's
-            # postinstall only phones home (telemetry).
-            result = subprocess.run(
-                [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--prefer-offline"],
-                cwd=TOOL,
-                capture_output=True,
-                text=True,
-                timeout=INSTALL_TIMEOUT,
-                check=False,
-            )
-            if result.returncode != 0:
-                pytest.fail(
-                    f"npm ci in {TOOL} failed ({result.returncode}):\n{result.stderr[-3000:]}",
-                    pytrace=False,
-                )
-    assert _installed_version() == _pinned_version()
+def validate() -> Validate:
+    node, _ = install_tool("asyncapi")
 
     def run(*documents: Path, as_json: bool = False) -> subprocess.CompletedProcess[str]:
         flags = ["--json"] if as_json else []

@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pika
 import pytest
 
 from bus.broker.management import ManagementClient
@@ -287,7 +288,7 @@ async def test_a_nacked_dead_letter_is_requeued_then_moved_through_a_new_channel
     assert any("on a new channel" in m for m in messages)
 
 
-async def test_classic_queue_without_dlx_requeues_and_never_drops(
+async def test_classic_queue_without_dlx_requeues_a_handler_failure_with_backoff(
     topology: LoadedTopology, settings: BusSettings, bus_vhost_url: str
 ) -> None:
     app = fast_app()
@@ -304,6 +305,46 @@ async def test_classic_queue_without_dlx_requeues_and_never_drops(
         await wait_until(lambda: len(calls) >= 4)
     assert [m.redelivered for m in calls] == [False, True, True, True]
     assert queue_depth(bus_vhost_url, "plain.c")[0] == 0
+
+
+async def test_classic_queue_without_dlx_drops_after_max_requeues_even_without_message_id(
+    topology: LoadedTopology,
+    settings: BusSettings,
+    bus_vhost_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = ConsumerApp("test", backoff=Backoff(base=0.1, cap=1.0, max_requeues=3), grace=5)
+    calls: list[Message] = []
+
+    @app.handler("plain.c")
+    async def handle(message: Message) -> None:
+        calls.append(message)
+        raise Boom("always")
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "consumers.runtime"]
+
+    with caplog.at_level(logging.ERROR, logger="consumers.runtime"):
+        async with app.serve(settings, topology=topology) as runtime:
+            # pika: aio-pika gives every message an id of its own.
+            connection = pika.BlockingConnection(pika.URLParameters(bus_vhost_url))
+            props = pika.BasicProperties(content_type=JSON, type="order.created")
+            connection.channel().basic_publish("", "plain.c", CREATED, props)
+            connection.close()
+            await wait_until(lambda: any("DROPPED" in m for m in lines()))
+            await asyncio.sleep(0.3)
+            dropped = dict(runtime.dropped)
+    # The first delivery and max_requeues requeues, then no more: the message is dropped.
+    assert [m.message_id for m in calls] == [None] * 4
+    assert dropped == {"plain.c": 1}
+    assert queue_depth(bus_vhost_url, "plain.c")[0] == 0
+    requeues = [m for m in lines() if "requeued in" in m]
+    # The back-off grows although the message has no id (it is counted by its digest) ...
+    delays = [float(m.rsplit("requeued in ", 1)[1].split(" s")[0]) for m in requeues]
+    assert delays == [0.1, 0.2, 0.4]
+    # ... and logs name it by that digest, not as "message None".
+    assert all("without message_id (sha256:" in m for m in [*requeues, *lines()[-1:]])
+    assert not any("message None" in m for m in lines())
 
 
 async def test_quorum_queue_without_dlx_is_guarded_by_its_delivery_limit(
@@ -426,6 +467,9 @@ class RecordingMetrics:
 
     def requeued(self, queue: str) -> None:
         self.counts[f"requeued {queue}"] += 1
+
+    def dropped(self, queue: str, reason: str) -> None:
+        self.counts[f"dropped {queue} {reason}"] += 1
 
     def duplicate(self, queue: str) -> None:
         self.counts[f"duplicate {queue}"] += 1

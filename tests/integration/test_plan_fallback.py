@@ -94,8 +94,14 @@ def test_cli_plan_offline_prints_the_gaps(
     monkeypatch.setenv("BUS_AMQP_URL", bus_vhost_url)
     monkeypatch.setenv("BUS_MANAGEMENT_URL", f"http://127.0.0.1:{free_port()}")
     path = write(tmp_path, TOPOLOGY)
-    code, out, _ = run_cli(["plan", "-f", str(path), "--detailed-exitcode"], capsys)
-    assert code == 0
+    code, out, err = run_cli(["plan", "-f", str(path), "--detailed-exitcode"], capsys)
+    # A drift check that could not compare fails (issue 25 finding 10), with one error line.
+    assert code == 1
+    assert [line for line in err.splitlines() if line.startswith("error: ")] == [
+        line for line in err.splitlines() if line.strip()
+    ]
+    assert "could not be verified" in err
+    assert run_cli(["plan", "-f", str(path)], capsys)[0] == 0
     assert "Not verified: the management API could not be used" in out
     assert "unreachable" in out
     assert "guest:guest" not in out

@@ -51,6 +51,20 @@ def test_confirmed_publish_exits_0_with_body_and_headers_as_given(
     assert delivery.properties.delivery_mode == 2
     assert delivery.properties.message_id in out[0]
     assert delivery.properties.headers == {"tenant": "acme", "traceparent": "00-aa-bb-01"}
+    # No --event: the one contract of exchange 'commands' and key 'order.cancel' names it.
+    assert delivery.properties.type == "order.cancel"
+
+
+def test_exchange_and_key_of_a_contract_name_the_event(
+    broker: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --event the message still gets its type, so our consumers accept it; a body
+    that does not match that contract is refused before anything is sent."""
+    code, _, err = run(capsys, "-e", "commands", "-k", "order.cancel", "--json", '{"nope": 1}')
+    assert code == 1
+    assert len(err) == 1
+    assert "does not match event 'order.cancel'" in err[0]
+    assert depth(broker, "orders.commands") == 0
 
 
 def test_body_from_file(broker: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -67,7 +81,10 @@ def test_body_from_file(broker: str, tmp_path: Path, capsys: pytest.CaptureFixtu
         (["-e", "commands", "-k", "nobody.listens", "--json", "{}"], ["unroutable", "NO_ROUTE"]),
         (["-e", "ghost", "-k", "k", "--json", "{}"], ["ghost", "not found"]),
         (
-            ["-e", "commands", "-k", "order.cancel", "--json", "{}", "--confirm-timeout", "1e-9"],
+            [
+                *("-e", "commands", "-k", "order.cancel", "--json", '{"order_id": "t"}'),
+                *("--confirm-timeout", "1e-9"),
+            ],
             ["no confirm within"],
         ),
     ],

@@ -9,6 +9,7 @@ import json
 
 import pytest
 
+from bench import java_client
 from bench._harness import Spread, latency_summary, paired_ratios, percentile
 from bench.suite import Case, catalogue, groups, parse, render, run_rounds, select, summarise
 
@@ -56,7 +57,7 @@ def test_ratios_are_paired_within_a_round_and_skip_failed_rounds() -> None:
 
 
 def test_selection_by_id_prefix_and_memory_only_when_named() -> None:
-    cases = catalogue(parse([]))
+    cases = catalogue(parse(["--no-java"]))
     ids = {c.id for c in select(cases, [])}
     assert "publish/w1000/ours" in ids
     assert "publish/w1000/raw-aio-pika" in ids
@@ -70,6 +71,15 @@ def test_selection_by_id_prefix_and_memory_only_when_named() -> None:
     assert [c.group for c in select(cases, ["memory"])] == ["memory"]
     # A prefix matches whole segments only: "publish/w1" is not "publish/w100".
     assert {c.variant for c in select(cases, ["publish/w1"])} == {"w1"}
+
+
+def test_java_baseline_cases_where_the_client_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(java_client, "available", lambda: None)
+    ids = {c.id for c in catalogue(parse([]))}
+    assert {"publish/w1000/java", "consume/p100/java"} <= ids
+    assert not any(i.endswith("/java") for i in (c.id for c in catalogue(parse(["--no-java"]))))
+    monkeypatch.setattr(java_client, "available", lambda: "Java baseline skipped: missing javac")
+    assert not any(c.impl == "java" for c in catalogue(parse([])))
 
 
 def test_quick_shortens_everything_and_explicit_options_win() -> None:

@@ -18,12 +18,12 @@ from bus.topology import FailurePolicy, RetryStep, load_topology
 from consumers import ConsumerApp, MemoryIdempotencyStore, Message, PrometheusMetrics, Runtime
 from consumers.decode import Decoder, InvalidMessageError
 from consumers.handlers import HandlerOptions, inspect_handler
-from consumers.policy import Backoff, DeadLetter, Reject, Requeue, Retry, decide
+from consumers.policy import Backoff, DeadLetter, Drop, Reject, Requeue, Retry, decide
 from consumers.settle import ChannelSession
 from producers.events import OrderCreated, OrderPaid
 
 LADDER = (RetryStep(1, 1000, "q.retry.1s"), RetryStep(2, 5000, "q.retry.5s"))
-BACKOFF = Backoff(base=1.0, cap=8.0)
+BACKOFF = Backoff(base=1.0, cap=8.0, max_requeues=6)
 
 
 def rule(policy: FailurePolicy, **kw: Any) -> Any:
@@ -57,7 +57,18 @@ class TestFailureRules:
         policy = FailurePolicy(None, None)
         delays = [rule(policy, attempts=n).delay for n in range(6)]
         assert delays == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
-        assert rule(policy, attempts=10_000) == Requeue(8.0, final=False)
+        assert isinstance(rule(policy, attempts=6), Drop)
+        assert isinstance(rule(policy, attempts=10_000), Drop)
+
+    def test_no_dlx_drops_a_permanent_failure_at_once(self) -> None:
+        # Requeuing a payload that can never be handled starves the valid messages behind it.
+        assert isinstance(rule(FailurePolicy(None, None), permanent=True), Drop)
+        assert isinstance(rule(FailurePolicy(None, None, LADDER), permanent=True), Drop)
+
+    def test_no_dlx_bound_counts_the_brokers_deliveries_on_quorum(self) -> None:
+        policy = FailurePolicy(None, None, delivery_limit=100)
+        assert rule(policy, delivery_count=5, attempts=0) == Requeue(8.0, final=False)
+        assert isinstance(rule(policy, delivery_count=6, attempts=0), Drop)
 
     def test_quorum_delivery_limit_marks_the_final_delivery(self) -> None:
         policy = FailurePolicy(None, None, delivery_limit=2)
@@ -248,12 +259,16 @@ def test_prometheus_metrics_count_per_queue() -> None:
     metrics.consumed("q")
     metrics.acked("q", 3)
     metrics.dead_lettered("q", "schema")
+    metrics.dropped("q", "undecodable")
     metrics.handler_seconds("q", 0.01)
     value = registry.get_sample_value
     assert value("bus_consumer_messages_consumed_total", {"queue": "q"}) == 1
     assert value("bus_consumer_messages_acked_total", {"queue": "q"}) == 3
     assert (
         value("bus_consumer_messages_dead_lettered_total", {"queue": "q", "reason": "schema"}) == 1
+    )
+    assert (
+        value("bus_consumer_messages_dropped_total", {"queue": "q", "reason": "undecodable"}) == 1
     )
     assert value("bus_consumer_handler_seconds_count", {"queue": "q"}) == 1
 

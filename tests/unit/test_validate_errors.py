@@ -380,6 +380,69 @@ CASES: list[tuple[str, str, str, str]] = [
         "exchanges.celeryev",
         "declared by celery.monitoring",
     ),
+    # Broker and wire limits (tests/integration/test_broker_limits.py measures them).
+    (
+        "ttl-over-3650d",
+        X + "queues:\n  q:\n    message_ttl: @@36500d\n",
+        "queues.q.message_ttl",
+        "exceeds RabbitMQ's maximum of 315360000000 ms",
+    ),
+    (
+        "expires-over-3650d",
+        X + "queues:\n  q: {expires: @@315360000001}\n",
+        "queues.q.expires",
+        "value_too_large",
+    ),
+    (
+        "retry-delay-over-3650d",
+        X + "queues:\n  q:\n    dead_letter: true\n    retry: {delays: [1s, @@3651d]}\n",
+        "queues.q.retry.delays[1]",
+        "retry delay of 3651d",
+    ),
+    (
+        "dead-letter-ttl-over-3650d",
+        X + "queues:\n  q:\n    dead_letter: {message_ttl: @@4000d}\n",
+        "queues.q.dead_letter.message_ttl",
+        "exceeds",
+    ),
+    (
+        "binding-key-over-255-bytes",
+        X + f"queues:\n  q:\n    bindings: [{{exchange: events, routing_key: @@{LONG}}}]\n",
+        "queues.q.bindings[0].routing_key",
+        "routing key is 256 bytes",
+    ),
+    (
+        "binding-header-name-over-255-bytes",
+        V
+        + "exchanges:\n  h: {type: headers}\n"
+        + f"queues:\n  q:\n    bindings:\n      - exchange: h\n        arguments: {{@@{LONG}: 1}}\n",
+        f"queues.q.bindings[0].arguments.{LONG}",
+        "header name is 256 bytes",
+    ),
+    (
+        "event-header-name-over-255-bytes",
+        X + f"events:\n  e:\n    exchange: events\n    model: m:M\n    headers: {{@@{LONG}: x}}\n",
+        f"events.e.headers.{LONG}",
+        "header name is 256 bytes",
+    ),
+    (
+        "argument-integer-over-64-bits",
+        X + "queues:\n  q:\n    arguments: {x-custom: @@9223372036854775808}\n",
+        "queues.q.arguments.x-custom",
+        "does not fit the 64 bits",
+    ),
+    (
+        "max-length-over-64-bits",
+        X + "queues:\n  q: {max_length: @@9223372036854775808}\n",
+        "queues.q.max_length",
+        "does not fit the 64 bits",
+    ),
+    (
+        "generated-name-over-255-bytes",
+        X + f"queues:\n  {'q' * 252}:\n    dead_letter: @@true\n",
+        f"queues.{'q' * 252}.dead_letter",
+        "generated name",
+    ),
 ]
 
 

@@ -1,0 +1,53 @@
+"""What the ``bus`` commands share beyond option parsing: settings and the drift-check rule.
+
+Kept out of ``bus/cli.py`` so that module only carries the commands and their options.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from bus.errors import PlanUnverifiedError, UsageError
+from bus.settings import BusSettings
+
+if TYPE_CHECKING:
+    from bus.broker.plan import Plan
+
+__all__ = ["broker_settings", "plan_exit_code", "settings_problems"]
+
+
+def settings_problems(exc: ValidationError) -> str:
+    """The messages of a settings error, without the input values (a URL holds a password)."""
+    problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+    return f"invalid settings: {problems}"
+
+
+def broker_settings() -> BusSettings:
+    """Settings from the environment; an invalid one is a one-line usage error (exit 2)."""
+    try:
+        return BusSettings()
+    except ValidationError as exc:
+        raise UsageError(settings_problems(exc)) from None
+
+
+def plan_exit_code(result: Plan, detailed_exitcode: bool) -> int:
+    """0, or with ``--detailed-exitcode`` 3 when changes are pending.
+
+    A drift check that could not compare everything must not pass: with the flag, any
+    unverified object raises :class:`PlanUnverifiedError` (exit 1), never 0 (or 3).
+    """
+    from bus.broker.plan import Action
+
+    if not detailed_exitcode:
+        return 0
+    unverified = result.counts()[Action.UNVERIFIED]
+    if unverified or not result.verified:
+        what = f"{unverified} object(s)" if unverified else "part of the vhost"
+        raise PlanUnverifiedError(
+            f"{what} could not be verified (see the 'Not verified' lines): the drift check "
+            "is incomplete; give the user the management API (tag 'management') and "
+            "permissions on the vhost"
+        )
+    return 3 if result.has_changes else 0

@@ -1,0 +1,205 @@
+"""One handler consuming one queue on its own robust channel (used by the runtime)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import deque
+from functools import partial
+from typing import TYPE_CHECKING, cast
+
+import aiormq
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+from aiormq.abc import AbstractChannel, DeliveredMessage
+
+from bus.errors import AccessRefusedError, BrokerError, NotFoundError
+from bus.topology import FailurePolicy
+from consumers.handlers import HandlerSpec
+from consumers.settle import ChannelSession
+
+if TYPE_CHECKING:
+    from consumers.runtime import Runtime
+
+__all__ = ["QueueConsumer", "delivery_tag"]
+
+# The runtime's logger: operators filter on it, whichever module writes the line.
+log = logging.getLogger("consumers.runtime")
+
+
+class QueueConsumer:
+    """One handler consuming one queue on its own robust channel."""
+
+    def __init__(self, runtime: Runtime, spec: HandlerSpec, policy: FailurePolicy) -> None:
+        self.runtime = runtime
+        self.spec = spec
+        self.queue = spec.queue
+        self.policy = policy
+        self.channel: AbstractRobustChannel | None = None
+        self.session: ChannelSession | None = None
+        self.consumer_tag = f"{runtime.app.name}.{spec.queue}.{uuid.uuid4().hex[:8]}"
+        self.backlog: deque[tuple[ChannelSession, DeliveredMessage]] = deque()
+        self.waiters: deque[asyncio.Future[None]] = deque()
+        self.workers: list[asyncio.Task[None]] = []
+        self.timers: dict[tuple[ChannelSession, int], asyncio.TimerHandle] = {}
+        self.stopping = False
+        self.ack_batch = max(1, spec.options.prefetch // 4)
+        self.quorum = runtime.topology.queues[spec.queue].type == "quorum"
+
+    async def start(self, connection: AbstractRobustConnection) -> None:
+        channel = await connection.channel(publisher_confirms=False)
+        self.channel = channel
+        # global_=False: per-consumer prefetch; quorum queues refuse global QoS.
+        await channel.set_qos(prefetch_count=self.spec.options.prefetch, global_=False)
+        channel.reopen_callbacks.add(self._on_reopen)
+        await self._consume(await channel.get_underlay_channel())
+        self.workers = [
+            asyncio.create_task(self._worker(), name=f"consumer {self.queue} #{i}")
+            for i in range(self.spec.options.concurrency)
+        ]
+
+    async def _consume(self, underlay: AbstractChannel) -> None:
+        session = ChannelSession(underlay, self.queue, self.runtime.metrics)
+        self.session = session
+        underlay.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
+        try:
+            await underlay.basic_consume(
+                self.queue, partial(self._on_delivery, session), consumer_tag=self.consumer_tag
+            )
+        except aiormq.exceptions.ChannelAccessRefused as exc:
+            # basic.consume needs read on the queue (and nothing else).
+            settings = self.runtime.settings
+            raise AccessRefusedError.from_reply(
+                str(exc), "read", kind="queue", name=self.queue, vhost=settings.vhost,
+                user=settings.credentials()[0],
+            ) from None  # fmt: skip
+
+    async def _on_reopen(self, channel: AbstractRobustChannel | None) -> None:
+        if self.stopping or channel is None:
+            return
+        try:
+            await self._consume(await channel.get_underlay_channel())
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            self.runtime.fail(
+                NotFoundError(f"queue {self.queue!r} no longer exists: cannot resume consuming")
+            )
+            return
+        except Exception as exc:
+            # The channel died again while re-registering; the next reopen tries again.
+            log.warning(
+                "consumer of %r: re-registering after reconnect failed: %s", self.queue, exc
+            )
+            return
+        log.info("consumer of %r resumed after reconnect", self.queue)
+
+    def _on_broker_cancel(self, frame: aiormq.spec.Basic.Cancel) -> None:
+        if frame.consumer_tag == self.consumer_tag and not self.stopping:
+            self.runtime.fail(
+                BrokerError(
+                    f"the broker cancelled the consumer of queue {self.queue!r} "
+                    "(queue deleted?): stopping"
+                )
+            )
+
+    async def _on_delivery(self, session: ChannelSession, delivered: DeliveredMessage) -> None:
+        # Runs in the client's per-delivery task: only bookkeeping here, handlers run in the
+        # workers so that a channel closing cannot interrupt them halfway.
+        tag = delivery_tag(delivered)
+        session.track(tag)
+        metrics = self.runtime.metrics
+        if metrics is not None:
+            metrics.consumed(self.queue)
+        if self.stopping:
+            await session.nack(tag, requeue=True)
+            return
+        self.backlog.append((session, delivered))
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+
+    async def _worker(self) -> None:
+        backlog = self.backlog
+        process = self.runtime.process
+        loop = asyncio.get_running_loop()
+        while not self.stopping:
+            if not backlog:
+                waiter: asyncio.Future[None] = loop.create_future()
+                self.waiters.append(waiter)
+                await waiter
+                continue
+            session, delivered = backlog.popleft()
+            if not session.alive:
+                session.dropped += 1
+                continue
+            await process(self, session, delivered)
+            if not backlog or session.pending_acks >= self.ack_batch:
+                await session.flush()
+
+    def wake_all(self) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def requeue_later(self, session: ChannelSession, tag: int, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        key = (session, tag)
+
+        def fire() -> None:
+            self.timers.pop(key, None)
+            task = loop.create_task(session.nack(tag, requeue=True))
+            self.runtime.background.add(task)
+            task.add_done_callback(self.runtime.background.discard)
+
+        self.timers[key] = loop.call_later(delay, fire)
+
+    async def stop_consuming(self) -> None:
+        """Cancel at the broker and hand back deliveries that never started."""
+        self.stopping = True
+        session = self.session
+        if session is not None and session.alive:
+            try:
+                await asyncio.wait_for(session.channel.basic_cancel(self.consumer_tag), 5)
+            except Exception as exc:
+                log.warning("consumer of %r: basic.cancel failed: %s", self.queue, exc)
+        pending = list(self.backlog)
+        self.backlog.clear()
+        for owner, delivered in pending:
+            await owner.nack(delivery_tag(delivered), requeue=True)
+        self.wake_all()
+
+    async def finish(self, deadline: float) -> None:
+        """Wait for running handlers until ``deadline`` (loop time), then settle and close."""
+        loop = asyncio.get_running_loop()
+        if self.workers:
+            timeout = max(0.0, deadline - loop.time())
+            _, late = await asyncio.wait(self.workers, timeout=timeout)
+            for task in late:
+                task.cancel()
+            if late:
+                log.warning(
+                    "consumer of %r: %d handler(s) still running after the grace period were "
+                    "cancelled; their messages are not acked and will be redelivered",
+                    self.queue,
+                    len(late),
+                )
+            await asyncio.gather(*self.workers, return_exceptions=True)
+        for (owner, tag), handle in list(self.timers.items()):
+            handle.cancel()
+            await owner.nack(tag, requeue=True)
+        self.timers.clear()
+        if self.session is not None:
+            await self.session.flush()
+        if self.channel is not None:
+            try:
+                await self.channel.close()
+            except Exception as exc:
+                log.debug("closing the channel of %r: %s", self.queue, exc)
+
+
+def delivery_tag(delivered: DeliveredMessage) -> int:
+    # Consumers only ever receive Basic.Deliver, whose tag is always set.
+    return cast(aiormq.spec.Basic.Deliver, delivered.delivery).delivery_tag or 0

@@ -30,8 +30,9 @@ from typing import Any
 from celery import signals
 
 from bus._pyamqp_guard import BROKER_OWNED, UNDECODABLE
+from bus.headers import safe_headers, valid_x_death
 
-__all__ = ["BROKER_OWNED_HEADERS", "forged_death_problem", "guard_task_handler", "protocol_problem"]
+__all__ = ["forged_death_problem", "guard_task_handler", "protocol_problem"]
 
 log = logging.getLogger("bus.celery_app")
 
@@ -110,36 +111,19 @@ def protocol_problem(message: Any) -> str | None:
     return None
 
 
-#: Headers RabbitMQ writes when it dead-letters or redelivers; a publisher has no business
-#: setting them.
-BROKER_OWNED_HEADERS = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
-
-
 def forged_death_problem(headers: Any) -> str | None:
     """Why an ``x-death`` header does not have the shape RabbitMQ writes, or ``None``.
 
-    RabbitMQ 3.10.8 reads ``x-death`` back when it dead-letters the message again; a list of
-    anything but tables with ``queue`` and ``reason`` strings and an integer ``count``
-    (``[1, 2, 3]``, ``[{}]``) crashes the queue process there (``function_clause`` in
-    ``rabbit_dead_letter``): the message is redelivered, rejected, and crashes it again.
+    The shape is the project's one rule (:func:`bus.headers.valid_x_death`). RabbitMQ 3.10.8
+    reads ``x-death`` back when it dead-letters the message again; ``[1, 2, 3]`` or ``[{}]``
+    crash the queue process there (``function_clause`` in ``rabbit_dead_letter``), for classic
+    and quorum queues alike: the message is redelivered, rejected, and crashes it again.
     """
     if not isinstance(headers, dict) or "x-death" not in headers:
         return None
-    deaths = headers["x-death"]
-    if not isinstance(deaths, list):
-        return "header 'x-death' is not a list"
-    for death in deaths:
-        if not (
-            isinstance(death, dict)
-            and isinstance(death.get("queue"), str)
-            and isinstance(death.get("reason"), str)
-            and isinstance(death.get("count"), int)
-            and not isinstance(death.get("count"), bool)
-            and isinstance(death.get("exchange", ""), str)
-            and isinstance(death.get("routing-keys", []), list)
-        ):
-            return "header 'x-death' is not in RabbitMQ's shape (forged by the publisher)"
-    return None
+    if valid_x_death(headers["x-death"]):
+        return None
+    return "header 'x-death' is not in RabbitMQ's shape (forged by the publisher)"
 
 
 def _dead_letter_copy(consumer: Any, message: Any, reason: str) -> None:
@@ -154,11 +138,10 @@ def _dead_letter_copy(consumer: Any, message: Any, reason: str) -> None:
     if dlx is None:
         _reject(consumer, message, reason)
         return
-    headers = {
-        k: v
-        for k, v in (message.headers or {}).items()
-        if not (isinstance(k, str) and k.startswith(BROKER_OWNED_HEADERS))
-    }
+    original = message.headers or {}
+    # Field names that were not UTF-8 stay bytes (never a broker-owned name): kept as they are.
+    headers, _ = safe_headers({k: v for k, v in original.items() if isinstance(k, str)})
+    headers.update({k: v for k, v in original.items() if not isinstance(k, str)})
     headers["x-bus-rejected"] = reason
     headers["x-bus-original-queue"] = queue.name
     props = message.properties or {}
@@ -200,7 +183,7 @@ def _queue_of(consumer: Any, message: Any) -> Any:
 def _screen_then(handler: Callable[[Any], None], consumer: Any, message: Any) -> None:
     properties = getattr(message, "properties", None) or {}
     problem = properties.get(UNDECODABLE)
-    if problem and properties.get(BROKER_OWNED):
+    if problem and (properties.get(BROKER_OWNED) or forged_death_problem(message.headers)):
         # Headers unreadable here but an x-death among them: RabbitMQ would read it.
         _dead_letter_copy(consumer, message, f"undecodable content header: {problem}")
     elif problem:

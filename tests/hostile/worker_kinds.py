@@ -351,6 +351,11 @@ KINDS: list[Kind] = [
         needs_throwaway_node=True,
     ),
     Kind(
+        "x-death-forged-with-field-name-not-utf8",
+        _mutations(_header("x-death", [1, 2, 3]), _header(NOT_UTF8, "x")),
+        needs_throwaway_node=True,
+    ),
+    Kind(
         "x-death-nested-5000",
         _header("x-death", [_nested_table(5000)]),
         queue="email.send",

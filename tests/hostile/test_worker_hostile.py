@@ -29,14 +29,8 @@ from bus.node import LocalNode, rabbitmq_installed
 from bus.settings import BusSettings
 from bus.topology import LoadedTopology, load_topology
 from tests.helpers import declare_with_pika
-from tests.hostile.worker_kinds import (
-    DUPLICATE,
-    KINDS,
-    KindSender,
-    Outcome,
-    drain_dead_letters,
-    valid_task,
-)
+from tests.hostile.worker_io import DUPLICATE, KindSender, Outcome, drain_dead_letters
+from tests.hostile.worker_kinds import KINDS, valid_task
 from tests.integration.test_celery_worker import CeleryVhost, _wait_for
 
 pytestmark = [

@@ -509,7 +509,8 @@ def test_undecodable_and_malformed_messages_dead_letter_and_the_worker_lives(
     """One message per kind of finding 3 (py-amqp could not decode it: the worker used to exit
     with "Unrecoverable error: UnicodeDecodeError"), then valid tasks: every malformed one is
     in the DLQ, the valid ones ran, the worker process never exited nor reconnected."""
-    from tests.hostile.worker_kinds import DUPLICATE, KINDS, KindSender, drain_dead_letters
+    from tests.hostile.worker_io import DUPLICATE, KindSender, drain_dead_letters
+    from tests.hostile.worker_kinds import KINDS
 
     cv = celery_vhost
     names = (

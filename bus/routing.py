@@ -1,7 +1,8 @@
 """In-memory routing simulator: which queues does (exchange, routing key, headers) reach?
 
-Pure and without I/O. The semantics are RabbitMQ 3.10.8's, checked against the broker by
-``tests/integration/test_routing_differential.py`` (rabbitmq-behaviour.md section 8):
+Pure and without I/O. The semantics are RabbitMQ 3.10.8's and 4.0.5's, checked against both
+brokers by ``tests/integration/test_routing_differential.py``; ``Router(..., rabbitmq="4.0")``
+picks the version (default 3.10.8, see :mod:`bus.versions` and docs/rabbitmq-versions.md):
 
 - default exchange ``""``: the queue named by the key; direct: byte-exact key; fanout: all.
 - topic: words split on ``.`` (``""`` is zero words, ``a..b`` has an empty middle word), ``*``
@@ -12,7 +13,10 @@ Pure and without I/O. The semantics are RabbitMQ 3.10.8's, checked against the b
   broker compares Erlang terms (:func:`header_term`): ``5`` != ``"5"``, ``1`` != ``True``,
   int widths are equal at the top level, ``str`` == ``bytes`` with the same UTF-8, a
   ``datetime`` equals its epoch seconds; inside arrays and tables the AMQP type tag counts
-  too (typed as pika encodes it) and table order matters.
+  too (typed as pika encodes it) and table order matters. From RabbitMQ 4.0 a message's
+  top-level ``timestamp`` header is compared in *milliseconds* (:func:`message_header_term`),
+  while a binding's timestamp stays in seconds: header ``n = timestamp 5`` matches a binding
+  ``{n: 5000}``, not ``{n: 5}``, and not even ``{n: timestamp 5}`` (measured on 4.0.5).
 - ``CC``/``BCC`` headers (arrays of strings) add routing keys; ``BCC`` is removed before the
   headers exchange sees the message. A ``CC``/``BCC`` header of another type is refused.
 - exchange-to-exchange bindings route with the source's rules; every exchange is visited
@@ -45,6 +49,7 @@ from pika.compat import long as pika_long
 from bus.errors import RoutingError
 from bus.topology.checks import BUILTIN_EXCHANGES
 from bus.topology.expand import BindingSpec, ExchangeSpec, ExpandedTopology
+from bus.versions import RabbitVersion, RuleSet, as_version
 
 __all__ = [
     "HEADER_TYPES",
@@ -55,6 +60,7 @@ __all__ = [
     "header_term",
     "headers_binding_matches_everything",
     "headers_binding_matches_something",
+    "message_header_term",
     "parse_header_option",
     "topic_matches",
 ]
@@ -224,6 +230,15 @@ def header_term(value: object) -> Hashable:
     if isinstance(value, list | tuple):
         return ("list", tuple((_amqp_tag(v), header_term(v)) for v in value))
     raise RoutingError(f"header value {value!r} of type {type(value).__name__} has no AMQP type")
+
+
+def message_header_term(value: object, rules: RuleSet = "3.10") -> Hashable:
+    """The term a *message* header is compared as. Like :func:`header_term`, except that
+    RabbitMQ 4.0 reads a top-level AMQP timestamp header as milliseconds (its message
+    container converts it; values inside arrays and tables keep seconds), measured on 4.0.5."""
+    if rules == "4.0" and isinstance(value, datetime):
+        return ("num", calendar.timegm(value.utctimetuple()) * 1000)
+    return header_term(value)
 
 
 def _decimal_wire(value: Decimal) -> tuple[int, int]:
@@ -581,11 +596,17 @@ def _split_headers(
 class Router:
     """Routes publishes over an expanded topology; build once, route many times.
 
-    ``Router(expanded).route("events", "order.created")`` -> :class:`Route`.
+    ``Router(expanded).route("events", "order.created")`` -> :class:`Route`. ``rabbitmq``
+    is the broker's version (``"4.0"``, ``"4.0.5"``, a :class:`~bus.versions.RabbitVersion`;
+    default 3.10.8): its matching rules apply.
     """
 
-    def __init__(self, topology: ExpandedTopology) -> None:
+    def __init__(
+        self, topology: ExpandedTopology, *, rabbitmq: RabbitVersion | str | None = None
+    ) -> None:
         self.topology = topology
+        self.version = as_version(rabbitmq)
+        self.rules: RuleSet = self.version.rules
         self.queues = frozenset(topology.queues)
         self._exchanges: dict[str, _Exchange] = {
             name: _Exchange(name, kind, internal, None)
@@ -676,7 +697,9 @@ class Router:
         while work:
             x = work.popleft()
             if x.type == "headers" and terms is None:
-                terms = {name: header_term(value) for name, value in headers.items()}
+                terms = {
+                    name: message_header_term(value, self.rules) for name, value in headers.items()
+                }
             matched = x.match(keys, terms)
             if not matched.dests:
                 if x.alternate is None:

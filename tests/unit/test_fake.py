@@ -142,3 +142,27 @@ def test_async_publish_shares_the_bus(fake: FakeBus) -> None:
 def test_exported_by_the_pytest_plugin(bus_topology: LoadedTopology, fake_bus: FakeBus) -> None:
     assert ExportedFakeBus is FakeBus
     assert fake_bus.router.topology is bus_topology.expanded
+
+
+_TIMESTAMP_BINDING = """
+version: 1
+exchanges: {h: {type: headers}}
+queues:
+  by.seconds: {bindings: [{exchange: h, arguments: {n: 5}}]}
+  by.millis: {bindings: [{exchange: h, arguments: {n: 5000}}]}
+"""
+
+
+@pytest.mark.parametrize(("rabbitmq", "queue"), [("3.10", "by.seconds"), ("4.0.5", "by.millis")])
+def test_timestamp_header_routes_as_the_named_version_compares_it(
+    rabbitmq: str, queue: str
+) -> None:
+    """Header ``n = timestamp 5``: 3.10.8 compares it as 5, 4.0.5 as 5000 (both measured;
+    ``tests/integration/test_routing_table.py`` replays the rows on the broker)."""
+    from datetime import UTC, datetime
+
+    from bus.topology import parse_topology
+
+    fake = FakeBus(parse_topology(_TIMESTAMP_BINDING, "t.yaml"), rabbitmq=rabbitmq)
+    fake.publish("h", "", b"{}", headers={"n": datetime(1970, 1, 1, 0, 0, 5, tzinfo=UTC)})
+    assert fake.counts() == {queue: 1}

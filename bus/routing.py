@@ -39,7 +39,7 @@ import json
 from collections import deque
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from functools import cached_property
 from typing import Any, Literal, NamedTuple
@@ -789,12 +789,13 @@ class Router:
 
 # --- header values from the command line -----------------------------------------------------
 
-HEADER_TYPES = ("str", "int", "bool", "null", "json")
+HEADER_TYPES = ("str", "int", "bool", "null", "json", "timestamp")
 
 
 def parse_header_option(text: str) -> tuple[str, Any]:
     """``NAME=VALUE`` (a string) or ``NAME:TYPE=VALUE`` with TYPE one of str, int, bool,
-    null (AMQP void; the value is ignored) or json (arrays, tables, numbers, ...).
+    null (AMQP void; the value is ignored), json (arrays, tables, numbers, ...) or timestamp
+    (AMQP timestamp: epoch seconds or an ISO 8601 time, UTC unless it names a zone).
 
     The broker compares header values with their type (``5`` does not match ``"5"``), so
     the type is explicit; a name without a known ``:TYPE`` suffix is taken whole.
@@ -819,7 +820,21 @@ def parse_header_option(text: str) -> tuple[str, Any]:
         return base, lowered == "true"
     if kind == "null":
         return base, None
+    if kind == "timestamp":
+        return base, _timestamp(base, raw)
     try:
         return base, json.loads(raw)
     except json.JSONDecodeError as exc:
         raise RoutingError(f"header {base!r}: invalid JSON ({exc.msg})") from None
+
+
+def _timestamp(name: str, raw: str) -> datetime:
+    try:
+        if raw.lstrip("-").isdigit():
+            return datetime.fromtimestamp(int(raw), UTC)
+        value = datetime.fromisoformat(raw)
+    except (ValueError, OverflowError, OSError):
+        raise RoutingError(
+            f"header {name!r}: {raw!r} is not epoch seconds or an ISO 8601 time"
+        ) from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

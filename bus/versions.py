@@ -36,6 +36,7 @@ __all__ = [
     "broker_version",
     "effective_delivery_limit",
     "has_dead_letter_exchange",
+    "policy_for",
     "version_issues",
 ]
 
@@ -102,7 +103,7 @@ def broker_version(overview: Mapping[str, Any]) -> RabbitVersion:
 # -- delivery limits and dead-letter exchanges -------------------------------------------------
 
 
-def _policy_for(queue: QueueSpec, policies: Mapping[str, Policy]) -> Policy | None:
+def policy_for(queue: QueueSpec, policies: Mapping[str, Policy]) -> Policy | None:
     """The policy RabbitMQ applies to ``queue``: the matching one of highest priority."""
     matching = [
         p
@@ -144,7 +145,7 @@ def effective_delivery_limit(
 
 
 def _policy_definition(queue: QueueSpec, policies: Mapping[str, Policy]) -> Mapping[str, Any]:
-    policy = _policy_for(queue, policies)
+    policy = policy_for(queue, policies)
     return policy.definition if policy is not None else {}
 
 

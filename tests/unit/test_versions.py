@@ -210,3 +210,26 @@ def test_timestamp_header_option() -> None:
     assert parse_header_option("n:timestamp=5")[1] == value
     with pytest.raises(RoutingError, match="epoch seconds or an ISO 8601"):
         parse_header_option("n:timestamp=soon")
+
+
+def test_plan_on_4_0_refuses_ha_policies_and_shows_the_default_limit() -> None:
+    from bus.broker.inspect import LiveState, LiveVhost
+    from bus.broker.plan import Action, diff
+    from bus.broker.plan_versions import annotate_plan
+
+    x = _topology().expanded
+    empty = LiveState("v", "management", LiveVhost("v", "", "classic"))
+    on_310 = annotate_plan(diff(x, empty), x, RabbitVersion.parse("3.10.8"))
+    assert on_310.conflicts == []
+    assert all(item.remarks == () for item in on_310.items)
+    on_40 = annotate_plan(diff(x, empty), x, RabbitVersion.parse("4.0.5"))
+    assert [(i.kind, i.name) for i in on_40.conflicts] == [("policy", "mirror")]
+    (refusal,) = on_40.conflicts[0].differences
+    assert refusal.field == "definition.ha-mode"
+    items = {(i.kind, i.name): i for i in on_40.items}
+    assert items[("queue", "work")].action is Action.CREATE
+    assert items[("queue", "work")].remarks[0].startswith("delivery limit: 20 ")
+    assert items[("queue", "guarded")].remarks[0].startswith("delivery limit: 20 ")
+    assert items[("queue", "limited")].remarks == ()
+    assert "RabbitMQ 4.0.5" in on_40.render().splitlines()[0]
+    assert any("queue-mode" in r for r in items[("queue", "lazy")].remarks)

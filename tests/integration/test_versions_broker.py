@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pika
 import pytest
 
 from bus.broker import Action, apply, plan
@@ -183,3 +184,32 @@ def test_status_shows_the_delivery_limit_the_broker_applies(
         assert row.split()[1:3] == ["quorum", "20" if version.at_least(4, 0) else "none"]
         _queue_stats(bus_management, bus_vhost, "work")
     assert limits["work"] == _broker_limit(bus_management, bus_vhost, "work")
+
+
+def test_a_quorum_queue_without_limit_drops_where_the_rules_say(
+    settings: BusSettings, bus_vhost_url: str, version: RabbitVersion
+) -> None:
+    """Nack-requeue one message until the broker drops it (or 30 deliveries): a limit of N
+    allows N + 1 deliveries; ``x-delivery-count`` is absent or 0 on the first one."""
+    loaded = load(QUORUM)
+    apply(loaded, settings)
+    limit = effective_delivery_limit(loaded.expanded.queues["work"], {}, version)
+    connection = pika.BlockingConnection(pika.URLParameters(bus_vhost_url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish("", "work", b"x")
+        counts: list[int | None] = []
+        while len(counts) < 30:
+            method, properties, _ = channel.basic_get("work")
+            if method is None:
+                # The nack is handled before this get (same queue, in order): gone for good.
+                assert channel.queue_declare("work", passive=True).method.message_count == 0
+                break
+            counts.append((properties.headers or {}).get("x-delivery-count"))
+            channel.basic_nack(method.delivery_tag, requeue=True)
+    finally:
+        connection.close()
+    assert counts[0] in (None, 0)
+    assert counts[1:] == list(range(1, len(counts)))
+    assert len(counts) == (30 if limit is None else limit + 1)

@@ -30,6 +30,7 @@ picks the version (default 3.10.8, see :mod:`bus.versions` and docs/rabbitmq-ver
   ``x-dead-letter-exchange`` republishes there with ``x-dead-letter-routing-key`` or the
   original keys (CC included); ``expire`` never lands back in the queue it expired from
   (the broker's cycle detection drops it), ``reject`` may. One hop from a fresh message.
+  From 4.0 the copy also carries ``x-last-death-reason/queue/exchange``.
 """
 
 from __future__ import annotations
@@ -756,6 +757,11 @@ class Router:
         dl_headers.setdefault("x-first-death-reason", reason)
         dl_headers.setdefault("x-first-death-queue", queue)
         dl_headers.setdefault("x-first-death-exchange", route.exchange)
+        if self.rules == "4.0":
+            # 4.0 also names the latest death (measured on 4.0.5; 3.10.8 has no such headers).
+            dl_headers["x-last-death-reason"] = reason
+            dl_headers["x-last-death-queue"] = queue
+            dl_headers["x-last-death-exchange"] = route.exchange
         dl_headers["x-death"] = [
             {
                 "count": 1,

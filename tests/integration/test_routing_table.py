@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import textwrap
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pika
@@ -155,3 +155,36 @@ def test_dead_letter_cycles_on_the_broker(bus_vhost_url: str, channel: BlockingC
         _get_settled(channel, queue)  # both have handled the expiry: the copies are sent
     assert channel.basic_get("work.dlq", auto_ack=True)[0] is not None
     assert channel.basic_get("parked", auto_ack=True)[0] is not None
+
+
+def test_dead_letter_headers_on_the_broker(
+    bus_vhost_url: str, channel: BlockingChannel, version: RabbitVersion
+) -> None:
+    """The death headers of a rejected copy (names and values, ``x-death`` aside) are the
+    simulator's for the broker's version (4.0 adds ``x-last-death-*``)."""
+    from bus.routing import Router
+
+    text = """
+    version: 1
+    exchanges: {ev: {type: topic}, dlx: {type: fanout}}
+    queues:
+      work: {dead_letter_exchange: dlx, bindings: [{exchange: ev, routing_key: "a.#"}]}
+      dlq: {bindings: [{exchange: dlx}]}
+    """
+    topology = parse_topology(textwrap.dedent(text), "t.yaml").expanded
+    declare_with_pika(bus_vhost_url, topology)
+    headers = {"CC": ["a.c"], "k": 1}
+    channel.basic_publish("ev", "a.b", b"", pika.BasicProperties(headers=headers))
+    method, _, _ = channel.basic_get("work")
+    assert method is not None
+    channel.basic_reject(method.delivery_tag, requeue=False)
+    method, properties, _ = _get_settled(channel, "dlq")
+    assert method is not None
+    route = Router(topology, rabbitmq=version).route("ev", "a.b", headers, on="reject")
+    simulated = route.dead_letters["work"].headers
+
+    def deaths(table: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in table.items() if k.startswith(("x-first-death", "x-last-death"))}
+
+    assert deaths(properties.headers) == deaths(simulated)
+    assert route.dead_letter_queues == {"dlq"}

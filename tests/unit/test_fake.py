@@ -166,3 +166,19 @@ def test_timestamp_header_routes_as_the_named_version_compares_it(
     fake = FakeBus(parse_topology(_TIMESTAMP_BINDING, "t.yaml"), rabbitmq=rabbitmq)
     fake.publish("h", "", b"{}", headers={"n": datetime(1970, 1, 1, 0, 0, 5, tzinfo=UTC)})
     assert fake.counts() == {queue: 1}
+
+
+@pytest.mark.parametrize(("rabbitmq", "last_death"), [("3.10", False), ("4.0", True)])
+def test_a_rejected_copy_carries_the_death_headers_of_the_version(
+    rabbitmq: str, last_death: bool
+) -> None:
+    """4.0.5 adds x-last-death-* to a dead-lettered copy, 3.10.8 does not (both measured by
+    ``tests/integration/test_routing_table.py::test_dead_letter_headers_on_the_broker``)."""
+    fake = FakeBus(load_topology(TOPOLOGY), rabbitmq=rabbitmq)
+    fake.publish(_order())
+    fake.reject("billing.orders")
+    [dead] = fake.messages("billing.orders.dlq")
+    assert dead.headers["x-first-death-queue"] == "billing.orders"
+    assert ("x-last-death-queue" in dead.headers) is last_death
+    if last_death:
+        assert dead.headers["x-last-death-reason"] == "rejected"

@@ -233,3 +233,31 @@ def test_plan_on_4_0_refuses_ha_policies_and_shows_the_default_limit() -> None:
     assert items[("queue", "limited")].remarks == ()
     assert "RabbitMQ 4.0.5" in on_40.render().splitlines()[0]
     assert any("queue-mode" in r for r in items[("queue", "lazy")].remarks)
+
+
+_DEATH_ROUTING = """
+version: 1
+exchanges: {ev: {type: direct}, hx: {type: headers}}
+queues:
+  work: {dead_letter_exchange: hx, bindings: [{exchange: ev, routing_key: k}]}
+  on.x-death: {bindings: [{exchange: hx, arguments: {x-match: any-with-x, x-death: null}}]}
+  on.last:
+    bindings: [{exchange: hx, arguments: {x-match: all-with-x, x-last-death-reason: rejected}}]
+  on.first:
+    bindings: [{exchange: hx, arguments: {x-match: all-with-x, x-first-death-queue: work}}]
+"""
+
+
+@pytest.mark.parametrize(
+    ("version", "reached"),
+    [("3.10", {"on.x-death", "on.first"}), ("4.0", {"on.last", "on.first"})],
+)
+def test_a_dead_lettered_copy_is_routed_on_the_death_headers_of_the_version(
+    version: str, reached: set[str]
+) -> None:
+    """Measured on both brokers (test_routing_table.py replays it): 4.0.5 adds x-last-death-*
+    and routes the copy without its x-death; 3.10.8 has x-death and no x-last-death-*."""
+    from bus.routing import Router
+
+    router = Router(_topology(_DEATH_ROUTING).expanded, rabbitmq=version)
+    assert router.route("ev", "k", on="reject").dead_letter_queues == reached

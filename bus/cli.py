@@ -76,9 +76,12 @@ def graph(file: Path | None, fmt: str) -> None:
     "headers",
     multiple=True,
     metavar="NAME[:TYPE]=VALUE",
-    help="Header; TYPE is str (default), int, bool, null or json: the broker compares types.",
+    help="Header; TYPE is str (default), int, bool, null, json or timestamp: types count.",
 )
 @click.option("--trace", is_flag=True, help="Print the path through exchanges (to stderr).")
+@click.option(
+    "--rabbitmq", default=None, metavar="VERSION", help="Broker version's rules (3.10, 4.0)."
+)
 @click.option(
     "--on",
     type=click.Choice(["reject", "expire"]),
@@ -91,6 +94,7 @@ def route(
     routing_key: str,
     headers: tuple[str, ...],
     trace: bool,
+    rabbitmq: str | None,
     on: str | None,
 ) -> None:
     """Simulate a publish: the queues reached, one per line (no broker). Exit 0, 2."""
@@ -98,7 +102,8 @@ def route(
 
     table = dict(parse_header_option(h) for h in headers)
     reason: DeadLetterReason | None = "reject" if on == "reject" else "expire" if on else None
-    result = Router(_load(file).expanded).route(exchange, routing_key, table or None, on=reason)
+    router = Router(_load(file).expanded, rabbitmq=rabbitmq)
+    result = router.route(exchange, routing_key, table or None, on=reason)
     if trace:
         for line in result.describe_trace():
             click.echo(line, err=True)
@@ -108,11 +113,13 @@ def route(
 
 @cli.command()
 @_file_option
-def check(file: Path | None) -> int:
+@click.option("--rabbitmq", default=None, metavar="VERSION", help="The broker's version (4.0).")
+@click.option("--target", default=None, metavar="VERSION", help="A version to move to (4.3).")
+def check(file: Path | None, rabbitmq: str | None, target: str | None) -> int:
     """Reachability lint: exit 1 on errors, 0 with warnings only, 2 when invalid."""
     from bus.lint import exit_code, lint
 
-    findings = lint(_load(file))
+    findings = lint(_load(file), rabbitmq=rabbitmq, target=target)
     for finding in findings:
         click.echo(str(finding))
     return exit_code(findings)

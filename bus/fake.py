@@ -10,7 +10,9 @@ and the test looks at what each queue would hold::
     fake.reject("billing.orders")               # dead-letters as the broker would
     assert fake.bodies("billing.orders.dlq") == [b'{"order_id":"o-1"}']
 
-Routing is the simulator's (proven against RabbitMQ by the differential test), and the
+Routing is the simulator's (proven against RabbitMQ by the differential test) for the broker
+version given as ``rabbitmq=`` (``"3.10"``, ``"4.0"``, ``"4.0.5"``; default 3.10.8: see
+:mod:`bus.versions`), and the
 publisher's failures are the real ones: a publish no queue receives raises
 :class:`~bus.errors.UnroutableError` (the real publisher is always ``mandatory``), a missing
 exchange :class:`~bus.errors.NotFoundError`, an internal one
@@ -35,6 +37,7 @@ from bus.outgoing import CONTENT_TYPE, Body, Resolver
 from bus.routing import DeadLetterReason, Route, Router
 from bus.topology.expand import ExpandedTopology
 from bus.topology.load import LoadedTopology
+from bus.versions import RabbitVersion
 
 __all__ = ["AsyncFakePublisher", "FakeBus", "FakeMessage"]
 
@@ -67,9 +70,10 @@ class FakeBus:
         topology: LoadedTopology | ExpandedTopology,
         *,
         registry: ContractRegistry | None = None,
+        rabbitmq: RabbitVersion | str | None = None,
     ) -> None:
         expanded = topology.expanded if isinstance(topology, LoadedTopology) else topology
-        self.router = Router(expanded)
+        self.router = Router(expanded, rabbitmq=rabbitmq)
         self.registry = registry if registry is not None else ContractRegistry(expanded.events)
         self.resolver = Resolver(expanded, contracts=self.registry)
         self.published: list[tuple[FakeMessage, Route]] = []

@@ -6,6 +6,11 @@ Warnings (exit 0): a queue no exchange can route to; a binding that can never ma
 event that only reaches its exchange's alternate exchange; an alternate exchange that is
 never used. Each finding is ``FILE:LINE:COL: error|warning: message``.
 
+With a RabbitMQ version (``rabbitmq``: the broker it runs on; ``target``: one it may move to)
+the simulator uses that version's matching rules, and every object the version refuses
+(error) or ignores or deprecates (warning) is reported with the reason
+(:func:`bus.versions.version_issues`).
+
 "Can reach" is an over-approximation wherever the key or the headers are unknown (an
 alternate exchange sees any key its exchange failed to route; headers are never known), so
 an error or a "never matches" warning is only reported when no message at all could route.
@@ -28,6 +33,7 @@ from bus.routing import (
 from bus.topology.expand import BindingSpec
 from bus.topology.load import LoadedTopology
 from bus.topology.source import Path
+from bus.versions import RabbitVersion, VersionIssue, as_version, version_issues
 
 __all__ = ["Finding", "Severity", "exit_code", "lint", "patterns_overlap"]
 
@@ -74,10 +80,10 @@ _Inflow = list[tuple[Literal["key", "pattern"], str]] | None
 
 
 class _Linter:
-    def __init__(self, loaded: LoadedTopology) -> None:
+    def __init__(self, loaded: LoadedTopology, rabbitmq: RabbitVersion | None = None) -> None:
         self.loaded = loaded
         self.x = loaded.expanded
-        self.router = Router(self.x)
+        self.router = Router(self.x, rabbitmq=rabbitmq)
         self.findings: list[Finding] = []
         self.by_source: dict[str, list[BindingSpec]] = {}
         for b in self.x.bindings:
@@ -354,6 +360,30 @@ class _Linter:
         return sorted(set(self.findings))
 
 
-def lint(loaded: LoadedTopology) -> list[Finding]:
-    """Every reachability finding of a valid topology, sorted by position."""
-    return _Linter(loaded).run()
+def _issue_key(issue: VersionIssue) -> tuple[str, str, str, str]:
+    return (issue.kind, issue.name, issue.field, issue.severity)
+
+
+def lint(
+    loaded: LoadedTopology,
+    *,
+    rabbitmq: RabbitVersion | str | None = None,
+    target: RabbitVersion | str | None = None,
+) -> list[Finding]:
+    """Every finding of a valid topology, sorted by position: reachability (on the rules of
+    ``rabbitmq``, default 3.10.8), what ``rabbitmq`` refuses or deprecates, and what moving
+    to ``target`` would break beyond that."""
+    current = None if rabbitmq is None else as_version(rabbitmq)
+    linter = _Linter(loaded, current)
+    seen: set[tuple[str, str, str, str]] = set()
+    if current is not None:
+        for issue in version_issues(linter.x, current):
+            seen.add(_issue_key(issue))
+            linter.report(issue.severity, issue.where, issue.message)
+    if target is not None:
+        moved = as_version(target)
+        for issue in version_issues(linter.x, moved):
+            if _issue_key(issue) not in seen:
+                message = f"moving to RabbitMQ {moved}: {issue.message}"
+                linter.report(issue.severity, issue.where, message)
+    return linter.run()

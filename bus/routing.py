@@ -1,7 +1,8 @@
 """In-memory routing simulator: which queues does (exchange, routing key, headers) reach?
 
-Pure and without I/O. The semantics are RabbitMQ 3.10.8's, checked against the broker by
-``tests/integration/test_routing_differential.py`` (rabbitmq-behaviour.md section 8):
+Pure and without I/O. The semantics are RabbitMQ 3.10.8's and 4.0.5's, checked against both
+brokers by ``tests/integration/test_routing_differential.py``; ``Router(..., rabbitmq="4.0")``
+picks the version (default 3.10.8, see :mod:`bus.versions` and docs/rabbitmq-versions.md):
 
 - default exchange ``""``: the queue named by the key; direct: byte-exact key; fanout: all.
 - topic: words split on ``.`` (``""`` is zero words, ``a..b`` has an empty middle word), ``*``
@@ -12,7 +13,10 @@ Pure and without I/O. The semantics are RabbitMQ 3.10.8's, checked against the b
   broker compares Erlang terms (:func:`header_term`): ``5`` != ``"5"``, ``1`` != ``True``,
   int widths are equal at the top level, ``str`` == ``bytes`` with the same UTF-8, a
   ``datetime`` equals its epoch seconds; inside arrays and tables the AMQP type tag counts
-  too (typed as pika encodes it) and table order matters.
+  too (typed as pika encodes it) and table order matters. From RabbitMQ 4.0 a message's
+  top-level ``timestamp`` header is compared in *milliseconds* (:func:`message_header_term`),
+  while a binding's timestamp stays in seconds: header ``n = timestamp 5`` matches a binding
+  ``{n: 5000}``, not ``{n: 5}``, and not even ``{n: timestamp 5}`` (measured on 4.0.5).
 - ``CC``/``BCC`` headers (arrays of strings) add routing keys; ``BCC`` is removed before the
   headers exchange sees the message. A ``CC``/``BCC`` header of another type is refused.
 - exchange-to-exchange bindings route with the source's rules; every exchange is visited
@@ -26,6 +30,8 @@ Pure and without I/O. The semantics are RabbitMQ 3.10.8's, checked against the b
   ``x-dead-letter-exchange`` republishes there with ``x-dead-letter-routing-key`` or the
   original keys (CC included); ``expire`` never lands back in the queue it expired from
   (the broker's cycle detection drops it), ``reject`` may. One hop from a fresh message.
+  From 4.0 the copy also carries ``x-last-death-reason/queue/exchange``, and the broker's
+  ``x-death`` is not seen by the exchanges that route the copy (it is on the delivered copy).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import json
 from collections import deque
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from functools import cached_property
 from typing import Any, Literal, NamedTuple
@@ -45,6 +51,7 @@ from pika.compat import long as pika_long
 from bus.errors import RoutingError
 from bus.topology.checks import BUILTIN_EXCHANGES
 from bus.topology.expand import BindingSpec, ExchangeSpec, ExpandedTopology
+from bus.versions import RabbitVersion, RuleSet, as_version
 
 __all__ = [
     "HEADER_TYPES",
@@ -55,6 +62,7 @@ __all__ = [
     "header_term",
     "headers_binding_matches_everything",
     "headers_binding_matches_something",
+    "message_header_term",
     "parse_header_option",
     "topic_matches",
 ]
@@ -224,6 +232,15 @@ def header_term(value: object) -> Hashable:
     if isinstance(value, list | tuple):
         return ("list", tuple((_amqp_tag(v), header_term(v)) for v in value))
     raise RoutingError(f"header value {value!r} of type {type(value).__name__} has no AMQP type")
+
+
+def message_header_term(value: object, rules: RuleSet = "3.10") -> Hashable:
+    """The term a *message* header is compared as. Like :func:`header_term`, except that
+    RabbitMQ 4.0 reads a top-level AMQP timestamp header as milliseconds (its message
+    container converts it; values inside arrays and tables keep seconds), measured on 4.0.5."""
+    if rules == "4.0" and isinstance(value, datetime):
+        return ("num", calendar.timegm(value.utctimetuple()) * 1000)
+    return header_term(value)
 
 
 def _decimal_wire(value: Decimal) -> tuple[int, int]:
@@ -581,11 +598,17 @@ def _split_headers(
 class Router:
     """Routes publishes over an expanded topology; build once, route many times.
 
-    ``Router(expanded).route("events", "order.created")`` -> :class:`Route`.
+    ``Router(expanded).route("events", "order.created")`` -> :class:`Route`. ``rabbitmq``
+    is the broker's version (``"4.0"``, ``"4.0.5"``, a :class:`~bus.versions.RabbitVersion`;
+    default 3.10.8): its matching rules apply.
     """
 
-    def __init__(self, topology: ExpandedTopology) -> None:
+    def __init__(
+        self, topology: ExpandedTopology, *, rabbitmq: RabbitVersion | str | None = None
+    ) -> None:
         self.topology = topology
+        self.version = as_version(rabbitmq)
+        self.rules: RuleSet = self.version.rules
         self.queues = frozenset(topology.queues)
         self._exchanges: dict[str, _Exchange] = {
             name: _Exchange(name, kind, internal, None)
@@ -654,7 +677,14 @@ class Router:
             route.headers,
         )
 
-    def _route(self, exchange: str, keys: tuple[str, ...], headers: Mapping[str, Any]) -> Route:
+    def _route(
+        self,
+        exchange: str,
+        keys: tuple[str, ...],
+        headers: Mapping[str, Any],
+        unseen: tuple[str, ...] = (),
+    ) -> Route:
+        """``unseen``: headers the copy carries that the exchanges do not see."""
         steps: list[_Step] = []
         named: set[str] = set()
         if exchange == "":
@@ -676,7 +706,11 @@ class Router:
         while work:
             x = work.popleft()
             if x.type == "headers" and terms is None:
-                terms = {name: header_term(value) for name, value in headers.items()}
+                terms = {
+                    name: message_header_term(value, self.rules)
+                    for name, value in headers.items()
+                    if name not in unseen
+                }
             matched = x.match(keys, terms)
             if not matched.dests:
                 if x.alternate is None:
@@ -733,6 +767,11 @@ class Router:
         dl_headers.setdefault("x-first-death-reason", reason)
         dl_headers.setdefault("x-first-death-queue", queue)
         dl_headers.setdefault("x-first-death-exchange", route.exchange)
+        if self.rules == "4.0":
+            # 4.0 also names the latest death (measured on 4.0.5; 3.10.8 has no such headers).
+            dl_headers["x-last-death-reason"] = reason
+            dl_headers["x-last-death-queue"] = queue
+            dl_headers["x-last-death-exchange"] = route.exchange
         dl_headers["x-death"] = [
             {
                 "count": 1,
@@ -744,7 +783,10 @@ class Router:
         ]
         shown = ", ".join(repr(k) for k in keys)
         hop = Hop("dead-letter", queue, dlx, "exchange", f"({reason}, key {shown})")
-        inner = self._route(dlx, keys, dl_headers)
+        # 4.0 keeps the broker's own x-death beside the headers while it routes the copy (a
+        # headers binding on x-death does not see it; measured on 4.0.5), 3.10 does not.
+        unseen = ("x-death",) if self.rules == "4.0" else ()
+        inner = self._route(dlx, keys, dl_headers, unseen)
         queues = inner.queues
         steps = list(inner.steps)
         if on == "expire" and queue in queues:
@@ -766,12 +808,13 @@ class Router:
 
 # --- header values from the command line -----------------------------------------------------
 
-HEADER_TYPES = ("str", "int", "bool", "null", "json")
+HEADER_TYPES = ("str", "int", "bool", "null", "json", "timestamp")
 
 
 def parse_header_option(text: str) -> tuple[str, Any]:
     """``NAME=VALUE`` (a string) or ``NAME:TYPE=VALUE`` with TYPE one of str, int, bool,
-    null (AMQP void; the value is ignored) or json (arrays, tables, numbers, ...).
+    null (AMQP void; the value is ignored), json (arrays, tables, numbers, ...) or timestamp
+    (AMQP timestamp: epoch seconds or an ISO 8601 time, UTC unless it names a zone).
 
     The broker compares header values with their type (``5`` does not match ``"5"``), so
     the type is explicit; a name without a known ``:TYPE`` suffix is taken whole.
@@ -796,7 +839,21 @@ def parse_header_option(text: str) -> tuple[str, Any]:
         return base, lowered == "true"
     if kind == "null":
         return base, None
+    if kind == "timestamp":
+        return base, _timestamp(base, raw)
     try:
         return base, json.loads(raw)
     except json.JSONDecodeError as exc:
         raise RoutingError(f"header {base!r}: invalid JSON ({exc.msg})") from None
+
+
+def _timestamp(name: str, raw: str) -> datetime:
+    try:
+        if raw.lstrip("-").isdigit():
+            return datetime.fromtimestamp(int(raw), UTC)
+        value = datetime.fromisoformat(raw)
+    except (ValueError, OverflowError, OSError):
+        raise RoutingError(
+            f"header {name!r}: {raw!r} is not epoch seconds or an ISO 8601 time"
+        ) from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

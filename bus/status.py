@@ -10,6 +10,10 @@ Health rules (exit code :data:`UNHEALTHY` when any holds):
   be served, except generated dead-letter and retry queues and queues matched by
   ``--allow-idle`` patterns.
 
+The ``limit`` column is a quorum queue's delivery limit as the broker applies it: RabbitMQ 4.x
+reports it (20 by default when the queue sets none); before its statistics arrive, and on
+3.x, it is worked out from the topology and the broker's version (:mod:`bus.versions`).
+
 ``--workers`` adds the Celery workers and their active tasks, asked through Celery's remote
 control (``inspect().active()``). It needs ``celery: {monitoring: true}`` in the topology;
 the answer never changes the exit code, since a worker that is busy past the timeout is
@@ -32,7 +36,8 @@ from bus.celery_message import celery_routes
 from bus.errors import BrokerError, NotFoundError, UsageError
 from bus.patterns import NamePattern, compile_name_pattern
 from bus.settings import BusSettings, with_vhost
-from bus.topology.expand import ExpandedTopology
+from bus.topology.expand import ExpandedTopology, QueueSpec
+from bus.versions import RabbitVersion, broker_version, effective_delivery_limit
 
 __all__ = [
     "UNHEALTHY",
@@ -64,6 +69,8 @@ class QueueStatus:
     consumer_connections: list[str] = field(default_factory=list)
     celery: bool = False
     problems: list[str] = field(default_factory=list)
+    # Quorum queues: deliveries before the broker dead-letters or drops; None = no limit.
+    delivery_limit: int | None = None
 
 
 @dataclass
@@ -143,6 +150,24 @@ def _passive_counts(
     return counts
 
 
+def _delivery_limit(
+    spec: QueueSpec, api: dict[str, Any], topology: ExpandedTopology, version: RabbitVersion | None
+) -> int | None:
+    """The broker's own figure when it reports one (4.x: an integer or ``unlimited``),
+    else what the topology and the version make it."""
+    if "delivery_limit" in api:
+        value = api["delivery_limit"]
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+    return effective_delivery_limit(spec, topology.policies, version)
+
+
+def _version(management: ManagementClient) -> RabbitVersion | None:
+    try:
+        return broker_version(management.overview())
+    except BrokerError:
+        return None
+
+
 def _vhost_exists(management: ManagementClient, vhost: str) -> bool:
     return management.vhost(vhost) is not None
 
@@ -178,6 +203,7 @@ def collect_status(
         label = details.get("connection_name") or details.get("name") or "?"
         consumers.setdefault(queue, []).append(str(label))
 
+    version = _version(management)
     report: list[QueueStatus] = []
     for spec in topology.queues.values():
         found = counts.get(spec.name)
@@ -197,6 +223,7 @@ def collect_status(
             dead_letter_queue=dlq,
             consumer_connections=sorted(consumers.get(spec.name, [])),
             celery=spec.celery_routing_key is not None,
+            delivery_limit=_delivery_limit(spec, api, topology, version),
         )
         if found is None:
             status.problems.append("missing on the broker (run bus apply)")
@@ -281,10 +308,17 @@ def _cell(value: object) -> str:
     return str(value)
 
 
+def _limit_cell(q: QueueStatus) -> str:
+    if q.type != "quorum":
+        return "-"
+    return "none" if q.delivery_limit is None else str(q.delivery_limit)
+
+
 def render_table(report: StatusReport) -> str:
     headers = [
         "queue",
         "type",
+        "limit",
         "ready",
         "unacked",
         "consumers",
@@ -301,6 +335,7 @@ def render_table(report: StatusReport) -> str:
             [
                 q.name + (" (celery)" if q.celery else ""),
                 q.type,
+                _limit_cell(q),
                 _cell(q.ready),
                 _cell(q.unacked),
                 _cell(q.consumers),

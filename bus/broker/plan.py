@@ -216,12 +216,14 @@ class PlanItem:
     note: str = ""
     desired: Desired | None = None
     live: Live | None = None
+    # What the broker's version adds: effective delivery limit, warnings (plan_versions).
+    remarks: tuple[str, ...] = ()
 
     def lines(self) -> list[str]:
         head = f"  {_SYMBOL[self.action]} {self.action.value:<10} {self.kind} {self.name}"
         if self.note:
             head += f" {self.note}" if self.note.startswith("(") else f": {self.note}"
-        return [head] + [f"      {d}" for d in self.differences]
+        return [head] + [f"      {d}" for d in (*self.differences, *self.remarks)]
 
 
 @dataclass(frozen=True)
@@ -239,6 +241,7 @@ class Plan:
     source: Literal["management", "amqp"] = "management"
     unverified: list[str] = field(default_factory=list)
     broker: str = ""
+    rabbitmq: str = ""  # the broker's version, when the management API told it
 
     def by_action(self, *actions: Action) -> list[PlanItem]:
         return [item for item in self.items if item.action in actions]
@@ -288,6 +291,8 @@ class Plan:
             else "checked over AMQP only"
         )
         where = f" on {self.broker}" if self.broker else ""
+        if self.rabbitmq:
+            how += f", RabbitMQ {self.rabbitmq}"
         lines = [f"Plan for vhost {self.vhost!r}{where} ({how})"]
         for item in self.items:
             if show_unchanged or item.action is not Action.UNCHANGED:
@@ -813,4 +818,9 @@ def plan(
             usage = queue_usage(session, sorted(candidates))
     result = diff(expanded, live, options, usage)
     result.broker = mask_url(with_vhost(settings.amqp_url, name))
+    if live.source == "management":
+        # What the broker's version changes (4.x: delivery limits, refused policy keys).
+        from bus.broker.plan_versions import annotate_plan, read_version
+
+        result = annotate_plan(result, expanded, read_version(settings))
     return result

@@ -8,18 +8,26 @@ from __future__ import annotations
 
 import textwrap
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pika
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
+from bus.broker.management import ManagementClient
 from bus.topology import parse_topology
+from bus.versions import RabbitVersion, broker_version
 from tests.helpers import declare_with_pika
-from tests.unit.test_routing import HEADERS_CASES, SCENARIOS, TOPIC_CASES
+from tests.unit.test_routing import SCENARIOS, TOPIC_CASES, headers_cases
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def version(bus_management: ManagementClient) -> RabbitVersion:
+    """The version of the broker under test: the tables' answers for it are expected."""
+    return broker_version(bus_management.overview())
 
 
 @pytest.fixture
@@ -76,9 +84,9 @@ def test_topic_table_on_the_broker(channel: BlockingChannel) -> None:
     assert wrong == [], "rows of TOPIC_CASES the broker disagrees with"
 
 
-def test_headers_table_on_the_broker(channel: BlockingChannel) -> None:
+def test_headers_table_on_the_broker(channel: BlockingChannel, version: RabbitVersion) -> None:
     wrong = []
-    for n, (arguments, headers, expected) in enumerate(HEADERS_CASES):
+    for n, (arguments, headers, expected) in enumerate(headers_cases(version.rules)):
         channel.exchange_declare(f"h{n}", "headers")
         channel.queue_declare(f"h{n}")
         channel.queue_bind(f"h{n}", f"h{n}", "", arguments)
@@ -86,7 +94,7 @@ def test_headers_table_on_the_broker(channel: BlockingChannel) -> None:
         got = channel.basic_get(f"h{n}", auto_ack=True)[0] is not None
         if got is not expected:
             wrong.append((arguments, headers, expected))
-    assert wrong == [], "rows of HEADERS_CASES the broker disagrees with"
+    assert wrong == [], f"rows of the headers tables RabbitMQ {version} disagrees with"
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
@@ -147,3 +155,52 @@ def test_dead_letter_cycles_on_the_broker(bus_vhost_url: str, channel: BlockingC
         _get_settled(channel, queue)  # both have handled the expiry: the copies are sent
     assert channel.basic_get("work.dlq", auto_ack=True)[0] is not None
     assert channel.basic_get("parked", auto_ack=True)[0] is not None
+
+
+def test_dead_letter_headers_on_the_broker(
+    bus_vhost_url: str, channel: BlockingChannel, version: RabbitVersion
+) -> None:
+    """The death headers of a rejected copy (names and values, ``x-death`` aside) are the
+    simulator's for the broker's version (4.0 adds ``x-last-death-*``), and so is what a
+    headers exchange routing the copy sees of them (4.0 does not show it ``x-death``)."""
+    from bus.routing import Router
+
+    text = """
+    version: 1
+    exchanges: {ev: {type: topic}, dlx: {type: fanout}, hx: {type: headers}}
+    queues:
+      work: {dead_letter_exchange: dlx, bindings: [{exchange: ev, routing_key: "a.#"}]}
+      work.h: {dead_letter_exchange: hx, bindings: [{exchange: ev, routing_key: "h.#"}]}
+      dlq: {bindings: [{exchange: dlx}]}
+      on.x-death:
+        bindings: [{exchange: hx, arguments: {x-match: any-with-x, x-death: null}}]
+      on.last:
+        bindings: [{exchange: hx, arguments: {x-match: all-with-x, x-last-death-reason: rejected}}]
+      on.first:
+        bindings:
+          - {exchange: hx, arguments: {x-match: all-with-x, x-first-death-reason: rejected}}
+    """
+    topology = parse_topology(textwrap.dedent(text), "t.yaml").expanded
+    declare_with_pika(bus_vhost_url, topology)
+    router = Router(topology, rabbitmq=version)
+    headers = {"CC": ["a.c"], "k": 1}
+    channel.basic_publish("ev", "a.b", b"", pika.BasicProperties(headers=headers))
+    channel.basic_publish("ev", "h.b", b"", pika.BasicProperties(message_id="h"))
+    for queue in ("work", "work.h"):
+        method, _, _ = channel.basic_get(queue)
+        assert method is not None
+        channel.basic_reject(method.delivery_tag, requeue=False)
+    method, properties, _ = _get_settled(channel, "dlq")
+    assert method is not None
+    route = router.route("ev", "a.b", headers, on="reject")
+    simulated = route.dead_letters["work"].headers
+
+    def deaths(table: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in table.items() if k.startswith(("x-first-death", "x-last-death"))}
+
+    assert deaths(properties.headers) == deaths(simulated)
+    assert route.dead_letter_queues == {"dlq"}
+    # work.h handles the reject before this get, so its copies are sent by then.
+    assert channel.basic_get("work.h")[0] is None
+    landed = {q for q in ("on.x-death", "on.last", "on.first") if "h" in _drain(channel, q)}
+    assert landed == router.route("ev", "h.b", on="reject").dead_letter_queues

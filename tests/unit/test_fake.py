@@ -142,3 +142,43 @@ def test_async_publish_shares_the_bus(fake: FakeBus) -> None:
 def test_exported_by_the_pytest_plugin(bus_topology: LoadedTopology, fake_bus: FakeBus) -> None:
     assert ExportedFakeBus is FakeBus
     assert fake_bus.router.topology is bus_topology.expanded
+
+
+_TIMESTAMP_BINDING = """
+version: 1
+exchanges: {h: {type: headers}}
+queues:
+  by.seconds: {bindings: [{exchange: h, arguments: {n: 5}}]}
+  by.millis: {bindings: [{exchange: h, arguments: {n: 5000}}]}
+"""
+
+
+@pytest.mark.parametrize(("rabbitmq", "queue"), [("3.10", "by.seconds"), ("4.0.5", "by.millis")])
+def test_timestamp_header_routes_as_the_named_version_compares_it(
+    rabbitmq: str, queue: str
+) -> None:
+    """Header ``n = timestamp 5``: 3.10.8 compares it as 5, 4.0.5 as 5000 (both measured;
+    ``tests/integration/test_routing_table.py`` replays the rows on the broker)."""
+    from datetime import UTC, datetime
+
+    from bus.topology import parse_topology
+
+    fake = FakeBus(parse_topology(_TIMESTAMP_BINDING, "t.yaml"), rabbitmq=rabbitmq)
+    fake.publish("h", "", b"{}", headers={"n": datetime(1970, 1, 1, 0, 0, 5, tzinfo=UTC)})
+    assert fake.counts() == {queue: 1}
+
+
+@pytest.mark.parametrize(("rabbitmq", "last_death"), [("3.10", False), ("4.0", True)])
+def test_a_rejected_copy_carries_the_death_headers_of_the_version(
+    rabbitmq: str, last_death: bool
+) -> None:
+    """4.0.5 adds x-last-death-* to a dead-lettered copy, 3.10.8 does not (both measured by
+    ``tests/integration/test_routing_table.py::test_dead_letter_headers_on_the_broker``)."""
+    fake = FakeBus(load_topology(TOPOLOGY), rabbitmq=rabbitmq)
+    fake.publish(_order())
+    fake.reject("billing.orders")
+    [dead] = fake.messages("billing.orders.dlq")
+    assert dead.headers["x-first-death-queue"] == "billing.orders"
+    assert ("x-last-death-queue" in dead.headers) is last_death
+    if last_death:
+        assert dead.headers["x-last-death-reason"] == "rejected"

@@ -1,10 +1,11 @@
 """The routing simulator against tables of broker behaviour.
 
-Every expected value below was observed on RabbitMQ 3.10.8: the section 8 cases of
-rabbitmq-behaviour.md, the rest probed for this module. ``tests/integration/
-test_routing_table.py`` replays these same tables on the real broker, so a wrong row fails
-there, not only here. The property tests at the end check the compiled structures (trie,
-headers index) against naive reference matchers.
+Every expected value below was observed on RabbitMQ 3.10.8 and 4.0.5: the section 8 cases of
+rabbitmq-behaviour.md, the rest probed for this module; rows where the two versions differ are
+in ``VERSIONED_HEADERS_CASES`` (docs/rabbitmq-versions.md). ``tests/integration/
+test_routing_table.py`` replays these same tables on the real broker (whichever version the
+session uses), so a wrong row fails there, not only here. The property tests at the end
+check the compiled structures (trie, headers index) against naive reference matchers.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from bus.routing import (
     topic_matches,
 )
 from bus.topology import BindingSpec, ExchangeSpec, ExpandedTopology, QueueSpec, parse_topology
+from bus.versions import RuleSet
 
 # (binding pattern, routing key, does the broker deliver?)
 TOPIC_CASES: list[tuple[str, str, bool]] = [
@@ -157,7 +159,6 @@ HEADERS_CASES: list[tuple[dict[str, Any], dict[str, Any] | None, bool]] = [
     ({"n": True}, {"n": True}, True),
     ({"n": True}, {"n": False}, False),
     ({"n": "a"}, {"n": b"a"}, True),
-    ({"n": 5}, {"n": datetime.datetime(1970, 1, 1, 0, 0, 5, tzinfo=datetime.UTC)}, True),
     ({"n": ""}, {"n": ""}, True),
     ({"n": ""}, {}, False),
     # probed: a binding value of None (AMQP void) matches on presence only
@@ -180,6 +181,30 @@ HEADERS_CASES: list[tuple[dict[str, Any], dict[str, Any] | None, bool]] = [
     # empty table and empty array both decode to [] on the broker
     ({"n": {}}, {"n": []}, True),
 ]
+
+
+_T5 = datetime.datetime(1970, 1, 1, 0, 0, 5, tzinfo=datetime.UTC)  # AMQP timestamp 5 (seconds)
+
+# Rows whose answer depends on the version: (binding, headers, {rule set: delivered?}).
+# From 4.0 a top-level timestamp *header* is compared in milliseconds, a binding's in seconds.
+VERSIONED_HEADERS_CASES: list[tuple[dict[str, Any], dict[str, Any], dict[RuleSet, bool]]] = [
+    ({"n": 5}, {"n": _T5}, {"3.10": True, "4.0": False}),
+    ({"n": 5000}, {"n": _T5}, {"3.10": False, "4.0": True}),
+    ({"n": _T5}, {"n": _T5}, {"3.10": True, "4.0": False}),
+    ({"n": _T5}, {"n": 5}, {"3.10": True, "4.0": True}),
+    ({"n": _T5}, {"n": 5000}, {"3.10": False, "4.0": False}),
+    ({"n": None}, {"n": _T5}, {"3.10": True, "4.0": True}),
+    ({"x-match": "any", "n": _T5, "m": 1}, {"n": _T5, "m": 2}, {"3.10": True, "4.0": False}),
+    # inside arrays and tables a timestamp keeps its seconds and its type on both
+    ({"n": [_T5]}, {"n": [_T5]}, {"3.10": True, "4.0": True}),
+    ({"n": [5]}, {"n": [_T5]}, {"3.10": False, "4.0": False}),
+    ({"n": {"t": _T5}}, {"n": {"t": _T5}}, {"3.10": True, "4.0": True}),
+]
+
+
+def headers_cases(rules: RuleSet) -> list[tuple[dict[str, Any], dict[str, Any] | None, bool]]:
+    """Every headers row with its answer on RabbitMQ ``rules``."""
+    return HEADERS_CASES + [(a, h, by[rules]) for a, h, by in VERSIONED_HEADERS_CASES]
 
 
 def headers_topology(arguments: dict[str, Any]) -> ExpandedTopology:
@@ -303,11 +328,35 @@ def test_topic_table(pattern: str, key: str, expected: bool) -> None:
     assert topic_matches(pattern, key) is expected
 
 
+@pytest.mark.parametrize("rules", ["3.10", "4.0"])
 @pytest.mark.parametrize(("arguments", "headers", "expected"), HEADERS_CASES)
 def test_headers_table(
-    arguments: dict[str, Any], headers: dict[str, Any] | None, expected: bool
+    arguments: dict[str, Any], headers: dict[str, Any] | None, expected: bool, rules: RuleSet
 ) -> None:
-    assert (Router(headers_topology(arguments)).route("h", "", headers).queues == {"q"}) is expected
+    router = Router(headers_topology(arguments), rabbitmq=rules)
+    assert (router.route("h", "", headers).queues == {"q"}) is expected
+
+
+@pytest.mark.parametrize("rules", ["3.10", "4.0"])
+@pytest.mark.parametrize(("arguments", "headers", "expected"), VERSIONED_HEADERS_CASES)
+def test_versioned_headers_table(
+    arguments: dict[str, Any],
+    headers: dict[str, Any],
+    expected: dict[RuleSet, bool],
+    rules: RuleSet,
+) -> None:
+    router = Router(headers_topology(arguments), rabbitmq=rules)
+    assert (router.route("h", "", headers).queues == {"q"}) is expected[rules]
+
+
+@pytest.mark.parametrize(
+    ("version", "rules"),
+    [("3.10.8", "3.10"), ("3.13.7", "3.10"), ("4.0.5", "4.0"), ("4.3", "4.0"), (None, "3.10")],
+)
+def test_router_takes_the_rules_of_the_newest_proven_version_not_above(
+    version: str | None, rules: RuleSet
+) -> None:
+    assert Router(headers_topology({}), rabbitmq=version).rules == rules
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))

@@ -262,7 +262,10 @@ def reference_snapshots(against: str, topology_file: Path) -> Snapshots:
     """``--against``: a frozen contract file or folder, an AsyncAPI file, else a git revision."""
     path = Path(against)
     if path.is_dir():
-        return {name: versions[-1] for name, versions in frozen_history(path).items()}
+        history = frozen_history(path)
+        if not history:
+            raise UsageError(f"{against}: no frozen contracts (<event>/<version>.json) in it")
+        return {name: versions[-1] for name, versions in history.items()}
     if path.is_file():
         data = _read(path)
         if isinstance(data, Mapping) and "asyncapi" in data:

@@ -155,6 +155,13 @@ def check(file: Path | None, folder: Path | None, against: str | None, mode: str
         click.echo(f"{comparison.event} against {comparison.against}:")
         lines = _render(comparison, mode)
         click.echo("\n".join(lines) if lines else "  unchanged")
+        frozen = history.get(comparison.event, [])
+        now = current.get(comparison.event)
+        if lines and now is not None and (now.version or 1) in {s.version for s in frozen}:
+            click.echo(
+                f"  note: version {now.version or 1} is frozen with another contract: bump "
+                f"events.{comparison.event}.version and run bus contracts freeze"
+            )
         violations += [
             f"{comparison.event} {c.path}" for c in comparison.changes if not c.allowed(mode)
         ]

@@ -154,6 +154,7 @@ def test_against_a_frozen_file_and_an_asyncapi_document(repo: Path) -> None:
         (["--against", "no-such-ref"], "error: --against no-such-ref: neither a file nor a git"),
         (["--against", "shop_events.py"], "error: shop_events.py: not JSON or YAML"),
         (["--against", "topology.yaml"], "error: topology.yaml: not a frozen contract"),
+        (["--against", "."], "error: .: no frozen contracts"),
         ([], "error: nothing to compare with: no --against and no frozen contracts"),
         (["--mode", "backward-transitive"], "error: backward-transitive: no frozen contracts"),
         (["--mode", "sideways"], "error: Invalid value for '--mode'"),

@@ -304,7 +304,7 @@ class _Differ:
         if old != new:
             if new is None:
                 yield Difference(path, "multipleOf", f"multipleOf {old} removed", True)
-            elif old is not None and (old / new) == int(old / new):
+            elif old is not None and new and (old / new) == int(old / new):
                 yield Difference(path, "multipleOf", f"multipleOf {old} -> {new} (reduced)", True)
             else:
                 why = f"{self.writer} values need not be multiples of {new}"

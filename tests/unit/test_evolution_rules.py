@@ -221,3 +221,10 @@ def test_no_change_no_difference() -> None:
     for row in ROWS:
         assert compare_schemas(row.old, row.old) == []
         assert compare_schemas(row.new, row.new) == []
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.name for r in ROWS])
+def test_forward_is_backward_with_the_schemas_swapped(row: Row) -> None:
+    there, back = compare_schemas(row.old, row.new), compare_schemas(row.new, row.old)
+    assert all(c.forward for c in there) is all(c.backward for c in back)
+    assert all(c.backward for c in there) is all(c.forward for c in back)

@@ -47,8 +47,8 @@ class ContractSnapshot:
 
     event: str
     version: int | None
-    exchange: str
-    routing_key: str
+    exchange: str | None  # None: unknown (an AsyncAPI message no operation sends)
+    routing_key: str | None
     schema: Mapping[str, Any]
     headers: Mapping[str, Any] = field(default_factory=dict)
 
@@ -186,7 +186,7 @@ def asyncapi_snapshots(document: Any, origin: str) -> Snapshots:
         raise UsageError(f"{origin}: not an AsyncAPI document (no 'asyncapi' key)")
     components = document.get("components") or {}
     defs = _relocate(components.get("schemas") or {})
-    routes: dict[int, tuple[str, str]] = {}
+    routes: dict[int, tuple[str | None, str | None]] = {}
     for operation in (document.get("operations") or {}).values():
         if not isinstance(operation, Mapping) or operation.get("action") != "send":
             continue
@@ -202,7 +202,7 @@ def asyncapi_snapshots(document: Any, origin: str) -> Snapshots:
         if not isinstance(message, Mapping) or "payload" not in message:
             continue
         name = str(message.get("name", mid))
-        exchange, routing_key = routes.get(id(message), ("", ""))
+        exchange, routing_key = routes.get(id(message), (None, None))
         header_props = ((message.get("headers") or {}).get("properties")) or {}
         headers = {k: v["const"] for k, v in header_props.items() if "const" in v}
         schema = {**_relocate(message["payload"]), "$defs": defs}

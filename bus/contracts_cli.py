@@ -52,7 +52,7 @@ def compare_contracts(old: ContractSnapshot | None, new: ContractSnapshot | None
         ("routing_key", old.routing_key, new.routing_key),
         ("headers", dict(old.headers), dict(new.headers)),
     ):
-        if before != after:
+        if before is not None and before != after:
             what = f"{part} moved {before!r} -> {after!r}"
             changes.append(Change(part, part, what, False, False, moved, moved))
     if old.version is not None and new.version is not None and (new.version < old.version):

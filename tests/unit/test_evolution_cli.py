@@ -172,3 +172,27 @@ def test_a_revision_without_the_topology_is_invalid_input(repo: Path) -> None:
     done = bus(repo, "contracts", "check", "-f", "bus.yaml", "--against", "HEAD~1")
     assert done.returncode == 2
     assert done.stderr == "error: HEAD~1 has no bus.yaml\n"
+
+
+def test_the_shipped_asyncapi_document_holds_the_same_contracts() -> None:
+    from bus.asyncapi import asyncapi_document
+    from bus.contract_history import asyncapi_snapshots, current_snapshots
+    from bus.contracts_cli import compare_contracts
+    from bus.topology import load_topology
+
+    loaded = load_topology(Path(__file__).resolve().parents[2] / "topology.yaml")
+    current = current_snapshots(loaded)
+    document = asyncapi_document(loaded)
+    exported = asyncapi_snapshots(document, "asyncapi.json")
+    assert sorted(exported) == sorted(current)
+    assert exported["email.requested"].headers == {"priority": "high"}
+    assert (exported["order.paid"].exchange, exported["order.paid"].routing_key) == (
+        "events",
+        "order.paid",
+    )
+    assert all(compare_contracts(exported[n], current[n]) == [] for n in current)
+    # A message no operation sends has no known route: only its payload is compared.
+    document["operations"] = {}
+    unrouted = asyncapi_snapshots(document, "asyncapi.json")
+    assert unrouted["order.paid"].exchange is None
+    assert all(compare_contracts(unrouted[n], current[n]) == [] for n in current)

@@ -82,12 +82,16 @@ class ContractSnapshot:
 def current_snapshots(loaded: LoadedTopology) -> Snapshots:
     """The contracts of ``loaded``, models imported from the running interpreter's path."""
     result: Snapshots = {}
+    # A model that cannot be imported or has no schema is invalid input (exit 2), not a
+    # violation: CI must tell "the check could not run" from "the change breaks consumers".
     for name, event in sorted(loaded.expanded.events.items()):
-        model = import_model(event.model)
         try:
+            model = import_model(event.model)
             schema = model.model_json_schema(mode="validation")
+        except ContractError as exc:
+            raise UsageError(f"event {name}: {exc}") from None
         except PydanticUserError as exc:
-            raise ContractError(f"event {name}: no JSON Schema for {event.model}: {exc}") from None
+            raise UsageError(f"event {name}: no JSON Schema for {event.model}: {exc}") from None
         result[name] = ContractSnapshot(
             name, event.version, event.exchange, event.routing_key, schema, dict(event.headers)
         )

@@ -166,6 +166,18 @@ def test_invalid_input_exits_2_with_one_line(repo: Path, args: list[str], messag
     assert done.stderr.startswith(message), done.stderr
 
 
+def test_a_model_that_cannot_be_imported_is_invalid_input(repo: Path) -> None:
+    commit(repo, "gone", **{"topology.yaml": TOPOLOGY.replace("shop_events:", "shop_gone:")})
+    done = bus(repo, "contracts", "check", "--against", "HEAD~1")
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: event order.placed: cannot import event model")
+    # The same model missing in the revision checked against.
+    commit(repo, "back", **{"topology.yaml": TOPOLOGY})
+    done = bus(repo, "contracts", "check", "--against", "HEAD~1")
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: contracts at HEAD~1: event order.placed: cannot import")
+
+
 def test_a_revision_without_the_topology_is_invalid_input(repo: Path) -> None:
     git(repo, "mv", "topology.yaml", "bus.yaml")
     git(repo, "commit", "-q", "-m", "moved")

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from typing import Literal, Optional
 
+import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
 from bus.evolution import Change, compare_schemas
@@ -137,3 +138,23 @@ def test_a_datetime_where_a_string_was_is_narrowing() -> None:
         "format",
         "forward-compatible",
     )
+
+
+def test_an_event_version_is_a_positive_integer() -> None:
+    from bus.errors import TopologyError
+    from bus.topology import parse_topology
+
+    text = (
+        "version: 1\nexchanges:\n  shop: {type: topic}\nevents:\n  order.placed:\n"
+        "    exchange: shop\n    routing_key: order.placed\n    model: shop:Order\n"
+    )
+    assert parse_topology(text, "t.yaml").expanded.events["order.placed"].version is None
+    assert (
+        parse_topology(text + "    version: 3\n", "t.yaml").model.events["order.placed"].version
+        == 3
+    )
+    for bad in ("0", '"2"', "1.5"):
+        with pytest.raises(TopologyError) as caught:
+            parse_topology(text + f"    version: {bad}\n", "t.yaml")
+        issue = caught.value.issues[0]
+        assert (issue.line, issue.path) == (9, 'events["order.placed"].version'), issue

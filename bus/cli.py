@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from bus.asyncapi import asyncapi_document, dump_document
 from bus.cli_support import broker_settings, plan_exit_code, settings_problems
+from bus.contracts_cli import contracts
 from bus.errors import BusError, TopologyError
 from bus.graph import render
 from bus.settings import install_log_redaction, redact
@@ -36,6 +37,9 @@ def _load(file: Path | None) -> LoadedTopology:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """amqp-bus: a raw-AMQP message bus on RabbitMQ, declared in topology.yaml."""
+
+
+cli.add_command(contracts)
 
 
 @cli.command()

@@ -273,12 +273,14 @@ class Queue(_Strict):
 
 
 class EventContract(_Strict):
-    """An event: where it is published and the pydantic model of its body."""
+    """An event: where it is published, the pydantic model of its body and its version."""
 
     exchange: StrictStr
     routing_key: StrictStr = ""
     model: Annotated[StrictStr, BeforeValidator(_model_path)]
     headers: dict[str, ArgumentValue] = Field(default_factory=dict)
+    # The contract's version in its history (``contracts/<event>/<version>.json``); 1 when absent.
+    version: Annotated[StrictInt, Field(ge=1)] | None = None
     description: StrictStr | None = None
 
 

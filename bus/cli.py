@@ -10,6 +10,7 @@ import click
 import yaml
 
 from bus.asyncapi import asyncapi_document, dump_document
+from bus.dlq_cli import dlq
 from bus.errors import BusError, TopologyError
 from bus.graph import render
 from bus.settings import install_log_redaction, redact
@@ -468,6 +469,9 @@ def demo(file: Path | None, vhost: str | None, keep: bool, as_json: bool) -> int
     else:
         click.echo(render_table(report), nl=False)
     return 0 if report.ok else 1
+
+
+cli.add_command(dlq)
 
 
 def main(argv: list[str] | None = None) -> int:

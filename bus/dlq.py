@@ -36,6 +36,7 @@ __all__ = [
     "dead_letter_queues",
     "delivery_limit",
     "list_dead_letters",
+    "queue_facts",
     "replay_headers",
     "replay_target",
     "show",
@@ -135,11 +136,19 @@ def dead_letter_queues(topology: ExpandedTopology) -> dict[str, str]:
 
 def delivery_limit(management: ManagementClient | None, vhost: str, queue: str) -> int | None:
     """The delivery limit of a quorum queue (argument, policy, or 4.x's default of 20)."""
+    return queue_facts(management, vhost, queue)[1]
+
+
+def queue_facts(
+    management: ManagementClient | None, vhost: str, queue: str
+) -> tuple[bool, int | None]:
+    """(may be a quorum queue, its delivery limit). Unknown without the management API:
+    then it is treated as quorum (read whole) with no known limit."""
     if management is None:
-        return None
+        return True, None
     info = management.queue(vhost, queue)
     if info is None or info.get("type") != "quorum":
-        return None
+        return False, None
     limits = []
     argument = (info.get("arguments") or {}).get("x-delivery-limit")
     if isinstance(argument, int):
@@ -148,29 +157,33 @@ def delivery_limit(management: ManagementClient | None, vhost: str, queue: str) 
     if isinstance(policy, int):
         limits.append(policy)
     if limits:
-        return min(limits)  # the broker applies the lower of the two
+        return True, min(limits)  # the broker applies the lower of the two
     version = str(management.overview().get("rabbitmq_version", "3"))
-    return 20 if int(version.split(".")[0] or 3) >= 4 else None
+    return True, 20 if int(version.split(".")[0] or 3) >= 4 else None
 
 
 def check_delivery_limit(settings: BusSettings, queue: str, limit: int | None) -> None:
-    """Refuse to read a quorum queue whose head message two more returns would drop.
+    """Refuse to read a quorum queue whose head message is near its delivery limit.
 
     Every read returns the messages it does not ack, and each return raises their
     ``x-delivery-count``; past the limit the broker drops them (a DLQ rarely has a DLX of
-    its own). This check reads the head (one return) before the command's own read (one more).
+    its own). This check reads the head (one return) and the command reads once more (a
+    second); the head must still be readable by the next check afterwards (a third), so
+    reading is refused once ``count + 3 > limit``.
     """
     if limit is None:
         return
     with QueuePass(settings, queue, connection_name="amqp-bus-dlq-check") as reading:
-        head = reading.read(1)
-    count = head[0].delivery_count if head else None
-    if count is not None and count + 2 > limit:
+        # The whole queue, never a prefix: see _whole.
+        messages = reading.read(reading.depth)
+    counts = [m.delivery_count for m in messages if m.delivery_count is not None]
+    count = max(counts) if counts else None
+    if count is not None and count + 3 > limit:
         raise UsageError(
-            f"queue {queue!r} is a quorum queue with delivery limit {limit} and its first "
-            f"message has been returned {count + 1} times: reading it again could let the "
-            "broker drop it. Replay or purge without reading first, or raise the limit with a "
-            "policy (delivery-limit)"
+            f"queue {queue!r} is a quorum queue with delivery limit {limit} and one of its "
+            f"messages has been returned {count + 1} times: reading it again could let the "
+            "broker drop it. Raise its limit with a policy (delivery-limit) first, then show, "
+            "replay or purge it"
         )
 
 
@@ -191,10 +204,11 @@ def list_dead_letters(
         entry = DeadLetterQueue(name, source, None)
         report.append(entry)
         try:
-            check_delivery_limit(settings, name, delivery_limit(management, settings.vhost, name))
+            quorum, limit = queue_facts(management, settings.vhost, name)
+            check_delivery_limit(settings, name, limit)
             with QueuePass(settings, name, connection_name="amqp-bus-dlq-list") as reading:
                 entry.depth = reading.depth
-                messages = reading.read(min(scan, reading.depth))
+                messages = reading.read(_whole(quorum, min(scan, reading.depth), reading.depth))
         except NotFoundError:
             entry.note = "missing on the broker (run bus apply)"
             continue
@@ -223,12 +237,21 @@ def show(
     management: ManagementClient | None = None,
 ) -> tuple[int, list[DeadLetter]]:
     """(depth, the first ``count`` selected messages among the first ``scan``); consumes none."""
-    check_delivery_limit(settings, queue, delivery_limit(management, settings.vhost, queue))
+    quorum, limit = queue_facts(management, settings.vhost, queue)
+    check_delivery_limit(settings, queue, limit)
     plain_read = not (selection.reasons or selection.exception_types or selection.message_ids)
     with QueuePass(settings, queue, connection_name="amqp-bus-dlq-show") as reading:
         wanted = count if plain_read else scan
-        messages = reading.read(min(wanted, reading.depth))
+        messages = reading.read(_whole(quorum, min(wanted, reading.depth), reading.depth))
         return reading.depth, [m for m in messages if selection.matches(m)][:count]
+
+
+def _whole(quorum: bool, wanted: int, depth: int) -> int:
+    """How many to read: on a quorum queue always all of it. RabbitMQ 3.10.8 appends the
+    messages a closed channel returns to the *tail* of a quorum queue (checked: read 1 of 5,
+    close: it comes back last), so only a read of the whole queue keeps the order; a classic
+    queue puts them back in their places and a prefix is enough."""
+    return depth if quorum else wanted
 
 
 def replay_target(dead: DeadLetter, *, to_exchange: bool) -> tuple[str, str]:

@@ -1,11 +1,12 @@
 """Reading a dead-letter queue without disturbing it: one pass of unacked deliveries.
 
 A :class:`QueuePass` consumes a queue with manual acks and holds every delivery it does not
-ack. Closing the channel hands all of them back at once: RabbitMQ 3.10 puts them back where
-they were, in order, on classic and on quorum queues (checked on the broker: read 20, ack
-every third, close; the next read sees the others in their order). ``basic.cancel`` is never
-used, since pika nacks the deliveries it buffered one by one, and on a quorum queue those
-would then come before the held ones.
+ack. Closing the channel hands all of them back at once, in order (checked on RabbitMQ
+3.10.8 with 300 messages: consume all, ack every other one, close; the rest come back in
+their order). A classic queue puts them back in their places. A quorum queue appends them
+to its tail (read 1 of 5 and close: it comes back last), so callers read a quorum queue
+whole (:func:`bus.dlq._whole`). Never ``basic.get``: on a quorum queue, messages taken by
+``basic.get`` come back in hash order when their channel closes.
 
 Quorum queues count every return in ``x-delivery-count``; once a return takes it past the
 queue's delivery limit the broker drops or dead-letters the message. RabbitMQ 3.10 has no

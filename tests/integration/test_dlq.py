@@ -23,6 +23,7 @@ from bus.broker.management import ManagementClient
 from bus.cli import main
 from bus.dlq import Selection, list_dead_letters, show
 from bus.dlq_replay import ReplayReport, replay
+from bus.errors import UsageError
 from bus.settings import BusSettings
 from bus.topology import LoadedTopology
 from consumers import Backoff, ConsumerApp, Message, RejectMessage
@@ -266,3 +267,57 @@ async def test_replay_to_a_deleted_queue_leaves_everything_and_fails(
     ]
     assert len(remaining) == 15
     assert all(reason_of(p) != "json" for p, _ in remaining)
+
+
+BROKER_TOPOLOGY = """\
+version: 1
+exchanges:
+  parked: {type: fanout}
+queues:
+  own.q:
+    type: quorum
+    dead_letter_exchange: parked
+  parked.q:
+    type: quorum
+    delivery_limit: 5
+    bindings: [{exchange: parked}]
+events:
+  order.created:
+    {exchange: "", routing_key: own.q, model: "producers.events:OrderCreated"}
+"""
+
+
+async def test_broker_dead_letters_go_back_to_their_x_death_queue_and_the_limit_guards(
+    bus_vhost_url: str, tmp_path: Path, bus_management: ManagementClient, bus_vhost: str
+) -> None:
+    topology = load_declared(bus_vhost_url, tmp_path, BROKER_TOPOLOGY)
+    settings = BusSettings(amqp_url=bus_vhost_url)
+    app = ConsumerApp("dlq-test", backoff=Backoff(base=0.05, cap=0.2), grace=5)
+
+    @app.handler("own.q")
+    async def handle(event: OrderCreated, message: Message) -> None:
+        raise RejectMessage("no")  # the queue has a DLX but no DLQ of ours: broker reject
+
+    async with app.serve(settings, topology=topology):
+        await publish(bus_vhost_url, [
+            {"routing_key": "own.q", "body": body(i), "content_type": "application/json",
+             "type": "order.created"} for i in range(6)
+        ])  # fmt: skip
+        await wait_until(lambda: queue_depth(bus_vhost_url, "parked.q")[0] >= 6)
+    listed = {q.name: q for q in list_dead_letters(topology.expanded, settings)}
+    assert listed["parked.q"].reasons == {"rejected": 6}
+
+    # Quorum, delivery limit 5: list returned each once; a show costs the head two returns;
+    # the second show refuses before the broker could drop anything.
+    show(settings, "parked.q", management=bus_management)
+    with pytest.raises(UsageError, match="delivery limit 5"):
+        show(settings, "parked.q", management=bus_management)
+    before = [p.message_id for p, _ in peek(bus_vhost_url, "parked.q")]
+    assert len(before) == 6  # nothing dropped by the broker
+
+    report = replay(settings, "parked.q")
+    assert report.replayed == 6
+    back = drain(bus_vhost_url, "own.q")
+    assert [p.message_id for _, p, _ in back] == before
+    assert all("x-death" not in p.headers for _, p, _ in back)
+    assert queue_depth(bus_vhost_url, "parked.q")[0] == 0

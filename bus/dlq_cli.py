@@ -187,7 +187,7 @@ class _Progress:
         self.last = now
         done = report.replayed + report.purged
         rate = done / max(now - self.started, 1e-6)
-        line = (f"{report.queue}: {done} {report.action}ed of {report.depth}, "
+        line = (f"{report.queue}: {done} {report.action.rstrip('e')}ed of {report.depth}, "
                 f"{rate:.0f}/s, recovered {report.recovered}")  # fmt: skip
         if self.tty:
             sys.stderr.write("\r\033[K" + line)

@@ -200,6 +200,7 @@ async def test_replays_one_reason_and_leaves_the_rest_in_order(
     assert report.ok, report.failures
     duplicates = check_moved(before, bus_vhost_url, queue, report, "handler")
     assert not duplicates
+    print(f"\n{queue}: {report.summary()} in {report.seconds} s")
 
 
 async def test_replay_survives_two_cut_connections(
@@ -228,7 +229,10 @@ async def test_replay_survives_two_cut_connections(
     assert report.reconnects >= 2
     assert report.ok, report.failures
     duplicates = check_moved(before, bus_vhost_url, queue, report, "handler")
-    print(f"\ncut test: {report.summary()}; duplicates found {sum(duplicates.values())}")
+    print(
+        f"\ncut test: {report.summary()} in {report.seconds} s; duplicates found "
+        f"{sum(duplicates.values())}"
+    )
 
 
 async def test_replay_to_a_deleted_queue_leaves_everything_and_fails(

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -325,3 +327,40 @@ async def test_broker_dead_letters_go_back_to_their_x_death_queue_and_the_limit_
     assert [p.message_id for _, p, _ in back] == before
     assert all("x-death" not in p.headers for _, p, _ in back)
     assert queue_depth(bus_vhost_url, "parked.q")[0] == 0
+
+
+async def test_replay_at_a_rate_survives_cuts_at_any_moment(
+    topology: LoadedTopology, settings: BusSettings, bus_vhost_url: str, bus_vhost: str
+) -> None:
+    """Cuts from another thread land wherever the replay is (mid-batch with unconfirmed
+    copies, or between batches): nothing is lost whatever the timing, and every duplicate
+    is among the reported possible ones."""
+    queue = "work.c"
+    await dead_letter(queue, N, topology, settings, bus_vhost_url)
+    before = peek(bus_vhost_url, f"{queue}.dlq")
+    selected = sum(1 for p, _ in before if reason_of(p) == "handler")
+    stop = threading.Event()
+
+    def cutter() -> None:
+        for share in (0.2, 0.6):
+            while not stop.is_set() and queue_depth(bus_vhost_url, queue)[0] < selected * share:
+                time.sleep(0.01)
+            if stop.is_set():
+                return
+            subprocess.run(
+                ["rabbitmqctl", "-q", "close_all_connections", "-p", bus_vhost, "dlq test cut"],
+                check=True, capture_output=True, timeout=60,
+            )  # fmt: skip
+
+    thread = threading.Thread(target=cutter)
+    thread.start()
+    try:
+        report = replay(settings, f"{queue}.dlq", Selection(reasons=("handler",)),
+                        rate=selected / 2, batch=25)  # fmt: skip
+    finally:
+        stop.set()
+        thread.join()
+    assert report.ok, report.failures
+    duplicates = check_moved(before, bus_vhost_url, queue, report, "handler")
+    print(f"\nthreaded cuts: {report.summary()} in {report.seconds} s; duplicates found "
+          f"{sum(duplicates.values())}")  # fmt: skip

@@ -179,8 +179,7 @@ def _execute(
     if rate is not None:
         batch = max(1, min(batch, int(rate / 5) or 1))
     depth: int | None = None
-    consumed = held = 0
-    losses = 0
+    consumed = losses = stalls = 0
     try:
         while True:
             reading = QueuePass(settings, queue, connection_name=f"amqp-bus-dlq-{action}")
@@ -188,14 +187,16 @@ def _execute(
                 now = reading.open()
                 if depth is None:
                     depth = report.depth = now
-                fresh = depth - consumed - held
-                if fresh <= 0 or run.full():
+                # Every message of the original depth not acked yet: what a pass leaves comes
+                # back ahead of (classic: in place of) what it did not reach.
+                remaining = depth - consumed
+                if remaining <= 0 or run.full():
                     reading.close()
                     break
-                wanted = min(held + fresh, _MAX_PASS)
+                wanted = min(remaining, _MAX_PASS)
                 messages = reading.read(wanted)
-                acked = _one_pass(run, reading, messages, publisher, to_exchange, batch, rate,
-                                  started, progress)  # fmt: skip
+                acked, stopped = _one_pass(run, reading, messages, publisher, to_exchange,
+                                           batch, rate, started, progress)  # fmt: skip
                 if not dry_run:
                     reading.finish()
             except PassLost as exc:
@@ -214,12 +215,24 @@ def _execute(
                 reading.close()
             losses = 0
             consumed += acked
-            held = len(messages) - acked
-            if dry_run or len(messages) < wanted or (acked == 0 and wanted == _MAX_PASS):
-                if acked == 0 and wanted == _MAX_PASS and len(messages) == wanted:
-                    report.notes.append(
-                        f"stopped: {_MAX_PASS} messages that stay come first; narrow the selection"
+            if dry_run:
+                break
+            if stopped:
+                # A copy's fate is unknown or the rest of its batch was not sent: a new pass
+                # sends them again, in order. Give up when passes stop making progress.
+                stalls = 0 if acked else stalls + 1
+                if stalls > max_reconnects:
+                    run.settle_counts()
+                    raise BrokerError(
+                        f"no progress after {max_reconnects} passes; so far: {report.summary()}"
                     )
+                continue
+            if len(messages) < wanted or wanted == remaining:
+                break  # every message of the queue was looked at
+            if acked == 0:
+                report.notes.append(
+                    f"stopped: {_MAX_PASS} messages that stay come first; narrow the selection"
+                )
                 break
     finally:
         if publisher is not None:
@@ -241,8 +254,9 @@ def _one_pass(
     rate: float | None,
     started: float,
     progress: Progress | None,
-) -> int:
-    """Copy and ack the selected messages of one pass; returns how many were acked."""
+) -> tuple[int, bool]:
+    """Copy and ack the selected messages of one pass: (how many were acked, whether it
+    stopped early because a copy's fate is unknown or was not sent)."""
     report, selection = run.report, run.selection
     to_ack: list[int] = []
     confirmed: list[Identity] = []
@@ -297,6 +311,8 @@ def _one_pass(
                 report.recovered += 1
                 continue
             again = publisher is not None and (dead.message_id or "") in run.sent_ids
+            if identity in run.failed:
+                continue  # refused earlier in this run (unroutable, nacked...): it stays
             if run.full() or again or not selection.matches(dead):
                 # ``again``: a copy sent by this run failed and came back; it stays.
                 run.skipped.add(identity)
@@ -328,7 +344,7 @@ def _one_pass(
         report.recovered -= len(recovered)
         report.purged -= purged
         raise
-    return len(to_ack)
+    return len(to_ack), stop
 
 
 def _plan(run: _Run, dead: DeadLetter, identity: Identity, to_exchange: bool) -> None:

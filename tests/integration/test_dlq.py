@@ -364,3 +364,37 @@ async def test_replay_at_a_rate_survives_cuts_at_any_moment(
     duplicates = check_moved(before, bus_vhost_url, queue, report, "handler")
     print(f"\nthreaded cuts: {report.summary()} in {report.seconds} s; duplicates found "
           f"{sum(duplicates.values())}")  # fmt: skip
+
+
+def test_a_copy_to_a_missing_exchange_stays_and_the_rest_of_its_batch_goes_in_order(
+    topology: LoadedTopology, settings: BusSettings, bus_vhost_url: str
+) -> None:
+    """--to-exchange where one message names an exchange that does not exist: the broker
+    closes the publishing channel over it, so the copies written after it are not sent on
+    that channel; they go in a later pass, in order, and only that message stays."""
+    connection = pika.BlockingConnection(pika.URLParameters(bus_vhost_url))
+    ids = []
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        for seq in range(8):
+            exchange = "gone" if seq == 3 else "events"
+            ids.append(f"m-{seq}")
+            headers = {
+                "x-failed-queue": "work.c",
+                "x-failure-reason": "handler",
+                "x-original-exchange": exchange,
+                "x-original-routing-key": "work.c",
+            }
+            channel.basic_publish("", "work.c.dlq", body(seq).encode(), pika.BasicProperties(
+                message_id=f"m-{seq}", delivery_mode=2, headers=headers))  # fmt: skip
+    finally:
+        connection.close()
+    report = replay(settings, "work.c.dlq", to_exchange=True, batch=8)
+    assert report.replayed == 7
+    assert report.failed == 1
+    assert "gone" in next(iter(report.failures))
+    assert [p.message_id for _, p, _ in drain(bus_vhost_url, "work.c")] == [
+        i for i in ids if i != "m-3"
+    ]
+    assert [p.message_id for _, p, _ in drain(bus_vhost_url, "work.c.dlq")] == ["m-3"]

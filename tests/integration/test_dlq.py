@@ -394,7 +394,10 @@ def test_a_copy_to_a_missing_exchange_stays_and_the_rest_of_its_batch_goes_in_or
     assert report.replayed == 7
     assert report.failed == 1
     assert "gone" in next(iter(report.failures))
-    assert [p.message_id for _, p, _ in drain(bus_vhost_url, "work.c")] == [
-        i for i in ids if i != "m-3"
-    ]
+    back = [p.message_id for _, p, _ in drain(bus_vhost_url, "work.c")]
+    # Copies written before the refused one may have lost their confirms with the channel:
+    # sent again, they are the only duplicates, and reported.
+    assert list(dict.fromkeys(back)) == [i for i in ids if i != "m-3"]
+    assert len(back) - 7 <= report.possible_duplicates
+    print(f"\nmissing exchange: {report.summary()}; copies {len(back)}")
     assert [p.message_id for _, p, _ in drain(bus_vhost_url, "work.c.dlq")] == ["m-3"]

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from bus.asyncapi import asyncapi_document, dump_document
 from bus.cli_support import broker_settings, plan_exit_code, settings_problems
 from bus.contracts_cli import contracts
+from bus.dlq_cli import dlq
 from bus.errors import BusError, TopologyError
 from bus.graph import render
 from bus.settings import install_log_redaction, redact
@@ -469,6 +470,9 @@ def demo(file: Path | None, vhost: str | None, keep: bool, as_json: bool) -> int
     else:
         click.echo(render_table(report), nl=False)
     return 0 if report.ok else 1
+
+
+cli.add_command(dlq)
 
 
 def main(argv: list[str] | None = None) -> int:

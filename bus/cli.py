@@ -470,6 +470,9 @@ def demo(file: Path | None, vhost: str | None, keep: bool, as_json: bool) -> int
     return 0 if report.ok else 1
 
 
+cli.add_command(__import__("bus.outbox.cli", fromlist=["outbox"]).outbox)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script: run the CLI and map errors to exit codes."""
     # Passwords never reach a log line or an error line, whatever library wrote it.

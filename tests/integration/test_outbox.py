@@ -253,3 +253,48 @@ async def test_add_async_writes_in_the_async_session_transaction(
     finally:
         await engine.dispose()
         sync_engine.dispose()
+
+
+def test_cli_creates_the_table_relays_once_and_reports_the_backlog(
+    topology: LoadedTopology,
+    bus_vhost_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bus.cli import main
+    from bus.outbox import outbox_backlog
+
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    assert main(["outbox", "init", "--db", url]) == 0
+    assert main(["outbox", "init", "--db", url]) == 0  # again: nothing to do
+    engine = make_engine(url)
+    try:
+        with Session(engine) as session, session.begin():
+            ids = [
+                Outbox(topology).add(
+                    session, OrderCreated(order_id="c", customer_id=str(n), total=Decimal(1))
+                )
+                for n in range(3)
+            ]
+    finally:
+        engine.dispose()
+    pending, oldest = outbox_backlog(url)
+    assert pending == 3
+    assert oldest >= 0
+    capsys.readouterr()
+    assert main(["outbox", "status", "--db", url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "pending": 3, "oldest_age_s": pytest.approx(oldest, abs=5), "failing": 0
+    }  # fmt: skip
+
+    monkeypatch.setenv("BUS_AMQP_URL", bus_vhost_url)
+    assert main(["outbox", "relay", "--db", url, "--once"]) == 0
+    assert outbox_backlog(url)[0] == 0
+    assert [s.message_id for s in read_queue(bus_vhost_url, "outbox.all", idle=1)] == ids
+
+    capsys.readouterr()
+    assert main(["outbox", "status", "--db", "nosuchdb://x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: invalid --db URL")
+    assert len(err.splitlines()) == 1

@@ -6,6 +6,7 @@ Both tests count the duplicates the recovery publishes, and run every delivery t
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -16,13 +17,15 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Column, Engine, MetaData, String, Table, func, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 
 from bus.outbox import DatabaseInbox, Outbox, Relay, backlog, create_outbox, make_engine
 from bus.outbox.table import outbox_table
 from bus.settings import BusSettings
 from bus.topology import parse_topology
+from consumers import Backoff, ConsumerApp, IdempotencyStore, Message
 from producers import SyncPublisher
 from producers.events import OrderCreated
 from tests.helpers import declare_with_pika
@@ -197,10 +200,6 @@ def test_inbox_mark_commits_and_rolls_back_with_the_handler_transaction(tmp_path
 
 
 async def test_inbox_is_the_runtime_idempotency_store_sync_and_async(tmp_path: Path) -> None:
-    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
-
-    from consumers import IdempotencyStore
-
     url = f"sqlite:///{tmp_path / 'inbox.db'}"
     sync_engine = make_engine(url)
     create_outbox(sync_engine)
@@ -219,4 +218,68 @@ async def test_inbox_is_the_runtime_idempotency_store_sync_and_async(tmp_path: P
             assert not await DatabaseInbox(async_engine).claim_async(session, "q:async")
     finally:
         await async_engine.dispose()
+        sync_engine.dispose()
+
+
+async def test_inbox_in_the_consumer_runtime_applies_each_event_once(
+    bus_vhost_url: str, tmp_path: Path
+) -> None:
+    """Handlers record the key in their own transaction: a failed run leaves neither effect
+    nor mark, and a duplicate arriving at a fresh process (no memory of the first) is dropped."""
+    loaded = parse_topology(TOPOLOGY)
+    declare_with_pika(bus_vhost_url, loaded.expanded)
+    url = f"sqlite:///{tmp_path / 'consumer.db'}"
+    sync_engine = make_engine(url)
+    create_outbox(sync_engine)
+    effects = Table("effects", MetaData(), Column("order_id", String(64)))
+    effects.create(sync_engine)
+    engine = create_async_engine(url.replace("sqlite://", "sqlite+aiosqlite://"))
+    inbox = DatabaseInbox(engine)
+    failed_once: list[str] = []
+
+    def app() -> ConsumerApp:
+        consumer = ConsumerApp("inbox", idempotency_store=inbox, backoff=Backoff(0.05, 0.2))
+
+        @consumer.handler("outbox.all", idempotent=True)
+        async def apply(event: OrderCreated, message: Message) -> None:
+            async with AsyncSession(engine) as session, session.begin():
+                if not await inbox.claim_async(session, message):
+                    return
+                await session.execute(insert(effects).values(order_id=event.order_id))
+                if event.order_id == "flaky" and not failed_once:
+                    failed_once.append(event.order_id)
+                    raise RuntimeError("fails after its effect: the transaction rolls back")
+
+        return consumer
+
+    def applied() -> list[str]:
+        with sync_engine.connect() as conn:
+            return sorted(row.order_id for row in conn.execute(select(effects)))
+
+    async def until_applied(expected: list[str]) -> None:
+        for _ in range(200):
+            if applied() == expected:
+                return
+            await asyncio.sleep(0.05)
+
+    def send(*order_ids: str) -> None:
+        with SyncPublisher.connect(BusSettings(amqp_url=bus_vhost_url), loaded) as publisher:
+            for order_id in order_ids:
+                event = OrderCreated(order_id=order_id, customer_id="c", total=Decimal(1))
+                publisher.publish(event, message_id=f"id-{order_id}")
+
+    settings = BusSettings(amqp_url=bus_vhost_url)
+    try:
+        async with app().serve(settings, topology=loaded):
+            send("a", "flaky", "a")
+            await until_applied(["a", "flaky"])
+        async with app().serve(settings, topology=loaded):  # a new process: no memory
+            send("a", "flaky", "b")
+            await until_applied(["a", "b", "flaky"])
+            await asyncio.sleep(0.3)
+        assert failed_once == ["flaky"]
+        assert applied() == ["a", "b", "flaky"]
+        assert read_queue(bus_vhost_url, "outbox.all", idle=0.5) == []
+    finally:
+        await engine.dispose()
         sync_engine.dispose()

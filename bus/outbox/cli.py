@@ -63,8 +63,7 @@ def init(db_url: str, table: str, schema: str | None) -> None:
     try:
         created = create_outbox(engine, _table(table, schema))
     except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise OutboxError(f"cannot create the outbox table: {reason}") from None
+        raise OutboxError(f"cannot create the outbox table: {_reason(exc)}") from None
     finally:
         engine.dispose()
     click.echo(f"outbox table {created.fullname!r} ready")
@@ -98,8 +97,11 @@ def relay(
     stats_every: float,
 ) -> None:
     """Publish committed outbox rows with confirms; SIGTERM/SIGINT finish the batch, exit."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from bus.cli import _broker_settings
     from bus.outbox.relay import Relay
+    from bus.outbox.table import OutboxError
 
     settings = _broker_settings()
     engine = _engine(db_url)
@@ -112,7 +114,10 @@ def relay(
             poll_interval=poll,
         )  # fmt: skip
         if once:
-            handled = worker.drain()
+            try:
+                handled = worker.drain()
+            except SQLAlchemyError as exc:
+                raise OutboxError(f"relaying failed: {_reason(exc)}") from None
             click.echo(f"relayed {worker.stats.published} rows ({handled} handled)")
             return
         stop = threading.Event()
@@ -129,6 +134,12 @@ def relay(
     finally:
         publisher.close()
         engine.dispose()
+
+
+def _reason(exc: BaseException) -> str:
+    """The driver's first line, without SQLAlchemy's statement dump."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _report(worker: Any) -> None:

@@ -154,12 +154,22 @@ class Relay:
         self.stats = RelayStats()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._owned = False
 
     @classmethod
     def connect(cls, db_url: str, settings: BusSettings, **options: Any) -> Relay:
-        """A relay with its own engine and publisher (connected now)."""
+        """A relay with its own engine and publisher (connected now; :meth:`close` them)."""
         publisher = SyncPublisher(settings, connection_name="amqp-bus-outbox-relay").start()
-        return cls(make_engine(db_url), publisher, **options)
+        relay = cls(make_engine(db_url), publisher, **options)
+        relay._owned = True
+        return relay
+
+    def close(self) -> None:
+        """Stop the thread; close the engine and publisher :meth:`connect` opened."""
+        self.stop()
+        if self._owned:
+            self.publisher.close()
+            self.engine.dispose()
 
     # -- one cycle --------------------------------------------------------------------------
     def claim(self) -> list[Mapping[str, Any]]:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from bus.outbox import Outbox, Relay, backlog, create_outbox, make_engine, outbox_table
 from bus.outgoing import Outgoing
+from bus.provision import ProvidedBroker
 from bus.settings import BusSettings
 from bus.topology import LoadedTopology, parse_topology
 from producers import SyncPublisher
@@ -298,3 +301,28 @@ def test_cli_creates_the_table_relays_once_and_reports_the_backlog(
     err = capsys.readouterr().err
     assert err.startswith("error: invalid --db URL")
     assert len(err.splitlines()) == 1
+
+
+def test_quick_outbox_bench_runs_next_to_direct_publishing(
+    bus_broker: ProvidedBroker, tmp_path: Path
+) -> None:
+    """Never asserts a figure: only that every case ran and the ratios were paired."""
+    pytest.importorskip("psycopg")
+    report = tmp_path / "bench.json"
+    env = dict(os.environ, BUS_AMQP_URL=bus_broker.amqp_url)
+    if bus_broker.management_url:
+        env["BUS_MANAGEMENT_URL"] = bus_broker.management_url
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--seconds", "0.5", "--only", "outbox",
+         "--json", str(report)],
+        capture_output=True, text=True, timeout=300, env=env, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    document = json.loads(report.read_text())
+    assert set(document["cases"]) == {
+        "outbox/pg/ours-sync", "outbox/pg/outbox", "outbox/pg/outbox-k100", "outbox/pg/relay",
+    }  # fmt: skip
+    assert all(case["spread"]["msg_s"]["median"] > 0 for case in document["cases"].values())
+    assert {(r["ours"], r["raw"]) for r in document["ratios"]} == {
+        ("outbox", "ours-sync"), ("outbox-k100", "ours-sync"), ("relay", "ours-sync"),
+    }  # fmt: skip

@@ -338,9 +338,15 @@ class _Waiter:
         if conn is None:
             self.stop.wait(seconds)
             return
+        deadline = time.monotonic() + seconds
         try:
-            for _ in conn.notifies(timeout=seconds, stop_after=1):
-                pass
+            # In slices, so that a stop request (SIGTERM) is seen within half a second.
+            while not self.stop.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                for _ in conn.notifies(timeout=min(left, 0.5), stop_after=1):
+                    return
         except Exception as exc:  # a lost connection: listen again next time
             log.info("outbox relay: LISTEN connection lost: %s", _short(exc))
             self.close()

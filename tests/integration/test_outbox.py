@@ -33,7 +33,13 @@ from bus.topology import LoadedTopology, parse_topology
 from producers import SyncPublisher
 from producers.events import OrderCreated
 from tests.helpers import declare_with_pika
-from tests.support.outbox import TOPOLOGY, order_broken, outbox_database, read_queue
+from tests.support.outbox import (
+    TOPOLOGY,
+    order_broken,
+    outbox_database,
+    postgres_database,
+    read_queue,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -326,3 +332,29 @@ def test_quick_outbox_bench_runs_next_to_direct_publishing(
     assert {(r["ours"], r["raw"]) for r in document["ratios"]} == {
         ("outbox", "ours-sync"), ("outbox-k100", "ours-sync"), ("relay", "ours-sync"),
     }  # fmt: skip
+
+
+def test_a_commit_wakes_an_idle_relay_on_postgresql(
+    topology: LoadedTopology, bus_vhost_url: str
+) -> None:
+    """The relay polls every 10 minutes here: only the insert trigger's NOTIFY can wake it."""
+    with postgres_database() as db_url:
+        engine = make_engine(db_url)
+        create_outbox(engine)
+        publisher = _publisher(bus_vhost_url)
+        relay = Relay(engine, publisher, poll_interval=600.0)
+        try:
+            relay.start()
+            time.sleep(1.0)  # idle: its first claim found nothing, it waits
+            with Session(engine) as session, session.begin():
+                event = OrderCreated(order_id="n", customer_id="1", total=Decimal(1))
+                sent = Outbox(topology).add(session, event)
+            _wait_empty(engine, timeout=60.0)
+            assert backlog(engine).pending == 0
+            assert relay.stats.published == 1
+        finally:
+            relay.stop()
+            publisher.close()
+            engine.dispose()
+        seen = read_queue(bus_vhost_url, "outbox.all", idle=1)
+        assert [s.message_id for s in seen] == [sent]

@@ -12,7 +12,7 @@ what to compare.
     .venv/bin/python -m bench --list                           # the case ids
 
 Groups: publish (window 1, 100, 1000), consume (prefetch 1, 100, 1000), latency (1k, 2k,
-3k msg/s), celery, apply, routing; memory only when selected with ``--only``.
+3k msg/s), celery, apply, routing, outbox (PostgreSQL); memory only when selected with ``--only``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench import java_client
+from bench import outbox
 from bench._harness import BODY, CaseFailed, Spread, bench_vhost, paired_ratios, run_in_process
 
 LABELS = {
@@ -160,6 +161,7 @@ def groups(opts: argparse.Namespace) -> dict[str, Group]:
                 lower_is_better=True,
                 digits=1,
             ),
+            outbox.group(opts),
         )
     }
 
@@ -232,6 +234,7 @@ def catalogue(opts: argparse.Namespace) -> list[Case]:
              {"messages": opts.memory_messages, "every": opts.memory_every, "window": 1000,
               "loop": "asyncio"})
     )  # fmt: skip
+    cases.extend(outbox.cases(opts))
     return cases
 
 

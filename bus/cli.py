@@ -473,6 +473,7 @@ def demo(file: Path | None, vhost: str | None, keep: bool, as_json: bool) -> int
 
 
 cli.add_command(dlq)
+cli.add_command(__import__("bus.outbox.cli", fromlist=["outbox"]).outbox)
 
 
 def main(argv: list[str] | None = None) -> int:

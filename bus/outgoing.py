@@ -203,6 +203,9 @@ class Outgoing:
     correlation_id: str | None = None
     traceparent: str | None = None
     persistent: bool = True
+    # Set for a message stored earlier (a Celery task kept in the transactional outbox).
+    content_encoding: str | None = None
+    reply_to: str | None = None
 
 
 @dataclass(slots=True)
@@ -411,7 +414,7 @@ class Resolver:
                 traceparent=None,
                 persistent=True,
             )
-        return self.explicit(
+        resolved = self.explicit(
             item.exchange,
             item.routing_key,
             item.body,
@@ -422,6 +425,9 @@ class Resolver:
             traceparent=item.traceparent,
             persistent=item.persistent,
         )
+        resolved.content_encoding = item.content_encoding
+        resolved.reply_to = item.reply_to
+        return resolved
 
     def _finish(
         self,

@@ -1,0 +1,254 @@
+"""Writing events into the outbox, in the caller's own database transaction.
+
+``outbox.add(session, event)`` checks the event against its contract and turns it into the
+wire message exactly as the publishers do (:class:`bus.outgoing.Resolver`), then inserts one
+row with the session the business change uses. Nothing is sent: the row commits or rolls back
+with that change, and a relay (:mod:`bus.outbox.relay`) publishes it after the commit.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from pydantic import BaseModel
+from sqlalchemy import Connection, Table, insert
+from sqlalchemy.orm import Session
+
+from bus.outbox.table import outbox_table
+from bus.outgoing import DEFAULT_MAX_MESSAGE_SIZE, Outgoing, Resolved, Resolver, TopologyLike
+
+if TYPE_CHECKING:  # the asyncio extension needs greenlet: only async callers import it
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+__all__ = ["AsyncBind", "Outbox", "SyncBind"]
+
+SyncBind: TypeAlias = Session | Connection
+AsyncBind: TypeAlias = "AsyncSession | AsyncConnection"
+
+
+class Outbox:
+    """Adds messages to the outbox table; one per service, like a publisher.
+
+    ``topology`` gives the contracts (events) and the Celery queues (tasks); ``table`` is
+    :func:`bus.outbox.outbox_table` unless the service named or placed it otherwise.
+    """
+
+    def __init__(
+        self,
+        topology: TopologyLike | None = None,
+        *,
+        table: Table | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        app_id: str = "amqp-bus",
+    ) -> None:
+        self.resolver = Resolver(topology, max_message_size)
+        self.table = table if table is not None else outbox_table()
+        self.app_id = app_id
+
+    # -- building rows ----------------------------------------------------------------------
+    def event_row(
+        self,
+        event: BaseModel | Outgoing,
+        *,
+        ordering_key: str | None = None,
+        event_name: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        traceparent: str | None = None,
+        persistent: bool = True,
+    ) -> dict[str, Any]:
+        """The row of one event (validated against its contract) or explicit message."""
+        if isinstance(event, Outgoing):
+            resolved = self.resolver.item(event)
+        else:
+            resolved = self.resolver.event(
+                event,
+                name=event_name,
+                headers=headers,
+                message_id=message_id,
+                correlation_id=correlation_id,
+                traceparent=traceparent,
+                persistent=persistent,
+            )
+        return _row(resolved, ordering_key)
+
+    def task_row(
+        self,
+        queue: str,
+        task: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        task_id: str | None = None,
+        ignore_result: bool = True,
+        reply_to: str | None = None,
+        expires: datetime | None = None,
+        ordering_key: str | None = None,
+    ) -> dict[str, Any]:
+        """The row of a Celery task for a topology queue marked ``celery:``."""
+        resolved = self.resolver.task(
+            queue,
+            task,
+            args,
+            kwargs,
+            task_id=task_id,
+            origin=self.app_id,
+            ignore_result=ignore_result,
+            reply_to=reply_to,
+            expires=expires,
+        )
+        return _row(resolved, ordering_key)
+
+    # -- sync sessions ----------------------------------------------------------------------
+    def add(
+        self,
+        session: SyncBind,
+        event: BaseModel | Outgoing,
+        *,
+        ordering_key: str | None = None,
+        event_name: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        traceparent: str | None = None,
+        persistent: bool = True,
+    ) -> str:
+        """Insert ``event`` into the outbox within ``session``'s transaction; returns its
+        ``message_id``. It is published after (and only if) that transaction commits."""
+        row = self.event_row(
+            event,
+            ordering_key=ordering_key,
+            event_name=event_name,
+            headers=headers,
+            message_id=message_id,
+            correlation_id=correlation_id,
+            traceparent=traceparent,
+            persistent=persistent,
+        )
+        session.execute(insert(self.table).values(row))
+        return str(row["message_id"])
+
+    def add_task(
+        self,
+        session: SyncBind,
+        queue: str,
+        task: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        task_id: str | None = None,
+        ignore_result: bool = True,
+        reply_to: str | None = None,
+        expires: datetime | None = None,
+        ordering_key: str | None = None,
+    ) -> str:
+        """Insert a Celery task message (raw AMQP, protocol 2); returns the task id."""
+        row = self.task_row(
+            queue,
+            task,
+            args,
+            kwargs,
+            task_id=task_id,
+            ignore_result=ignore_result,
+            reply_to=reply_to,
+            expires=expires,
+            ordering_key=ordering_key,
+        )
+        session.execute(insert(self.table).values(row))
+        return str(row["message_id"])
+
+    # -- async sessions ---------------------------------------------------------------------
+    async def add_async(
+        self,
+        session: AsyncBind,
+        event: BaseModel | Outgoing,
+        *,
+        ordering_key: str | None = None,
+        event_name: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        traceparent: str | None = None,
+        persistent: bool = True,
+    ) -> str:
+        """:meth:`add` for an ``AsyncSession`` or ``AsyncConnection``."""
+        row = self.event_row(
+            event,
+            ordering_key=ordering_key,
+            event_name=event_name,
+            headers=headers,
+            message_id=message_id,
+            correlation_id=correlation_id,
+            traceparent=traceparent,
+            persistent=persistent,
+        )
+        await session.execute(insert(self.table).values(row))
+        return str(row["message_id"])
+
+    async def add_task_async(
+        self,
+        session: AsyncBind,
+        queue: str,
+        task: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        task_id: str | None = None,
+        ignore_result: bool = True,
+        reply_to: str | None = None,
+        expires: datetime | None = None,
+        ordering_key: str | None = None,
+    ) -> str:
+        """:meth:`add_task` for an ``AsyncSession`` or ``AsyncConnection``."""
+        row = self.task_row(
+            queue,
+            task,
+            args,
+            kwargs,
+            task_id=task_id,
+            ignore_result=ignore_result,
+            reply_to=reply_to,
+            expires=expires,
+            ordering_key=ordering_key,
+        )
+        await session.execute(insert(self.table).values(row))
+        return str(row["message_id"])
+
+
+def _row(message: Resolved, ordering_key: str | None) -> dict[str, Any]:
+    return {
+        "message_id": message.message_id,
+        "event": message.event_type,
+        "exchange": message.exchange,
+        "routing_key": message.routing_key,
+        "headers": None if message.headers is None else json.dumps(message.headers),
+        "body": message.body,
+        "correlation_id": message.correlation_id,
+        "content_encoding": message.content_encoding,
+        "reply_to": message.reply_to,
+        "persistent": message.persistent,
+        "ordering_key": ordering_key,
+        "created_at": time.time(),
+    }
+
+
+def outgoing_from_row(row: Mapping[str, Any]) -> Outgoing:
+    """The message a stored row publishes (the relay's side of :func:`_row`)."""
+    headers = row["headers"]
+    return Outgoing(
+        exchange=row["exchange"],
+        routing_key=row["routing_key"],
+        body=bytes(row["body"]),
+        headers=json.loads(headers) if headers else None,
+        event_type=row["event"],
+        message_id=row["message_id"],
+        correlation_id=row["correlation_id"],
+        persistent=bool(row["persistent"]),
+        content_encoding=row["content_encoding"],
+        reply_to=row["reply_to"],
+    )

@@ -28,8 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import java_client
-from bench import outbox
+from bench import java_client, outbox
 from bench._harness import BODY, CaseFailed, Spread, bench_vhost, paired_ratios, run_in_process
 
 LABELS = {

@@ -11,7 +11,8 @@ import yaml
 from pydantic import ValidationError
 
 from bus.asyncapi import asyncapi_document, dump_document
-from bus.cli_support import broker_settings, plan_exit_code, settings_problems
+from bus.celery_plain import celery_config_command
+from bus.cli_support import broker_settings, plan_exit_code, settings_problems, write_output
 from bus.contracts_cli import contracts
 from bus.dlq_cli import dlq
 from bus.errors import BusError, TopologyError
@@ -292,40 +293,7 @@ def export_command(vhost: str | None, output: Path | None) -> None:
 def asyncapi(file: Path | None, output: Path | None) -> None:
     """AsyncAPI 3.0 document of the exchanges, queues and events. Exit 0, 1 bad model, 2 invalid."""
     as_json = output is not None and output.suffix.lower() == ".json"
-    text = dump_document(asyncapi_document(_load(file)), as_json=as_json)
-    if output is None:
-        click.echo(text, nl=False)
-        return
-    try:
-        output.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
-    click.echo(f"wrote {output}", err=True)
-
-
-@cli.command("celery-config")
-@_file_option
-@click.option(
-    "-o", "--output", type=click.Path(path_type=Path, dir_okay=False), default=None,
-    help="Write the module to FILE (e.g. celeryconfig.py) instead of stdout.",
-)  # fmt: skip
-@click.option("--default-queue", default=None, help="Celery queue of unrouted tasks.")
-def celery_config_command(
-    file: Path | None, output: Path | None, default_queue: str | None
-) -> None:
-    """Celery settings module for a plain Celery app beside the bus. Exit 0, 2 invalid."""
-    from bus.celery_plain import plain_celery_config
-
-    module = output.stem if output is not None else "celeryconfig"
-    text = plain_celery_config(_load(file).expanded, module=module, default_queue=default_queue)
-    if output is None:
-        click.echo(text, nl=False)
-        return
-    try:
-        output.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
-    click.echo(f"wrote {output}", err=True)
+    write_output(dump_document(asyncapi_document(_load(file)), as_json=as_json), output)
 
 
 @cli.command()
@@ -473,6 +441,7 @@ def demo(file: Path | None, vhost: str | None, keep: bool, as_json: bool) -> int
 
 
 cli.add_command(dlq)
+cli.add_command(celery_config_command)
 cli.add_command(__import__("bus.outbox.cli", fromlist=["outbox"]).outbox)
 
 

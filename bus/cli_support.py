@@ -5,8 +5,10 @@ Kept out of ``bus/cli.py`` so that module only carries the commands and their op
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import click
 from pydantic import ValidationError
 
 from bus.errors import PlanUnverifiedError, UsageError
@@ -51,3 +53,15 @@ def plan_exit_code(result: Plan, detailed_exitcode: bool) -> int:
             "permissions on the vhost"
         )
     return 3 if result.has_changes else 0
+
+
+def write_output(text: str, output: Path | None) -> None:
+    """Print ``text``, or write it to ``output`` and say so on stderr."""
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
+    click.echo(f"wrote {output}", err=True)

@@ -99,11 +99,11 @@ def relay(
     """Publish committed outbox rows with confirms; SIGTERM/SIGINT finish the batch, exit."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from bus.cli import _broker_settings
+    from bus.cli_support import broker_settings
     from bus.outbox.relay import Relay
     from bus.outbox.table import OutboxError
 
-    settings = _broker_settings()
+    settings = broker_settings()
     engine = _engine(db_url)
     from producers import SyncPublisher
 

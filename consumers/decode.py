@@ -1,13 +1,16 @@
 """Turn a delivery into the pydantic model of its event contract, or say exactly why not.
 
-The event is named by the AMQP ``type`` property; the body is the model's JSON with
-``content_type=application/json``. Every way a payload can be wrong raises
+The event is named by the AMQP ``type`` property, or, without one, by the one contract whose
+exchange, routing key and headers match the delivery (:meth:`Decoder.event_name`); the body
+is the model's JSON with ``content_type=application/json``. Every way a payload can be wrong raises
 :class:`InvalidMessageError` with a short ``reason``, which becomes the dead-letter header
 ``x-failure-reason``: ``content-type``, ``unknown-type``, ``json``, ``schema``, ``not-accepted``
 (and ``undecodable``, raised by the runtime for properties marked by :mod:`bus.lenient`).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -61,6 +64,17 @@ class Decoder:
                 )
             model = self._models[name] = self._contracts.by_name(name).model
         return model
+
+    def event_name(
+        self, name: str | None, exchange: str, routing_key: str, headers: dict[str, Any] | None
+    ) -> str | None:
+        """``type`` when the message has one; else the one contract whose exchange, routing key
+        and headers match where it was first published (clients such as ``amqp-publish``
+        cannot set ``type``); None when none or several match."""
+        if name:
+            return name
+        inferred = self._contracts.infer(exchange, routing_key, headers)
+        return inferred.name if inferred is not None else None
 
     def decode(
         self,

@@ -28,7 +28,14 @@ from bus.errors import AccessRefusedError, BrokerError
 from bus.headers import safe_headers
 from bus.settings import BusSettings
 from bus.topology import ExpandedTopology
-from consumers.message import RETRY_COUNT_HEADER, Message, describe
+from consumers.decode import Decoder
+from consumers.message import (
+    ORIGINAL_EXCHANGE_HEADER,
+    ORIGINAL_ROUTING_KEY_HEADER,
+    RETRY_COUNT_HEADER,
+    Message,
+    describe,
+)
 from consumers.metrics import ConsumerMetrics
 from consumers.policy import (
     Backoff,
@@ -72,6 +79,7 @@ class FailureHandling:
     connection: AbstractRobustConnection | None
     publish_channel: AbstractRobustChannel | None
     exchanges: dict[str, AbstractExchange]
+    decoder: Decoder
     dropped: Counter[str]
     """Messages rejected without a dead-letter exchange (rule 5), per queue."""
     _requeues: OrderedDict[str, int]
@@ -233,6 +241,13 @@ class FailureHandling:
                 message.queue, describe(message), ", ".join(sorted(dropped)),
             )  # fmt: skip
         headers.update(extra)
+        headers[ORIGINAL_EXCHANGE_HEADER] = message.original_exchange
+        headers[ORIGINAL_ROUTING_KEY_HEADER] = message.original_routing_key
+        # A message named by its exchange and key keeps its name on the copy, which comes back
+        # (or is replayed) through the default exchange, where the key names no contract.
+        name = self.decoder.event_name(
+            props.message_type, message.original_exchange, message.original_routing_key, headers
+        )
         copy = aio_pika.Message(
             message.body,
             headers=headers,
@@ -245,7 +260,7 @@ class FailureHandling:
             # Returned messages are matched by id: never publish a copy without one.
             message_id=props.message_id or str(uuid.uuid4()),
             timestamp=props.timestamp,
-            type=props.message_type,
+            type=name,
             app_id=props.app_id,
         )
         channel = self.publish_channel

@@ -13,9 +13,20 @@ from typing import Any
 
 from aiormq.abc import DeliveredMessage
 
-__all__ = ["RETRY_COUNT_HEADER", "Message", "describe", "int_header"]
+__all__ = [
+    "ORIGINAL_EXCHANGE_HEADER",
+    "ORIGINAL_ROUTING_KEY_HEADER",
+    "RETRY_COUNT_HEADER",
+    "Message",
+    "describe",
+    "int_header",
+]
 
 RETRY_COUNT_HEADER = "x-retry-count"
+# Where a message was first published: carried by every retry and dead-letter copy, so that it
+# can be named without a type and sent back where it came from (`bus dlq replay --to-exchange`).
+ORIGINAL_EXCHANGE_HEADER = "x-original-exchange"
+ORIGINAL_ROUTING_KEY_HEADER = "x-original-routing-key"
 
 
 def int_header(headers: dict[str, Any] | None, name: str) -> int | None:
@@ -89,6 +100,19 @@ class Message:
     @property
     def routing_key(self) -> str:
         return self._delivered.routing_key or ""
+
+    @property
+    def original_exchange(self) -> str:
+        """The exchange the message was first published to: ``x-original-exchange`` of a retry
+        or dead-letter copy (which arrives through the default exchange), else ``exchange``."""
+        value = (self._delivered.header.properties.headers or {}).get(ORIGINAL_EXCHANGE_HEADER)
+        return value if isinstance(value, str) else self.exchange
+
+    @property
+    def original_routing_key(self) -> str:
+        """The routing key it was first published with (``x-original-routing-key``)."""
+        value = (self._delivered.header.properties.headers or {}).get(ORIGINAL_ROUTING_KEY_HEADER)
+        return value if isinstance(value, str) else self.routing_key
 
     @property
     def delivery_tag(self) -> int:

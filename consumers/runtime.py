@@ -238,7 +238,7 @@ class Runtime(FailureHandling):
         self.metrics = app.metrics
         self.backoff = app.backoff
         self.topology = _expanded(topology)
-        self.decoder = Decoder(ContractRegistry(self.topology.events))
+        self.decoder = Decoder(ContractRegistry.of(self.topology))
         self.consumers = self._select(queues)
         self.connection: AbstractRobustConnection | None = None
         self.publish_channel: AbstractRobustChannel | None = None
@@ -417,9 +417,13 @@ class Runtime(FailureHandling):
                 )
             if spec.wants_model:
                 props = delivered.header.properties
-                event = self.decoder.decode(
-                    props.content_type, props.message_type, delivered.body, spec.accepted
+                name = self.decoder.event_name(
+                    props.message_type,
+                    message.original_exchange,
+                    message.original_routing_key,
+                    props.headers,
                 )
+                event = self.decoder.decode(props.content_type, name, delivered.body, spec.accepted)
                 args = (event, message) if spec.wants_message else (event,)
             else:
                 args = (message,)

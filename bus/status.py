@@ -40,6 +40,7 @@ from bus.topology.expand import ExpandedTopology, QueueSpec
 from bus.versions import RabbitVersion, broker_version, effective_delivery_limit
 
 __all__ = [
+    "REDELIVERY_LOOP",
     "UNHEALTHY",
     "ActiveTask",
     "QueueStatus",
@@ -52,6 +53,7 @@ __all__ = [
 ]
 
 UNHEALTHY = 4
+REDELIVERY_LOOP = "redelivery loop"
 
 
 @dataclass
@@ -71,6 +73,8 @@ class QueueStatus:
     problems: list[str] = field(default_factory=list)
     # Quorum queues: deliveries before the broker dead-letters or drops; None = no limit.
     delivery_limit: int | None = None
+    redeliver_rate: float | None = None
+    ack_rate: float | None = None
 
 
 @dataclass
@@ -123,6 +127,17 @@ def _rate(stats: dict[str, Any], key: str) -> float | None:
     if isinstance(details, dict) and isinstance(details.get("rate"), int | float):
         return float(details["rate"])
     return None
+
+
+def _redelivery_loop(status: QueueStatus) -> str | None:
+    """A queue whose messages come back without any being acked: a poison message looping
+    through requeues (most likely on a queue without a dead-letter exchange)."""
+    if not status.redeliver_rate or status.ack_rate:
+        return None
+    return (
+        f"{REDELIVERY_LOOP}: messages redelivered at {status.redeliver_rate:.1f}/s and none "
+        "acked (a message that keeps failing; give the queue `dead_letter: true`)"
+    )
 
 
 def _passive_counts(
@@ -225,8 +240,13 @@ def collect_status(
             celery=spec.celery_routing_key is not None,
             delivery_limit=_delivery_limit(spec, api, topology, version),
         )
+        status.redeliver_rate = _rate(stats, "redeliver")
+        status.ack_rate = _rate(stats, "ack")
         if found is None:
             status.problems.append("missing on the broker (run bus apply)")
+        loop = _redelivery_loop(status)
+        if loop:
+            status.problems.append(loop)
         if dlq is not None:
             dlq_counts = counts.get(dlq)
             status.dead_letter_depth = dlq_counts[0] if dlq_counts else None

@@ -128,3 +128,35 @@ def test_table_output_and_missing_vhost(
     assert code == 1
     assert err.startswith("error: vhost ")
     assert "does not exist" in err
+
+
+def test_a_poison_message_looping_through_requeues_is_unhealthy(
+    status_env: str,
+    bus_vhost: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A consumer that keeps requeueing the one message of a queue without a DLX: the broker's
+    own counters (redelivered, acked) name the loop, and the exit code says unhealthy."""
+    _publish(status_env, "email.bulk", 1)
+    connection = pika.BlockingConnection(pika.URLParameters(status_env))
+    channel = connection.channel()
+    channel.basic_qos(prefetch_count=1)
+    channel.basic_consume(
+        "email.bulk", lambda ch, method, *_: ch.basic_nack(method.delivery_tag, requeue=True)
+    )
+    try:
+        looping: list[dict[str, Any]] = []
+        # The management API samples rates every 5 s: poll until a sample saw the loop.
+        for _ in range(30):
+            connection.sleep(1.0)  # serves the consumer meanwhile
+            code, report = _status(capsys, bus_vhost, "--allow-idle", ".*")
+            looping = [p for p in report["problems"] if "redelivery loop" in p]
+            if looping:
+                break
+        assert looping, report["problems"]
+        assert looping[0].startswith("email.bulk: redelivery loop")
+        assert code == 4
+        # A served queue that acks is not looping, however much it redelivers.
+        assert not [p for p in report["problems"] if p.startswith("billing.orders")]
+    finally:
+        connection.close()

@@ -5,7 +5,8 @@
 Each case: fill the queue with N ``noop`` tasks (raw protocol-2 messages, persistent), start a
 worker with 2 processes (``--without-gossip --without-mingle --without-heartbeat``), and time
 first to last task completion; every completion appends a timestamp to a file (the same cost
-in both cases). Both apps use ``task_acks_late`` (as the baseline in performance-baseline.md does);
+in both cases). Both apps use ``task_acks_late`` (as the baseline in
+docs/performance-baseline.md does);
 ours adds everything of :mod:`bus.celery_app` (pre-flight check, confirmed publishing, no
 delayed delivery) on a classic topology queue with a DLX, once with the topology's default
 prefetch multiplier (4, as Celery's: ``ours``) and once with 1 (``ours_p1``, what a queue of

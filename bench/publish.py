@@ -1,6 +1,6 @@
 """Confirmed publishing: amqp-bus against the raw clients (cases of ``python -m bench``).
 
-Method (performance-baseline.md): 256-byte JSON body, persistent, publisher confirms, a
+Method (docs/performance-baseline.md): 256-byte JSON body, persistent, publisher confirms, a
 durable classic queue reached through the default exchange. Each case runs in a fresh
 process: connect, declare and purge, 300 untimed warm-up messages, purge, then publish for
 ``seconds``; the clock stops when the last confirm has arrived.

@@ -6,7 +6,7 @@ x-arguments mirror the declared ones exactly) and a worker that declares nothing
 
 - :class:`TopologyConsumer` drops Celery's native delayed-delivery bootstep, which would
   otherwise declare 29 exchanges, 28 quorum queues and extra bindings whenever a Celery queue
-  is a quorum queue (``shared/notes/celery-on-topology.md``, pitfall 2), and keeps gossip,
+  is a quorum queue (``docs/celery-on-topology.md``, pitfall 2), and keeps gossip,
   mingle, heartbeat (all of which declare exchanges or pidbox queues) off unless asked.
 - Countdown / ETA is therefore **not supported**: :func:`configure_app` makes every publish
   with ``countdown`` or ``eta`` fail with :class:`~bus.errors.PublishError` before anything is

@@ -3,7 +3,7 @@
 A service that only has aio-pika or pika can enqueue a task for a Celery worker by publishing
 the message built here to the Celery queue's exchange with its routing key
 (:func:`celery_route`). The format is the one verified in
-``shared/notes/celery-on-topology.md`` section 3: JSON body ``[args, kwargs, embed]``, the
+``docs/celery-on-topology.md`` section 3: JSON body ``[args, kwargs, embed]``, the
 task id as ``correlation_id``, and the headers a Celery 5 worker reads.
 
 Delays (``eta`` / ``countdown``) are deliberately not offered: with the delayed-delivery

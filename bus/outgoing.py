@@ -1,7 +1,8 @@
 """From a publish call to the wire message: contracts, bodies, ids and headers, once.
 
 The async and the sync publisher and the in-memory :class:`~bus.fake.FakeBus` turn a call
-into the same message (DESIGN.md, "On the wire") through :class:`Resolver`.
+into the same message (README, "Publishing from another service", on the wire) through
+:class:`Resolver`.
 """
 
 from __future__ import annotations

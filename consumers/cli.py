@@ -66,7 +66,7 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
     """Run on uvloop when it is installed (the ``fast`` extra), else on asyncio.
 
     ``bus consume`` owns its event loop, so it may choose one: uvloop delivers about 20 %
-    more messages per core (performance-baseline.md). ``ConsumerApp.run`` and the
+    more messages per core (docs/performance-baseline.md). ``ConsumerApp.run`` and the
     ``Publisher`` never change the loop of a program that embeds them.
     """
     try:

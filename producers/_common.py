@@ -40,7 +40,7 @@ __all__ = [
 # (memory or disk alarm) surfaces as an error instead of a silent stall.
 DEFAULT_CONFIRM_TIMEOUT = 10.0
 
-# The baseline (performance-baseline.md) shows a window of 100 reaching 0.88 of a window of
+# The baseline (docs/performance-baseline.md) shows a window of 100 reaching 0.88 of a window of
 # 1000; 1000 is the better default and stays small in memory for ordinary messages.
 DEFAULT_WINDOW = 1000
 

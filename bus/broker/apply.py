@@ -1,6 +1,6 @@
 """Apply a plan: nothing at all while a conflict exists, otherwise every change in order.
 
-Order (rabbitmq-behaviour.md section 6): vhost -> policies (new queues are born under their
+Order (docs/rabbitmq-behaviour.md section 6): vhost -> policies (new queues are born under their
 policy) -> exchanges -> queues -> bindings (exchange-to-exchange ones too, after both ends
 exist) -> binding deletes (new bindings first: no routing gap) -> queue deletes -> exchange
 deletes -> policy deletes. AMQP work runs on one connection, one object per call: a refusal

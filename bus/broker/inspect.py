@@ -1,6 +1,6 @@
 """The live state of one vhost, normalised so that it can be compared with a topology.
 
-Read through the management HTTP API (rabbitmq-behaviour.md section 5). Normalisation
+Read through the management HTTP API (docs/rabbitmq-behaviour.md section 5). Normalisation
 (section 4): the default exchange, ``amq.*`` exchanges and default-exchange bindings are
 dropped; exclusive and ``amq.gen-*`` queues are kept apart (they belong to one connection and
 are never managed); a queue without ``x-queue-type`` gets the type the broker reports, which

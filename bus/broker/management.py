@@ -148,7 +148,7 @@ class ManagementClient:
     ) -> None:
         body: dict[str, Any] = {}
         if default_queue_type:
-            # 3.10 reads "defaultqueuetype" (rabbitmq-behaviour.md section 3).
+            # 3.10 reads "defaultqueuetype" (docs/rabbitmq-behaviour.md section 3).
             body["defaultqueuetype"] = default_queue_type
         if description:
             body["description"] = description

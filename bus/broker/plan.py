@@ -6,7 +6,7 @@
 ``prune``) / ``unmanaged`` (live, not in the topology, and left alone) / ``unverified`` (the
 management API was unreachable and AMQP cannot tell).
 
-The comparison follows rabbitmq-behaviour.md: values are compared with their types (integer
+The comparison follows docs/rabbitmq-behaviour.md: values are compared with their types (integer
 widths are equal; ``1000`` and ``"1000"`` and ``True`` are three different values), the
 broker's compared queue arguments depend on the queue type, and an exchange compares only
 ``alternate-exchange`` among its arguments.
@@ -85,7 +85,7 @@ _SYMBOL = {
     Action.UNVERIFIED: "?",
 }
 
-# Arguments each queue type compares on redeclare (rabbitmq-behaviour.md section 1, from the
+# Arguments each queue type compares on redeclare (docs/rabbitmq-behaviour.md section 1, from the
 # 3.10 source). Any other argument is stored and never compared: changing it is ineffective.
 COMPARED_QUEUE_ARGUMENTS: dict[str, frozenset[str]] = {
     "classic": frozenset({

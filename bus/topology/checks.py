@@ -42,7 +42,7 @@ BUILTIN_EXCHANGES = {
     "amq.match": "headers",
 }
 X_MATCH = {"all", "any", "all-with-x", "any-with-x"}
-# Policy keys RabbitMQ 3.10 accepts (rabbitmq-behaviour.md section 7).
+# Policy keys RabbitMQ 3.10 accepts (docs/rabbitmq-behaviour.md section 7).
 POLICY_KEYS = {
     "alternate-exchange", "dead-letter-exchange", "dead-letter-routing-key",
     "dead-letter-strategy", "delivery-limit", "expires", "initial-cluster-size", "max-age",

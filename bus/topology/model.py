@@ -196,7 +196,7 @@ def _celery(value: object) -> object:
 
 
 # Typed queue fields and the x-argument each becomes, with the queue types that accept it
-# (rabbitmq-behaviour.md section 1).
+# (docs/rabbitmq-behaviour.md section 1).
 QUEUE_ARGUMENTS: dict[str, tuple[str, frozenset[str]]] = {
     "message_ttl": ("x-message-ttl", frozenset({"classic", "quorum"})),
     "expires": ("x-expires", frozenset({"classic", "quorum"})),

@@ -1,7 +1,7 @@
 """The demo consumers receive what direct, topic, fanout and headers routing should deliver.
 
 Expected counts are derived from the bindings written below (the routing rules of the broker,
-rabbitmq-behaviour.md section 8), not from the code under test.
+docs/rabbitmq-behaviour.md section 8), not from the code under test.
 """
 
 from __future__ import annotations

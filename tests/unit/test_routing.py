@@ -1,7 +1,7 @@
 """The routing simulator against tables of broker behaviour.
 
 Every expected value below was observed on RabbitMQ 3.10.8 and 4.0.5: the section 8 cases of
-rabbitmq-behaviour.md, the rest probed for this module; rows where the two versions differ are
+docs/rabbitmq-behaviour.md, the rest probed for this module; rows where the two versions differ are
 in ``VERSIONED_HEADERS_CASES`` (docs/rabbitmq-versions.md). ``tests/integration/
 test_routing_table.py`` replays these same tables on the real broker (whichever version the
 session uses), so a wrong row fails there, not only here. The property tests at the end
@@ -41,7 +41,7 @@ from bus.versions import RuleSet
 
 # (binding pattern, routing key, does the broker deliver?)
 TOPIC_CASES: list[tuple[str, str, bool]] = [
-    # rabbitmq-behaviour.md section 8
+    # docs/rabbitmq-behaviour.md section 8
     ("a.#", "a", True),
     ("a.#", "a.b", True),
     ("a.#", "a.b.c", True),
@@ -119,7 +119,7 @@ TOPIC_CASES: list[tuple[str, str, bool]] = [
 
 # (binding arguments, message headers, does the broker deliver?)
 HEADERS_CASES: list[tuple[dict[str, Any], dict[str, Any] | None, bool]] = [
-    # rabbitmq-behaviour.md section 8
+    # docs/rabbitmq-behaviour.md section 8
     ({"fmt": "pdf", "type": "report"}, {"fmt": "pdf", "type": "report"}, True),
     ({"fmt": "pdf", "type": "report"}, {"fmt": "pdf", "type": "report", "z": 1}, True),
     ({"fmt": "pdf", "type": "report"}, {"fmt": "pdf"}, False),

@@ -36,7 +36,7 @@ from bus.broker.management import ManagementClient
 from bus.errors import BrokerError, BusError
 from bus.provision import ProvidedBroker, provide_broker
 from bus.routing import Router
-from bus.settings import BusSettings, mask_url, with_vhost
+from bus.settings import BrokerChoiceSettings, BusSettings, mask_url, with_vhost
 from bus.topology import LoadedTopology, load_topology
 
 __all__ = ["DemoReport", "DemoRow", "render_table", "run_demo"]
@@ -381,9 +381,18 @@ def run_demo(
     """Run the demo; ``echo`` gets the progress lines, the caller prints the table."""
     started = time.monotonic()
     loaded = load_topology(topology)
-    configured = os.environ.get("BUS_AMQP_URL")
-    nodes = BusSettings().amqp_nodes if configured else ()
-    with provide_broker(configured, nodes) as broker:
+    # BUS_AMQP_URL (with BUS_AMQP_NODES, BUS_MANAGEMENT_URL) when given; BUS_TEST_BROKER
+    # chooses among the others exactly as for the tests.
+    env = BusSettings()
+    configured = env.amqp_url if "amqp_url" in env.model_fields_set else None
+    choice = BrokerChoiceSettings()
+    with provide_broker(
+        configured,
+        env.amqp_nodes if configured else (),
+        mode=choice.broker,
+        image=choice.rabbitmq_image,
+        management_url=env.management_url,
+    ) as broker:
         echo(f"broker: {broker.describe()}")
         return _on_broker(broker, loaded, vhost, keep, echo, progress or echo, started)
 

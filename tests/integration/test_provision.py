@@ -47,16 +47,23 @@ def test_url_mode_without_a_url_says_which_variable() -> None:
         pass
 
 
-def test_local_mode_ignores_a_configured_url() -> None:
+def _full_local_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if the local broker and its management API answered (whatever this machine has:
+    these tests are about the choice, not about that broker)."""
+    monkeypatch.setattr(bus.provision, "port_open", lambda host, port, timeout=1.0: True)
+
+
+def test_local_mode_ignores_a_configured_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    _full_local_broker(monkeypatch)
     with provide_broker("amqp://u:p@example.invalid:5672/", mode="local") as broker:
         assert broker.how == "local"
         assert broker.amqp_url.startswith("amqp://guest:guest@127.0.0.1:5672")
+        assert broker.management_url == "http://127.0.0.1:15672"
 
 
 def test_auto_mode_takes_the_local_broker_when_it_answers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bus.provision, "docker_available", lambda timeout=1.0: False)
-    if not port_open("127.0.0.1", 5672):
-        pytest.fail("this test needs the local broker on 127.0.0.1:5672")
+    _full_local_broker(monkeypatch)
     with provide_broker(None, mode="auto") as broker:
         assert broker.how == "local"
 
@@ -65,8 +72,18 @@ def test_auto_mode_passes_over_docker_without_an_image(monkeypatch: pytest.Monke
     # An engine answers, but no RabbitMQ image is on the machine and none can be pulled.
     monkeypatch.setattr(bus.provision, "docker_available", lambda timeout=1.0: True)
     monkeypatch.setattr(bus.provision, "_container_image", lambda image, pull: None)
+    _full_local_broker(monkeypatch)
     with provide_broker(None, mode="auto") as broker:
         assert broker.how == "local"
+
+
+def test_local_mode_without_a_local_broker_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bus.provision, "port_open", lambda host, port, timeout=1.0: False)
+    with (
+        pytest.raises(BrokerUnavailableError, match="BUS_TEST_BROKER=local"),
+        provide_broker(None, mode="local"),
+    ):
+        pass
 
 
 def test_container_mode_without_docker_says_so(monkeypatch: pytest.MonkeyPatch) -> None:

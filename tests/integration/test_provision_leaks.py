@@ -34,6 +34,13 @@ def test_hold(bus_broker):
     time.sleep(600)
 """
 
+# pytest, with Ctrl-C's KeyboardInterrupt even when this suite itself was started in the
+# background (a shell's background job inherits SIGINT ignored, and Python keeps it so).
+RUNNER = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "import pytest; sys.exit(pytest.main(sys.argv[1:]))"
+)
+
 SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGKILL]
 
 
@@ -80,7 +87,7 @@ def _start_runner(tmp_path: Path, mode: str) -> tuple[subprocess.Popen[bytes], d
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUS_TEST_")}
     env["BUS_TEST_BROKER"] = mode
     runner = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_inner.py"],
+        [sys.executable, "-c", RUNNER, "-q", "-p", "no:cacheprovider", "test_inner.py"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,

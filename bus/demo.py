@@ -25,19 +25,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pika
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from bus.broker.apply import apply
 from bus.broker.connect import connect_sync
 from bus.broker.management import ManagementClient
-from bus.errors import BrokerError, BusError
+from bus.errors import BrokerError, BusError, UsageError
 from bus.provision import ProvidedBroker, provide_broker
 from bus.routing import Router
-from bus.settings import BusSettings, mask_url, with_vhost
+from bus.settings import BrokerChoiceSettings, BusSettings, mask_url, with_vhost
 from bus.topology import LoadedTopology, load_topology
+
+Settings = TypeVar("Settings", BusSettings, BrokerChoiceSettings)
 
 __all__ = ["DemoReport", "DemoRow", "render_table", "run_demo"]
 
@@ -370,6 +372,16 @@ def render_table(report: DemoReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _read_settings(kind: type[Settings], prefix: str) -> Settings:
+    try:
+        return kind()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{prefix}{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        raise UsageError(f"invalid settings: {problems}") from None
+
+
 def run_demo(
     *,
     topology: Path | None = None,
@@ -381,9 +393,18 @@ def run_demo(
     """Run the demo; ``echo`` gets the progress lines, the caller prints the table."""
     started = time.monotonic()
     loaded = load_topology(topology)
-    configured = os.environ.get("BUS_AMQP_URL")
-    nodes = BusSettings().amqp_nodes if configured else ()
-    with provide_broker(configured, nodes) as broker:
+    # BUS_AMQP_URL (with BUS_AMQP_NODES, BUS_MANAGEMENT_URL) when given; BUS_TEST_BROKER
+    # chooses among the others exactly as for the tests.
+    env = _read_settings(BusSettings, "BUS_")
+    choice = _read_settings(BrokerChoiceSettings, "BUS_TEST_")
+    configured = env.amqp_url if "amqp_url" in env.model_fields_set else None
+    with provide_broker(
+        configured,
+        env.amqp_nodes if configured else (),
+        mode=choice.broker,
+        image=choice.rabbitmq_image,
+        management_url=env.management_url,
+    ) as broker:
         echo(f"broker: {broker.describe()}")
         return _on_broker(broker, loaded, vhost, keep, echo, progress or echo, started)
 
@@ -400,7 +421,8 @@ def _on_broker(
     user, password = _credentials(broker.amqp_url)
     with ManagementClient(broker.management_url, user, password) as management:
         management.overview()
-        keep_vhost = keep and broker.how != "throwaway"
+        # A throwaway node or a container is removed at exit: nothing there can be kept.
+        keep_vhost = keep and broker.how not in ("throwaway", "container")
         with _demo_vhost(management, user, vhost, keep_vhost) as name:
             settings = broker.settings(with_vhost(broker.amqp_url, name))
             echo(f"vhost: {name} at {mask_url(settings.amqp_url)}")

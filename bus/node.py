@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 
 from bus.errors import BrokerUnavailableError
+from bus.watchdog import Watchdog
 
 __all__ = ["LocalNode", "free_port_pair", "rabbitmq_installed"]
 
@@ -57,6 +58,11 @@ class LocalNode:
     certificates) are written before the start, and ``{extra_port_N}`` for the extra ports
     (further free ports, e.g. for TLS). With ``management=True`` the management plugin listens
     on ``management_port``.
+
+    The node never outlives the process that started it: :meth:`stop` ends it on a normal exit
+    (and on SIGINT, through the callers' ``finally``), and a :class:`~bus.watchdog.Watchdog`
+    ends it and removes its folder when the starter dies without cleaning up (SIGTERM,
+    SIGKILL).
     """
 
     def __init__(
@@ -84,6 +90,7 @@ class LocalNode:
         for file_name, content in (files or {}).items():
             (self.dir / file_name).write_bytes(content)
         self._wrapper: subprocess.Popen[bytes] | None = None
+        self._watchdog: Watchdog | None = None
         self.node_pid: int | None = None
 
     @property
@@ -126,6 +133,9 @@ class LocalNode:
             shutil.chown(self.dir, "rabbitmq", "rabbitmq")
             for path in self.dir.iterdir():
                 shutil.chown(path, "rabbitmq", "rabbitmq")
+        if self._watchdog is None:
+            self._watchdog = Watchdog()
+            self._watchdog.watch_dir(self.dir)  # and the node.pid written in it
         console = (self.dir / "console.log").open("wb")
         self._wrapper = subprocess.Popen(
             ["rabbitmq-server"],
@@ -136,6 +146,7 @@ class LocalNode:
             start_new_session=True,
         )
         console.close()
+        self._watchdog.watch_group(self._wrapper.pid)
         try:
             self.ctl(
                 "wait",
@@ -186,6 +197,8 @@ class LocalNode:
                 os.kill(self.node_pid, signal.SIGKILL)
             self._wait_gone(self.node_pid, 30)
             self.node_pid = None
+            # A stale pid file must not lead the watchdog to a reused pid.
+            (self.dir / "node.pid").unlink(missing_ok=True)
         if self._wrapper is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._wrapper.wait(timeout=30)
@@ -225,6 +238,9 @@ class LocalNode:
             self._wrapper = None
         if not keep_data:
             shutil.rmtree(self.dir, ignore_errors=True)
+        if self._watchdog is not None:
+            self._watchdog.disarm()
+            self._watchdog = None
 
     def restart_process(self, timeout: float = 120.0) -> None:
         """Start the node process again on the same data folder (after :meth:`kill`)."""

@@ -5,14 +5,17 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = [
     "DEFAULT_AMQP_URL",
+    "OFFICIAL_RABBITMQ_IMAGE",
+    "BrokerChoiceSettings",
+    "BrokerMode",
     "BusSettings",
     "install_log_redaction",
     "mask_url",
@@ -250,3 +253,48 @@ class BusSettings(BaseSettings):
         user = unquote(parts.username) if parts.username is not None else "guest"
         password = unquote(parts.password) if parts.password is not None else "guest"
         return user, password
+
+
+# The test broker (pytest plugin and ``bus demo``). Kept apart from BusSettings: these choose
+# *which* broker to provide, BusSettings says how to reach a known one.
+
+BrokerMode = Literal["auto", "url", "container", "local", "throwaway"]
+OFFICIAL_RABBITMQ_IMAGE = "rabbitmq:3.10-management"
+
+
+class BrokerChoiceSettings(BaseSettings):
+    """Which broker the pytest plugin and ``bus demo`` use.
+
+    - ``BUS_TEST_BROKER``: ``auto`` (a URL when one is given, else a container when a Docker
+      engine answers, else the local broker when its management API answers, else a throwaway
+      node), or exactly one of ``url``, ``container``, ``local``, ``throwaway``.
+    - ``BUS_TEST_AMQP_URL`` / ``BUS_TEST_MANAGEMENT_URL``: the broker for ``url`` (and ``auto``);
+      ``BUS_MANAGEMENT_URL`` stands in for the latter.
+    - ``BUS_TEST_RABBITMQ_IMAGE``: the container image. Unset: the locally built
+      ``amqp-bus/rabbitmq:3.10-management`` when present, else the official
+      ``rabbitmq:3.10-management`` (pulled when missing).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="BUS_TEST_", extra="ignore")
+
+    broker: BrokerMode = "auto"
+    amqp_url: str | None = None
+    management_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("BUS_TEST_MANAGEMENT_URL", "BUS_MANAGEMENT_URL"),
+    )
+    rabbitmq_image: str | None = None
+    # The Docker engine the container path and its availability check use.
+    docker_host: str = Field(
+        default="unix:///var/run/docker.sock", validation_alias=AliasChoices("DOCKER_HOST")
+    )
+
+    @field_validator("broker", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("amqp_url", "management_url", "rabbitmq_image", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value

@@ -2,9 +2,16 @@
 
 Fixtures:
 
-- ``amqp_url`` (session): the broker's AMQP URL. Order: ``BUS_TEST_AMQP_URL`` (or
-  ``--bus-amqp-url``); else a testcontainers RabbitMQ when Docker answers; else
-  127.0.0.1:5672 when it answers; else the test **fails** saying how to get a broker.
+- ``bus_broker`` (session): the :class:`~bus.provision.ProvidedBroker` chosen by
+  ``BUS_TEST_BROKER`` (``auto``, ``url``, ``container``, ``local``, ``throwaway``; see
+  :class:`~bus.settings.BrokerChoiceSettings`). ``--bus-amqp-url`` (with
+  ``--bus-management-url``) on the command line means ``url`` with that broker. Without a
+  broker the test **fails** saying how to get one. Containers and throwaway nodes are removed
+  at the end of the session, and by a watchdog should the runner be killed.
+- ``amqp_url`` (session): the broker's AMQP URL.
+- ``bus_rabbitmqctl`` (session): ``rabbitmqctl`` on that very broker (``-n`` its node, or
+  ``docker exec`` into its container), for tests that inject faults; such a test is skipped,
+  with the reason, on a broker known only by URL.
 - ``bus_management`` (session): a :class:`~bus.broker.management.ManagementClient`.
 - ``bus_vhost``: a fresh vhost for one test, created and deleted through the management API,
   with full permissions for the URL's user. ``bus_vhost_url`` is the AMQP URL pointing at it.
@@ -27,8 +34,8 @@ import pytest
 from bus.broker.management import ManagementClient
 from bus.errors import BusError
 from bus.fake import FakeBus
-from bus.provision import ProvidedBroker, provide_broker
-from bus.settings import BusSettings, with_vhost
+from bus.provision import BrokerControl, ProvidedBroker, provide_broker
+from bus.settings import BrokerChoiceSettings, BusSettings, with_vhost
 from bus.topology import LoadedTopology, load_topology
 
 __all__ = [
@@ -37,6 +44,7 @@ __all__ = [
     "bus_applied_vhost",
     "bus_broker",
     "bus_management",
+    "bus_rabbitmqctl",
     "bus_topology",
     "bus_vhost",
     "bus_vhost_url",
@@ -48,6 +56,11 @@ __all__ = [
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("amqp-bus")
     group.addoption("--bus-amqp-url", default=None, help="AMQP URL of the test broker.")
+    group.addoption(
+        "--bus-management-url",
+        default=None,
+        help="Management API of --bus-amqp-url's broker (default: its host, port 15672).",
+    )
     group.addoption("--bus-topology", default=None, help="topology.yaml used by bus_topology.")
 
 
@@ -59,14 +72,36 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def bus_broker(request: pytest.FixtureRequest) -> Iterator[ProvidedBroker]:
-    import os
-
-    configured = request.config.getoption("--bus-amqp-url") or os.environ.get("BUS_TEST_AMQP_URL")
     try:
-        with provide_broker(configured) as broker:
+        choice = BrokerChoiceSettings()
+    except ValueError as exc:  # pydantic's ValidationError: a bad BUS_TEST_BROKER
+        pytest.fail(f"test broker settings: {exc}", pytrace=False)
+    option_url = request.config.getoption("--bus-amqp-url")
+    mode = "url" if option_url else choice.broker
+    # The command line names one broker: the environment's management URL is another's.
+    management = (
+        request.config.getoption("--bus-management-url") if option_url else choice.management_url
+    )
+    try:
+        with provide_broker(
+            option_url or choice.amqp_url,
+            mode=mode,
+            image=choice.rabbitmq_image,
+            management_url=management,
+        ) as broker:
             yield broker
     except BusError as exc:
         pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def bus_rabbitmqctl(bus_broker: ProvidedBroker) -> BrokerControl:
+    if bus_broker.control is None:
+        pytest.skip(
+            f"no rabbitmqctl into {bus_broker.describe()}: a broker known only by its URL "
+            "cannot take this fault (BUS_TEST_BROKER=container or throwaway can)"
+        )
+    return bus_broker.control
 
 
 @pytest.fixture(scope="session")

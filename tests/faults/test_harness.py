@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from urllib.parse import unquote, urlsplit
 
 import pika
 import pytest
@@ -33,13 +34,18 @@ def test_checker_flags_lost_unexpected_and_unresolved() -> None:
 
 
 def test_proxy_carries_amqp_and_cut_breaks_it(amqp_url: str) -> None:
-    with FaultProxy("127.0.0.1", 5672) as proxy:
-        connection = pika.BlockingConnection(pika.URLParameters(proxy.url()))
+    # The session's broker (local, container or throwaway node), not a fixed 127.0.0.1:5672.
+    target = urlsplit(amqp_url)
+    assert target.hostname
+    assert target.port
+    user, password = unquote(target.username or "guest"), unquote(target.password or "guest")
+    with FaultProxy(target.hostname, target.port) as proxy:
+        connection = pika.BlockingConnection(pika.URLParameters(proxy.url(user, password)))
         assert connection.is_open
         assert proxy.cut() == 1
         with pytest.raises(pika.exceptions.AMQPConnectionError):
             connection.channel().queue_declare("", exclusive=True)
-        connection = pika.BlockingConnection(pika.URLParameters(proxy.url()))
+        connection = pika.BlockingConnection(pika.URLParameters(proxy.url(user, password)))
         connection.close()
 
 

@@ -1,4 +1,4 @@
-"""Broker provisioning: the order of choices, and a throwaway node that leaves nothing behind."""
+"""Broker provisioning: BUS_TEST_BROKER's choices, auto's order, nothing left behind."""
 
 from __future__ import annotations
 
@@ -16,6 +16,11 @@ from bus.broker.management import ManagementClient
 from bus.errors import BrokerUnavailableError
 from bus.node import rabbitmq_installed
 from bus.provision import port_open, provide_broker
+from bus.settings import BrokerChoiceSettings
+
+needs_rabbitmq = pytest.mark.skipif(
+    not rabbitmq_installed(), reason="needs the rabbitmq-server binary"
+)
 
 
 def test_configured_url_wins(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -23,15 +28,98 @@ def test_configured_url_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     with provide_broker("amqp://u:p@example.invalid:5672/") as broker:
         assert broker.how == "configured"
         assert broker.management_url == "http://example.invalid:15672"
+        assert broker.control is None  # no rabbitmqctl into a broker known only by URL
         assert "p@" not in broker.describe()
 
 
-def test_local_broker_when_it_answers(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bus.provision, "docker_available", lambda timeout=1.0: False)
-    if not port_open("127.0.0.1", 5672):
-        pytest.fail("this test needs the local broker on 127.0.0.1:5672")
-    with provide_broker(None) as broker:
+def test_url_mode_takes_the_management_url_given() -> None:
+    with provide_broker(
+        "amqp://u:p@example.invalid:5672/", mode="url", management_url="https://m.example/"
+    ) as broker:
+        assert broker.management_url == "https://m.example"
+
+
+def test_url_mode_without_a_url_says_which_variable() -> None:
+    with (
+        pytest.raises(BrokerUnavailableError, match="BUS_TEST_AMQP_URL"),
+        provide_broker(None, mode="url"),
+    ):
+        pass
+
+
+def _full_local_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if the local broker and its management API answered (whatever this machine has:
+    these tests are about the choice, not about that broker)."""
+    monkeypatch.setattr(bus.provision, "port_open", lambda host, port, timeout=1.0: True)
+
+
+def test_local_mode_ignores_a_configured_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    _full_local_broker(monkeypatch)
+    with provide_broker("amqp://u:p@example.invalid:5672/", mode="local") as broker:
         assert broker.how == "local"
+        assert broker.amqp_url.startswith("amqp://guest:guest@127.0.0.1:5672")
+        assert broker.management_url == "http://127.0.0.1:15672"
+
+
+def test_auto_mode_takes_the_local_broker_when_it_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bus.provision, "docker_available", lambda timeout=1.0: False)
+    _full_local_broker(monkeypatch)
+    with provide_broker(None, mode="auto") as broker:
+        assert broker.how == "local"
+
+
+def test_auto_mode_passes_over_docker_without_an_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An engine answers, but no RabbitMQ image is on the machine and none can be pulled.
+    monkeypatch.setattr(bus.provision, "docker_available", lambda timeout=1.0: True)
+    monkeypatch.setattr(bus.provision, "_container_image", lambda image, pull: None)
+    _full_local_broker(monkeypatch)
+    with provide_broker(None, mode="auto") as broker:
+        assert broker.how == "local"
+
+
+def test_local_mode_without_a_local_broker_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bus.provision, "port_open", lambda host, port, timeout=1.0: False)
+    with (
+        pytest.raises(BrokerUnavailableError, match="BUS_TEST_BROKER=local"),
+        provide_broker(None, mode="local"),
+    ):
+        pass
+
+
+def test_container_mode_without_docker_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bus.provision, "docker_available", lambda timeout=1.0: False)
+    with (
+        pytest.raises(BrokerUnavailableError, match="no Docker engine"),
+        provide_broker(None, mode="container"),
+    ):
+        pass
+
+
+def test_unknown_mode_is_refused() -> None:
+    with (
+        pytest.raises(BrokerUnavailableError, match="one of auto, url"),
+        provide_broker(
+            None,
+            mode="docker",  # type: ignore[arg-type]
+        ),
+    ):
+        pass
+
+
+def test_the_switch_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BUS_TEST_BROKER", " Throwaway ")
+    monkeypatch.setenv("BUS_TEST_RABBITMQ_IMAGE", "example/rabbit:9")
+    monkeypatch.setenv("BUS_MANAGEMENT_URL", "http://m:1")
+    monkeypatch.delenv("BUS_TEST_MANAGEMENT_URL", raising=False)
+    choice = BrokerChoiceSettings()
+    assert (choice.broker, choice.rabbitmq_image, choice.management_url) == (
+        "throwaway",
+        "example/rabbit:9",
+        "http://m:1",
+    )
+    monkeypatch.setenv("BUS_TEST_BROKER", "podman")
+    with pytest.raises(ValueError, match="podman"):
+        BrokerChoiceSettings()
 
 
 def test_nothing_available_says_how_to_get_a_broker(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -45,11 +133,12 @@ def test_nothing_available_says_how_to_get_a_broker(monkeypatch: pytest.MonkeyPa
         pass
 
 
-def _epmd_names() -> str:
-    return subprocess.run(["epmd", "-names"], capture_output=True, text=True, check=False).stdout
+def _epmd_names() -> set[str]:
+    out = subprocess.run(["epmd", "-names"], capture_output=True, text=True, check=False).stdout
+    return {line.split()[1] for line in out.splitlines() if line.startswith("name ")}
 
 
-@pytest.mark.skipif(not rabbitmq_installed(), reason="needs the rabbitmq-server binary")
+@needs_rabbitmq
 def test_throwaway_node_when_local_broker_is_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
     # Point the "local broker" at a closed port: provisioning must start its own node.
     monkeypatch.setattr(bus.provision, "docker_available", lambda timeout=1.0: False)
@@ -64,11 +153,16 @@ def test_throwaway_node_when_local_broker_is_unreachable(monkeypatch: pytest.Mon
             assert api.overview()["rabbitmq_version"]
         amqp_port = urlsplit(broker.amqp_url).port
         assert amqp_port is not None
-        assert ours in _epmd_names()
+        short_name = broker.identity.partition("@")[0]
+        assert short_name.startswith(ours)
+        assert short_name in _epmd_names()
+        # rabbitmqctl reaches this node, not the default one.
+        assert broker.control is not None
+        assert broker.identity in broker.control.ctl("status")
         assert set(Path(tempfile.gettempdir()).glob(f"{ours}*")) - dirs_before
     # Nothing left behind: no port, no registered node, no data folder.
     assert not port_open("127.0.0.1", amqp_port)
-    assert ours not in _epmd_names()
+    assert short_name not in _epmd_names()
     assert not set(Path(tempfile.gettempdir()).glob(f"{ours}*")) - dirs_before
 
 
@@ -89,7 +183,7 @@ def test_local_broker_without_management_api_says_how_to_enable_it(
         pass
 
 
-@pytest.mark.skipif(not rabbitmq_installed(), reason="needs the rabbitmq-server binary")
+@needs_rabbitmq
 def test_local_broker_without_management_api_gives_way_to_a_throwaway_node(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -9,6 +9,7 @@ import pika
 import pytest
 
 from bus.broker.management import ManagementClient
+from bus.provision import ProvidedBroker
 from bus.settings import vhost_from_url
 
 
@@ -28,7 +29,7 @@ def test_bus_vhost_exists_during_the_test(
 
 
 def test_bus_vhost_is_deleted_after_the_test(
-    pytester: pytest.Pytester, bus_management: ManagementClient, amqp_url: str
+    pytester: pytest.Pytester, bus_management: ManagementClient, bus_broker: ProvidedBroker
 ) -> None:
     record = pytester.path / "vhost.json"
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
@@ -41,7 +42,12 @@ def test_bus_vhost_is_deleted_after_the_test(
             open({str(record)!r}, "w").write(json.dumps(bus_vhost))
         """
     )
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--bus-amqp-url={amqp_url}")
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        f"--bus-amqp-url={bus_broker.amqp_url}",
+        f"--bus-management-url={bus_broker.management_url}",
+    )
     result.assert_outcomes(passed=1)
     name = json.loads(record.read_text())
     assert name.startswith("bus-test-")
@@ -54,6 +60,7 @@ def test_no_broker_anywhere_fails_and_says_how_to_get_one(
     import bus.provision
 
     monkeypatch.delenv("BUS_TEST_AMQP_URL", raising=False)
+    monkeypatch.setenv("BUS_TEST_BROKER", "auto")
     monkeypatch.setattr(bus.provision, "docker_available", lambda timeout=1.0: False)
     monkeypatch.setattr(bus.provision, "port_open", lambda host, port, timeout=1.0: False)
     monkeypatch.setattr(bus.provision, "rabbitmq_installed", lambda: False)

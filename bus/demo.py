@@ -33,6 +33,7 @@ from pydantic import BaseModel, ValidationError
 from bus.broker.apply import apply
 from bus.broker.connect import connect_sync
 from bus.broker.management import ManagementClient
+from bus.dlq import DeadLetterQueue, list_dead_letters, render_dead_letters
 from bus.errors import BrokerError, BusError, UsageError
 from bus.provision import ProvidedBroker, provide_broker
 from bus.routing import Router
@@ -73,6 +74,8 @@ class DemoReport:
     rows: list[DemoRow]
     seconds: float
     kept: bool
+    # `bus dlq list` of the demo's vhost at the end: where the failed messages wait.
+    dead_letters: list[DeadLetterQueue] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -86,6 +89,7 @@ class DemoReport:
             "ok": self.ok,
             "seconds": round(self.seconds, 2),
             "rows": [{**asdict(row), "ok": row.ok} for row in self.rows],
+            "dead_letters": [q.to_data() for q in self.dead_letters],
         }
 
 
@@ -367,6 +371,9 @@ def render_table(report: DemoReport) -> str:
         if report.ok
         else "SOME EXPECTED DELIVERIES DID NOT HAPPEN"
     )
+    if report.dead_letters:
+        lines.append(f"\nbus dlq list (vhost {report.vhost!r}):")
+        lines += render_dead_letters(report.dead_letters)
     kept = f"; vhost {report.vhost!r} kept" if report.kept else ""
     lines.append(f"\n{verdict} ({report.seconds:.1f} s{kept})")
     return "\n".join(lines) + "\n"
@@ -429,4 +436,6 @@ def _on_broker(
             result = apply(loaded, settings, vhost=name)
             echo(f"apply: {result.summary()}")
             rows = asyncio.run(_run(loaded, settings, echo, progress))
-            return DemoReport(broker.describe(), name, rows, time.monotonic() - started, keep_vhost)
+            dead = list_dead_letters(loaded.expanded, settings, management)
+            elapsed = time.monotonic() - started
+            return DemoReport(broker.describe(), name, rows, elapsed, keep_vhost, dead)

@@ -32,11 +32,13 @@ __all__ = [
     "DeadLetter",
     "DeadLetterQueue",
     "Selection",
+    "age_text",
     "check_delivery_limit",
     "dead_letter_queues",
     "delivery_limit",
     "list_dead_letters",
     "queue_facts",
+    "render_dead_letters",
     "replay_headers",
     "replay_target",
     "show",
@@ -298,3 +300,30 @@ def replay_headers(dead: DeadLetter) -> dict[str, Any]:
 
 def selected_in(messages: Iterable[DeadLetter], selection: Selection) -> list[DeadLetter]:
     return [m for m in messages if selection.matches(m)]
+
+
+def age_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name}={n}" for name, n in counts.items()) or "-"
+
+
+def render_dead_letters(report: Iterable[DeadLetterQueue]) -> list[str]:
+    """The lines of ``bus dlq list``: one per dead-letter queue, notes below."""
+    lines = [f"{'queue':<32} {'depth':>7} {'oldest':>7}  reasons / exception types"]
+    for q in report:
+        depth = "-" if q.depth is None else str(q.depth)
+        lines.append(
+            f"{q.name:<32} {depth:>7} {age_text(q.oldest_age_seconds):>7}  "
+            f"{_counts(q.reasons)} / {_counts(q.exception_types)}"
+        )
+        if q.note:
+            lines.append(f"{'':<32} {'':>7} {'':>7}  ({q.note})")
+    return lines

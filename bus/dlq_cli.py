@@ -77,19 +77,6 @@ def _management(settings: BusSettings) -> ManagementClient | None:
         return None
 
 
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.0f}s"
-
-
-def _counts(counts: dict[str, int]) -> str:
-    return ", ".join(f"{name}={n}" for name, n in counts.items()) or "-"
-
-
 @click.group("dlq")
 def dlq() -> None:
     """Dead letters: list the queues, show messages, replay or purge them."""
@@ -105,7 +92,7 @@ def list_command(file: Path | None, vhost: str | None, as_json: bool, scan: int)
     """Every dead-letter queue: depth, oldest age, counts by reason and exception type.
 
     Exit 0, or 4 when any holds messages."""
-    from bus.dlq import list_dead_letters
+    from bus.dlq import list_dead_letters, render_dead_letters
 
     settings = _settings(file, vhost)
     management = _management(settings)
@@ -118,13 +105,8 @@ def list_command(file: Path | None, vhost: str | None, as_json: bool, scan: int)
         click.echo(json.dumps({"vhost": settings.vhost, "queues": [q.to_data() for q in report]},
                               indent=2))  # fmt: skip
     else:
-        click.echo(f"{'queue':<32} {'depth':>7} {'oldest':>7}  reasons / exception types")
-        for q in report:
-            depth = "-" if q.depth is None else str(q.depth)
-            click.echo(f"{q.name:<32} {depth:>7} {_age(q.oldest_age_seconds):>7}  "
-                       f"{_counts(q.reasons)} / {_counts(q.exception_types)}")  # fmt: skip
-            if q.note:
-                click.echo(f"{'':<32} {'':>7} {'':>7}  ({q.note})")
+        for line in render_dead_letters(report):
+            click.echo(line)
     return UNHEALTHY if any(q.depth for q in report) else 0
 
 
@@ -143,7 +125,7 @@ def show_command(
     """The first N (selected) messages with properties, failure headers and a body preview.
 
     Nothing is consumed: the messages stay where they are, in order."""
-    from bus.dlq import Selection, show
+    from bus.dlq import Selection, age_text, show
 
     settings = _settings(file, vhost)
     selection = Selection(reasons, exception_types, message_ids)
@@ -162,7 +144,7 @@ def show_command(
         data = m.to_data()
         click.echo(f"\n#{data['position']} {data['message_id']}  {data['reason']}  "
                    f"{data['exception_type'] or ''}  failed in {data['failed_queue']}  "
-                   f"age {_age(data['age_seconds'])}")  # fmt: skip
+                   f"age {age_text(data['age_seconds'])}")  # fmt: skip
         if data["exception_message"]:
             click.echo(f"  exception: {data['exception_message']}")
         props = {k: v for k, v in data["properties"].items() if v is not None}

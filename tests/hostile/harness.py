@@ -34,7 +34,7 @@ from consumers.runtime import Runtime
 from consumers.settle import ChannelSession
 
 __all__ = [
-    "DemoRun", "demo_run", "demo_vhost", "drain", "publish", "queue_counts", "wait_until",
+    "DemoRun", "demo_run", "demo_vhost", "publish", "queue_counts", "wait_until",
 ]  # fmt: skip
 
 
@@ -61,21 +61,6 @@ def publish(url: str, items: list[tuple[str, str | bytes, bytes, Any]]) -> None:
         channel.confirm_delivery()
         for exchange, key, body, properties in items:
             channel.basic_publish(exchange, key, body, properties)  # type: ignore[arg-type]
-    finally:
-        connection.close()
-
-
-def drain(url: str, queue: str) -> list[tuple[Any, Any, bytes]]:
-    """Every message of ``queue`` (method, properties, body), removed from the broker."""
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        channel = connection.channel()
-        found = []
-        while True:
-            method, properties, body = channel.basic_get(queue, auto_ack=True)
-            if method is None:
-                return found
-            found.append((method, properties, body))
     finally:
         connection.close()
 

@@ -21,7 +21,8 @@ import pytest
 from bus.lenient import UNDECODABLE_HEADER
 from bus.node import LocalNode
 from consumers.demo import recorder
-from tests.hostile.harness import demo_run, demo_vhost, drain, publish, queue_counts, wait_until
+from tests.helpers import drain
+from tests.hostile.harness import demo_run, demo_vhost, publish, queue_counts, wait_until
 from tests.hostile.kinds import KINDS, Template, tag_of
 
 QUEUES = ("billing.orders", "analytics.all", "audit.log")

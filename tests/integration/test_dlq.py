@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -26,6 +25,7 @@ from bus.cli import main
 from bus.dlq import Selection, list_dead_letters, show
 from bus.dlq_replay import ReplayReport, replay
 from bus.errors import UsageError
+from bus.provision import BrokerControl
 from bus.settings import BusSettings
 from bus.topology import LoadedTopology
 from consumers import Backoff, ConsumerApp, Message, RejectMessage
@@ -206,7 +206,8 @@ async def test_replays_one_reason_and_leaves_the_rest_in_order(
 
 
 async def test_replay_survives_two_cut_connections(
-    topology: LoadedTopology, settings: BusSettings, bus_vhost_url: str, bus_vhost: str
+    topology: LoadedTopology, settings: BusSettings, bus_vhost_url: str, bus_vhost: str,
+    bus_rabbitmqctl: BrokerControl,
 ) -> None:
     queue = "work.q"
     await dead_letter(queue, N, topology, settings, bus_vhost_url)
@@ -220,10 +221,7 @@ async def test_replay_survives_two_cut_connections(
         due = (1, selected // 2)
         if len(cuts) < 2 and report.replayed >= due[len(cuts)]:
             cuts.append(report.replayed)
-            subprocess.run(
-                ["rabbitmqctl", "-q", "close_all_connections", "-p", bus_vhost, "dlq test cut"],
-                check=True, capture_output=True, timeout=60,
-            )  # fmt: skip
+            bus_rabbitmqctl.ctl("-q", "close_all_connections", "-p", bus_vhost, "dlq test cut")
 
     report = replay(settings, f"{queue}.dlq", Selection(reasons=("handler",)), batch=20,
                     progress=cut)  # fmt: skip
@@ -330,7 +328,8 @@ async def test_broker_dead_letters_go_back_to_their_x_death_queue_and_the_limit_
 
 
 async def test_replay_at_a_rate_survives_cuts_at_any_moment(
-    topology: LoadedTopology, settings: BusSettings, bus_vhost_url: str, bus_vhost: str
+    topology: LoadedTopology, settings: BusSettings, bus_vhost_url: str, bus_vhost: str,
+    bus_rabbitmqctl: BrokerControl,
 ) -> None:
     """Cuts from another thread land wherever the replay is (mid-batch with unconfirmed
     copies, or between batches): nothing is lost whatever the timing, and every duplicate
@@ -347,10 +346,7 @@ async def test_replay_at_a_rate_survives_cuts_at_any_moment(
                 time.sleep(0.01)
             if stop.is_set():
                 return
-            subprocess.run(
-                ["rabbitmqctl", "-q", "close_all_connections", "-p", bus_vhost, "dlq test cut"],
-                check=True, capture_output=True, timeout=60,
-            )  # fmt: skip
+            bus_rabbitmqctl.ctl("-q", "close_all_connections", "-p", bus_vhost, "dlq test cut")
 
     thread = threading.Thread(target=cutter)
     thread.start()

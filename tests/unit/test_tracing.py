@@ -1,0 +1,154 @@
+"""The span tree of one message's life, headers passed exactly as the broker passes them.
+
+The broker copies a message's headers unchanged to its consumer and into a dead-letter copy
+(recorded in docs/rabbitmq-versions.md: only ``x-death``/``x-*`` are added), so handing the
+header dict from one step to the next is what happens on the wire.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from bus import tracing
+from bus.tracing import MessageTrace
+from tests.support.spans import finished_spans, span_exporter
+
+
+@pytest.fixture(autouse=True)
+def _fresh_exporter() -> Iterator[None]:
+    span_exporter().clear()
+    tracing.set_tracing(True)
+    yield
+    span_exporter().clear()
+
+
+def _publish(exchange: str, key: str, headers: dict[str, Any]) -> dict[str, Any]:
+    with tracing.publishing(MessageTrace(exchange, key, message_id="m-1"), headers):
+        pass
+    return headers
+
+
+def test_publish_writes_w3c_context_and_the_conventions_attributes() -> None:
+    headers = _publish("events", "order.created", {"x-app": "1"})
+
+    (span,) = finished_spans()
+    assert span.name == "publish events"
+    assert span.kind.name == "PRODUCER"
+    assert dict(span.attributes or {}) == {
+        "messaging.system": "rabbitmq",
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "publish",
+        "messaging.destination.name": "events",
+        "messaging.rabbitmq.destination.routing_key": "order.created",
+        "messaging.message.id": "m-1",
+    }
+    version, trace_id, span_id, flags = headers["traceparent"].split("-")
+    assert version == "00"
+    assert int(flags, 16) & 1  # sampled
+    assert int(trace_id, 16) == span.context.trace_id
+    assert int(span_id, 16) == span.context.span_id
+    assert headers["x-app"] == "1"
+
+
+def test_the_default_exchange_is_named_amq_default() -> None:
+    _publish("", "email.send", {})
+    (span,) = finished_spans()
+    assert span.name == "publish amq.default"
+    assert span.attributes is not None
+    assert span.attributes["messaging.destination.name"] == "amq.default"
+
+
+def test_a_given_traceparent_becomes_the_parent() -> None:
+    upstream = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    headers = _publish("events", "order.created", {"traceparent": upstream})
+    (span,) = finished_spans()
+    assert span.parent is not None
+    assert span.parent.span_id == 0xB7AD6B7169203331
+    assert span.context.trace_id == 0x0AF7651916CD43DD8448EB211C80319C
+    assert headers["traceparent"] != upstream
+
+
+def test_bytes_headers_from_a_foreign_client_are_read() -> None:
+    upstream = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    with tracing.processing(MessageTrace("events", "k", queue="q"), {"traceparent": upstream}):
+        pass
+    (span,) = finished_spans()
+    assert span.context.trace_id == 0x0AF7651916CD43DD8448EB211C80319C
+
+
+def test_garbage_traceparent_starts_a_new_trace() -> None:
+    with tracing.processing(MessageTrace("events", "k", queue="q"), {"traceparent": "nonsense"}):
+        pass
+    (span,) = finished_spans()
+    assert span.parent is None
+    assert not span.links
+
+
+def test_fail_retry_dead_letter_replay_succeed_is_one_trace() -> None:
+    # 1. The producer publishes.
+    headers = _publish("events", "order.created", {})
+    # 2. Attempt 1 fails; the runtime publishes the retry copy inside the process span.
+    message = MessageTrace("events", "order.created", message_id="m-1", queue="billing",
+                           delivery_tag=1)
+    with tracing.processing(message, headers) as first:
+        retry_headers = dict(headers)
+        _publish("billing.retry", "billing", retry_headers)
+    # Settled after the handler's span closed, as the runtime does.
+    with first.settling("ack"):
+        pass
+    # 3. Attempt 2 fails for good: the dead-letter copy, published inside the second attempt.
+    second = MessageTrace("billing.retry", "billing", message_id="m-1", queue="billing",
+                          delivery_tag=2)
+    with tracing.processing(second, retry_headers):
+        dead_headers = dict(retry_headers)
+        _publish("billing.dlx", "billing", dead_headers)
+    # 4. `bus dlq replay` sends it back; attempt 3 succeeds.
+    replay_headers = dict(dead_headers)
+    _publish("events", "order.created", replay_headers)
+    third = MessageTrace("events", "order.created", message_id="m-1", queue="billing",
+                         delivery_tag=3)
+    with tracing.processing(third, replay_headers):
+        pass
+
+    spans = finished_spans()
+    assert len({span.context.trace_id for span in spans}) == 1
+    by_id = {span.context.span_id: span for span in spans}
+
+    def path(span: Any) -> list[str]:
+        names = []
+        while span is not None:
+            names.append(span.name)
+            span = by_id.get(span.parent.span_id) if span.parent else None
+        return names[::-1]
+
+    leaf = [span for span in spans if span.name == "process billing"][-1]
+    assert path(leaf) == [
+        "publish events",
+        "process billing",
+        "publish billing.retry",
+        "process billing",
+        "publish billing.dlx",
+        "publish events",
+        "process billing",
+    ]
+    settle = next(span for span in spans if span.name == "ack billing")
+    assert path(settle) == ["publish events", "process billing", "ack billing"]
+    assert settle.kind.name == "CLIENT"
+    # Each attempt links to the publish that carried it.
+    for process in (span for span in spans if span.name == "process billing"):
+        assert process.parent is not None
+        assert [link.context.span_id for link in process.links] == [process.parent.span_id]
+        assert process.kind.name == "CONSUMER"
+
+
+def test_switched_off_no_span_and_headers_untouched() -> None:
+    tracing.set_tracing(False)
+    headers: dict[str, Any] = {"x": 1}
+    _publish("events", "k", headers)
+    with tracing.processing(MessageTrace("events", "k", queue="q"), headers):
+        pass
+    assert headers == {"x": 1}
+    assert finished_spans() == []

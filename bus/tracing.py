@@ -38,6 +38,8 @@ __all__ = [
     "TRACE_HEADERS",
     "MessageTrace",
     "Processing",
+    "current_traceparent",
+    "mark_current_failed",
     "otel_available",
     "processing",
     "publishing",
@@ -95,6 +97,7 @@ class MessageTrace:
     delivery_tag: int | None = None
     correlation_id: str | None = None
     body_size: int | None = None
+    celery_task: str | None = None
 
     def attributes(self, operation_type: str, operation_name: str) -> dict[str, Any]:
         attributes: dict[str, Any] = {
@@ -111,6 +114,8 @@ class MessageTrace:
             "messaging.rabbitmq.message.delivery_tag": self.delivery_tag,
             "messaging.message.conversation_id": self.correlation_id,
             "messaging.message.body.size": self.body_size,
+            # Not a messaging convention: Celery's own instrumentation names the task so.
+            "celery.task_name": self.celery_task,
         }
         attributes.update({key: value for key, value in optional.items() if value is not None})
         return attributes
@@ -207,3 +212,18 @@ def processing(message: MessageTrace, headers: Mapping[str, Any] | None) -> Iter
         attributes=message.attributes("process", "process"),
     ) as span:
         yield Processing(message, _otel_trace.set_span_in_context(span))
+
+
+def current_traceparent() -> str | None:
+    """The W3C ``traceparent`` of the current span (to store with an outbox row), if any."""
+    if not _enabled or not _otel_trace.get_current_span().get_span_context().is_valid:
+        return None
+    carrier: dict[str, str] = {}
+    _otel_propagate.inject(carrier)
+    return carrier.get("traceparent")
+
+
+def mark_current_failed(description: str) -> None:
+    """Set the current span's status to ERROR (a handler raised, a task failed)."""
+    if _enabled:
+        _otel_trace.get_current_span().set_status(_otel_trace.StatusCode.ERROR, description)

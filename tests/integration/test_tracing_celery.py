@@ -1,0 +1,61 @@
+"""A Celery worker with the bus's tracing reads the trace context from the task message's
+AMQP headers (as a publisher in any language writes them) and runs the task in a child span."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from celery import Celery
+from celery.contrib.testing.worker import start_worker
+from kombu import Exchange, Queue
+
+from bus import tracing
+from bus.celery_tracing import install_worker_tracing
+from tests.support.spans import finished_spans, span_exporter
+
+pytestmark = pytest.mark.integration
+
+UPSTREAM = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_task_span_is_a_child_of_the_publishers_context(bus_vhost_url: str) -> None:
+    span_exporter().clear()
+    tracing.set_tracing(True)
+    install_worker_tracing()
+    app = Celery("traced", broker=bus_vhost_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_queues=[Queue("traced.q", Exchange("traced.q", "direct"), "traced.q")],
+        task_default_queue="traced.q",
+        broker_connection_retry_on_startup=False,
+        worker_hijack_root_logger=False,
+    )
+    ran = threading.Event()
+    seen: dict[str, Any] = {}
+
+    @app.task(name="traced.work")
+    def work() -> None:
+        from opentelemetry import trace
+
+        seen["span"] = trace.get_current_span().get_span_context()
+        ran.set()
+
+    with start_worker(
+        app, pool="solo", perform_ping_check=False, loglevel="WARNING", shutdown_timeout=60
+    ):
+        app.send_task("traced.work", queue="traced.q", headers={"traceparent": UPSTREAM})
+        assert ran.wait(30), "the task did not run"
+
+    (span,) = [s for s in finished_spans() if s.name.startswith("process ")]
+    assert span.parent is not None
+    assert span.parent.span_id == 0x00F067AA0BA902B7
+    assert span.context.trace_id == 0x4BF92F3577B34DA6A3CE929D0E0E4736
+    assert span.kind.name == "CONSUMER"
+    assert span.attributes is not None
+    assert span.attributes["celery.task_name"] == "traced.work"
+    assert span.attributes["messaging.rabbitmq.destination.routing_key"] == "traced.q"
+    # What the task traces itself is a child of the task's span.
+    assert seen["span"].span_id == span.context.span_id

@@ -114,11 +114,7 @@ class DeadLetter:
     @property
     def reason(self) -> str | None:
         """``x-failure-reason``, else the broker's reason (rejected, expired, delivery_limit...)."""
-        ours = _text(self.headers.get("x-failure-reason"))
-        if ours is not None:
-            return ours
-        deaths = self.deaths
-        return _text(deaths[0].get("reason")) if deaths else None
+        return self._ours_else_death("x-failure-reason", "reason")
 
     @property
     def exception_type(self) -> str | None:
@@ -127,11 +123,16 @@ class DeadLetter:
     @property
     def failed_queue(self) -> str | None:
         """The queue the message failed in: ``x-failed-queue``, else the latest ``x-death``."""
-        ours = _text(self.headers.get("x-failed-queue"))
+        return self._ours_else_death("x-failed-queue", "queue")
+
+    def _ours_else_death(self, header: str, death_field: str) -> str | None:
+        # A dead letter of the consumer runtime names its own reason and queue; one of the
+        # broker has only x-death, latest death first.
+        ours = _text(self.headers.get(header))
         if ours is not None:
             return ours
         deaths = self.deaths
-        return _text(deaths[0].get("queue")) if deaths else None
+        return _text(deaths[0].get(death_field)) if deaths else None
 
     @property
     def delivery_count(self) -> int | None:

@@ -96,21 +96,21 @@ def _alive(pid: int) -> bool:
 
 
 def _end(pids: list[int], groups: list[int]) -> None:
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGTERM)
-    for group in groups:
-        with contextlib.suppress(OSError):
-            os.killpg(group, signal.SIGTERM)
+    _send(signal.SIGTERM, pids, groups)
     deadline = time.monotonic() + _GRACE
     while time.monotonic() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.2)
+    _send(signal.SIGKILL, pids, groups)
+
+
+def _send(signum: signal.Signals, pids: list[int], groups: list[int]) -> None:
+    # A process or group already gone is what we want: nothing to report.
     for pid in pids:
         with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, signum)
     for group in groups:
         with contextlib.suppress(OSError):
-            os.killpg(group, signal.SIGKILL)
+            os.killpg(group, signum)
 
 
 def _remove_container(container_id: str) -> None:

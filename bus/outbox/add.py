@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, TypedDict, Unpack
 
 from pydantic import BaseModel
 from sqlalchemy import Connection, Table, insert
@@ -24,10 +24,39 @@ from bus.outgoing import DEFAULT_MAX_MESSAGE_SIZE, Outgoing, Resolved, Resolver,
 if TYPE_CHECKING:  # the asyncio extension needs greenlet: only async callers import it
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-__all__ = ["AsyncBind", "Outbox", "SyncBind"]
+__all__ = ["AsyncBind", "EventOptions", "Outbox", "SyncBind", "TaskOptions"]
 
 SyncBind: TypeAlias = Session | Connection
 AsyncBind: TypeAlias = "AsyncSession | AsyncConnection"
+
+
+class EventOptions(TypedDict, total=False):
+    """The keywords of :meth:`Outbox.add`, :meth:`~Outbox.add_async` and
+    :meth:`~Outbox.event_row`, written once for the three: the publishers' publish keywords
+    and ``ordering_key``. Absent means None, except ``persistent`` (True)."""
+
+    ordering_key: str | None
+    event_name: str | None
+    headers: Mapping[str, Any] | None
+    message_id: str | None
+    correlation_id: str | None
+    traceparent: str | None
+    persistent: bool
+
+
+class TaskOptions(TypedDict, total=False):
+    """The keywords of :meth:`Outbox.add_task`, :meth:`~Outbox.add_task_async` and
+    :meth:`~Outbox.task_row`. Absent means None, except ``ignore_result`` (True)."""
+
+    task_id: str | None
+    ignore_result: bool
+    reply_to: str | None
+    expires: datetime | None
+    ordering_key: str | None
+
+
+_EVENT_KEYWORDS = frozenset(EventOptions.__annotations__)
+_TASK_KEYWORDS = frozenset(TaskOptions.__annotations__)
 
 
 class Outbox:
@@ -51,31 +80,23 @@ class Outbox:
 
     # -- building rows ----------------------------------------------------------------------
     def event_row(
-        self,
-        event: BaseModel | Outgoing,
-        *,
-        ordering_key: str | None = None,
-        event_name: str | None = None,
-        headers: Mapping[str, Any] | None = None,
-        message_id: str | None = None,
-        correlation_id: str | None = None,
-        traceparent: str | None = None,
-        persistent: bool = True,
+        self, event: BaseModel | Outgoing, **options: Unpack[EventOptions]
     ) -> dict[str, Any]:
         """The row of one event (validated against its contract) or explicit message."""
+        _refuse_unknown(options, _EVENT_KEYWORDS)
         if isinstance(event, Outgoing):
             resolved = self.resolver.item(event)
         else:
             resolved = self.resolver.event(
                 event,
-                name=event_name,
-                headers=headers,
-                message_id=message_id,
-                correlation_id=correlation_id,
-                traceparent=traceparent,
-                persistent=persistent,
+                name=options.get("event_name"),
+                headers=options.get("headers"),
+                message_id=options.get("message_id"),
+                correlation_id=options.get("correlation_id"),
+                traceparent=options.get("traceparent"),
+                persistent=options.get("persistent", True),
             )
-        return _row(resolved, ordering_key)
+        return _row(resolved, options.get("ordering_key"))
 
     def task_row(
         self,
@@ -83,53 +104,30 @@ class Outbox:
         task: str,
         args: Sequence[Any] = (),
         kwargs: Mapping[str, Any] | None = None,
-        *,
-        task_id: str | None = None,
-        ignore_result: bool = True,
-        reply_to: str | None = None,
-        expires: datetime | None = None,
-        ordering_key: str | None = None,
+        **options: Unpack[TaskOptions],
     ) -> dict[str, Any]:
         """The row of a Celery task for a topology queue marked ``celery:``."""
+        _refuse_unknown(options, _TASK_KEYWORDS)
         resolved = self.resolver.task(
             queue,
             task,
             args,
             kwargs,
-            task_id=task_id,
+            task_id=options.get("task_id"),
             origin=self.app_id,
-            ignore_result=ignore_result,
-            reply_to=reply_to,
-            expires=expires,
+            ignore_result=options.get("ignore_result", True),
+            reply_to=options.get("reply_to"),
+            expires=options.get("expires"),
         )
-        return _row(resolved, ordering_key)
+        return _row(resolved, options.get("ordering_key"))
 
     # -- sync sessions ----------------------------------------------------------------------
     def add(
-        self,
-        session: SyncBind,
-        event: BaseModel | Outgoing,
-        *,
-        ordering_key: str | None = None,
-        event_name: str | None = None,
-        headers: Mapping[str, Any] | None = None,
-        message_id: str | None = None,
-        correlation_id: str | None = None,
-        traceparent: str | None = None,
-        persistent: bool = True,
+        self, session: SyncBind, event: BaseModel | Outgoing, **options: Unpack[EventOptions]
     ) -> str:
         """Insert ``event`` into the outbox within ``session``'s transaction; returns its
         ``message_id``. It is published after (and only if) that transaction commits."""
-        row = self.event_row(
-            event,
-            ordering_key=ordering_key,
-            event_name=event_name,
-            headers=headers,
-            message_id=message_id,
-            correlation_id=correlation_id,
-            traceparent=traceparent,
-            persistent=persistent,
-        )
+        row = self.event_row(event, **options)
         session.execute(insert(self.table).values(row))
         return str(row["message_id"])
 
@@ -140,53 +138,19 @@ class Outbox:
         task: str,
         args: Sequence[Any] = (),
         kwargs: Mapping[str, Any] | None = None,
-        *,
-        task_id: str | None = None,
-        ignore_result: bool = True,
-        reply_to: str | None = None,
-        expires: datetime | None = None,
-        ordering_key: str | None = None,
+        **options: Unpack[TaskOptions],
     ) -> str:
         """Insert a Celery task message (raw AMQP, protocol 2); returns the task id."""
-        row = self.task_row(
-            queue,
-            task,
-            args,
-            kwargs,
-            task_id=task_id,
-            ignore_result=ignore_result,
-            reply_to=reply_to,
-            expires=expires,
-            ordering_key=ordering_key,
-        )
+        row = self.task_row(queue, task, args, kwargs, **options)
         session.execute(insert(self.table).values(row))
         return str(row["message_id"])
 
     # -- async sessions ---------------------------------------------------------------------
     async def add_async(
-        self,
-        session: AsyncBind,
-        event: BaseModel | Outgoing,
-        *,
-        ordering_key: str | None = None,
-        event_name: str | None = None,
-        headers: Mapping[str, Any] | None = None,
-        message_id: str | None = None,
-        correlation_id: str | None = None,
-        traceparent: str | None = None,
-        persistent: bool = True,
+        self, session: AsyncBind, event: BaseModel | Outgoing, **options: Unpack[EventOptions]
     ) -> str:
         """:meth:`add` for an ``AsyncSession`` or ``AsyncConnection``."""
-        row = self.event_row(
-            event,
-            ordering_key=ordering_key,
-            event_name=event_name,
-            headers=headers,
-            message_id=message_id,
-            correlation_id=correlation_id,
-            traceparent=traceparent,
-            persistent=persistent,
-        )
+        row = self.event_row(event, **options)
         await session.execute(insert(self.table).values(row))
         return str(row["message_id"])
 
@@ -197,27 +161,19 @@ class Outbox:
         task: str,
         args: Sequence[Any] = (),
         kwargs: Mapping[str, Any] | None = None,
-        *,
-        task_id: str | None = None,
-        ignore_result: bool = True,
-        reply_to: str | None = None,
-        expires: datetime | None = None,
-        ordering_key: str | None = None,
+        **options: Unpack[TaskOptions],
     ) -> str:
         """:meth:`add_task` for an ``AsyncSession`` or ``AsyncConnection``."""
-        row = self.task_row(
-            queue,
-            task,
-            args,
-            kwargs,
-            task_id=task_id,
-            ignore_result=ignore_result,
-            reply_to=reply_to,
-            expires=expires,
-            ordering_key=ordering_key,
-        )
+        row = self.task_row(queue, task, args, kwargs, **options)
         await session.execute(insert(self.table).values(row))
         return str(row["message_id"])
+
+
+def _refuse_unknown(options: Mapping[str, object], known: frozenset[str]) -> None:
+    # ``**options`` would swallow a misspelt keyword that a spelt-out signature refuses.
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument {unknown[0]!r}")
 
 
 def _row(message: Resolved, ordering_key: str | None) -> dict[str, Any]:

@@ -179,15 +179,9 @@ class CeleryQueue(_Strict):
     routing_key: StrictStr | None = None
 
 
-def _dead_letter(value: object) -> object:
-    if value is True:
-        return {}
-    if value is False:
-        return None
-    return value
-
-
-def _celery(value: object) -> object:
+def _switch_or_settings(value: object) -> object:
+    # ``dead_letter:`` and ``celery:`` take true (on, default settings), false (off) or a
+    # mapping of settings.
     if value is True:
         return {}
     if value is False:
@@ -252,10 +246,10 @@ class Queue(_Strict):
     max_age: StrictStr | None = None
     stream_max_segment_size_bytes: Positive | None = None
     arguments: dict[str, ArgumentValue] = Field(default_factory=dict)
-    dead_letter: Annotated[DeadLetter | None, BeforeValidator(_dead_letter)] = None
+    dead_letter: Annotated[DeadLetter | None, BeforeValidator(_switch_or_settings)] = None
     retry: Retry | None = None
     bindings: list[Binding] = Field(default_factory=list)
-    celery: Annotated[CeleryQueue | None, BeforeValidator(_celery)] = None
+    celery: Annotated[CeleryQueue | None, BeforeValidator(_switch_or_settings)] = None
     description: StrictStr | None = None
 
     def broker_arguments(self) -> dict[str, Any]:

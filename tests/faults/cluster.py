@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
-from types import TracebackType
 from typing import Any
 
 from bus.broker.management import ManagementClient
 from bus.node import LocalNode
 from bus.settings import BusSettings, with_vhost
+from tests.support.started import StartedInWith
 
 
-class LocalCluster:
+class LocalCluster(StartedInWith):
     """``size`` throwaway nodes joined with ``join_cluster``; the first has the management API."""
 
     def __init__(self, size: int = 3, *, config: str = "") -> None:
@@ -113,14 +113,3 @@ class LocalCluster:
 
         with ThreadPoolExecutor(len(self.nodes)) as pool:
             list(pool.map(stop_one, self.nodes))
-
-    def __enter__(self) -> LocalCluster:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -10,10 +10,11 @@ import asyncio
 import contextlib
 import socket
 import threading
-from types import TracebackType
+
+from tests.support.started import StartedInWith
 
 
-class FaultProxy:
+class FaultProxy(StartedInWith):
     """Forwards 127.0.0.1:<port> to ``target``.
 
     - :meth:`cut` closes both sockets of every live pair (the client sees EOF / reset).
@@ -126,14 +127,3 @@ class FaultProxy:
         from urllib.parse import quote
 
         return f"amqp://{user}:{password}@127.0.0.1:{self.port}/{quote(vhost, safe='')}"
-
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

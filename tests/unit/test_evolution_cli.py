@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support.commands import git, run_bus
 
 TOPOLOGY = """\
 version: 1
@@ -35,21 +35,8 @@ class OrderPlaced(BaseModel):
 """
 
 
-def git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
-
-
 def bus(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BUS_", "GIT_"))}
-    done = subprocess.run(
-        [sys.executable, "-m", "bus", *args],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_bus(repo, *args)
     assert "Traceback" not in done.stderr, done.stderr
     if done.returncode != 0:
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr

@@ -7,18 +7,16 @@ output of the first failing check.
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from bus.contract_history import current_snapshots, frozen_history
 from bus.contracts_cli import compare_contracts
 from bus.topology import load_topology
+from tests.support.commands import git, run_bus
 
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text(encoding="utf-8")
@@ -69,7 +67,7 @@ def _clone(tmp: Path) -> Path:
         ["add", "-A"],
         ["-c", "user.email=dev@example.com", "-c", "user.name=dev", "commit", "-q", "-m", "v1"],
     ):
-        subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
+        git(root, *args)
     return root
 
 
@@ -77,7 +75,6 @@ def test_the_readme_commands_run_in_order(tmp_path: Path) -> None:
     blocks = _blocks("shell")
     assert len(blocks) == len(EDITS)
     root = _clone(tmp_path)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BUS_", "GIT_"))}
     outputs: list[str] = []
     for block, edits in zip(blocks, EDITS, strict=True):
         for edit in edits:
@@ -86,15 +83,7 @@ def test_the_readme_commands_run_in_order(tmp_path: Path) -> None:
             argv = shlex.split(line, comments=True)
             assert argv[:2] == ["bus", "contracts"] or argv[:2] == ["bus", "asyncapi"], line
             expected = re.search(r"# exit (\d+)", line)
-            done = subprocess.run(
-                [sys.executable, "-m", "bus", *argv[1:]],
-                cwd=root,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=120,
-                check=False,
-            )
+            done = run_bus(root, *argv[1:])
             output = done.stdout + done.stderr
             assert done.returncode == (int(expected.group(1)) if expected else 0), (line, output)
             assert "Traceback" not in output

@@ -21,21 +21,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pika.compat import long
 
-from bus import routing
 from bus.errors import RoutingError
 from bus.routing import (
     Router,
-    _compile_headers,
-    _Dest,
-    _headers_match,
-    _HeadersBinding,
-    _HeadersIndex,
-    _TopicNode,
     header_term,
     headers_binding_matches_something,
     parse_header_option,
     topic_matches,
 )
+from bus.routing import topic as topic_trie
+from bus.routing.destinations import Destination as _Dest
+from bus.routing.headers_match import HeadersBinding as _HeadersBinding
+from bus.routing.headers_match import HeadersIndex as _HeadersIndex
+from bus.routing.headers_match import compile_headers as _compile_headers
+from bus.routing.headers_match import headers_match as _headers_match
+from bus.routing.topic import TopicNode as _TopicNode
 from bus.topology import BindingSpec, ExchangeSpec, ExpandedTopology, QueueSpec, parse_topology
 from bus.versions import RuleSet
 
@@ -546,9 +546,9 @@ def test_one_trie_with_cached_transitions_agrees_with_reference(
 ) -> None:
     # The trie keeps the node sets and word transitions it met; results must not depend
     # on what was routed before, nor on the caches being dropped at their bounds.
-    bounds = (routing._MAX_STATES, routing._MAX_TRANSITIONS)
+    bounds = (topic_trie._MAX_STATES, topic_trie._MAX_TRANSITIONS)
     if tiny_bounds:
-        routing._MAX_STATES, routing._MAX_TRANSITIONS = 2, 3
+        topic_trie._MAX_STATES, topic_trie._MAX_TRANSITIONS = 2, 3
     try:
         root = _TopicNode()
         for n, pattern in enumerate(patterns):
@@ -559,7 +559,7 @@ def test_one_trie_with_cached_transitions_agrees_with_reference(
             expected = {f"q{n}" for n, p in enumerate(patterns) if _reference_topic(p, key)}
             assert {d.name for d in out} == expected
     finally:
-        routing._MAX_STATES, routing._MAX_TRANSITIONS = bounds
+        topic_trie._MAX_STATES, topic_trie._MAX_TRANSITIONS = bounds
 
 
 def test_trie_with_many_hashes_stays_fast_enough_to_finish() -> None:
@@ -602,9 +602,9 @@ def test_header_terms_follow_erlang_equality() -> None:
 
 
 def test_memoised_results_stay_correct_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    import bus.routing
+    import bus.routing.exchange
 
-    monkeypatch.setattr(bus.routing, "_CACHE_SIZE", 2)
+    monkeypatch.setattr(bus.routing.exchange, "_CACHE_SIZE", 2)
     router = _topology(SCENARIOS["e2e cycle ends, each queue once"][0])
     keys = ["a.b", "c", "a.x", "a.b", "c", "a.b.c", "a.b"]
     first = [router.route("x1", k).queues for k in keys]

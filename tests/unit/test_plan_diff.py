@@ -229,3 +229,18 @@ def test_probe_results_in_amqp_mode() -> None:
     assert actions[("queue", "q1")] is Action.CREATE
     assert actions[("binding", "ev -> queue q1 key 'a.#'")] is Action.CREATE
     assert not plan.verified
+
+
+def test_a_binding_spec_identity_is_the_plan_binding_key() -> None:
+    """One definition: BindingSpec.identity() and the key plan matches live bindings by."""
+    from bus.broker.equality import key_of
+    from bus.topology.expand import BindingSpec
+
+    spec = BindingSpec("ev", "q1", "queue", "a.#", {"x-match": "all", "n": 1})
+    live = LiveBinding("ev", "q1", "queue", "a.#", {"n": 1, "x-match": "all"})
+    assert spec.identity() == key_of(live) == key_of(spec)
+    # Typed: 1 and "1" are different arguments to the broker.
+    assert (
+        spec.identity()
+        != BindingSpec("ev", "q1", "queue", "a.#", {"x-match": "all", "n": "1"}).identity()
+    )

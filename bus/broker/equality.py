@@ -151,4 +151,3 @@ def policy_differences(d: PolicySpec, live: LivePolicy) -> list[Difference]:
             MUTABLE,
         )
     return diffs
-

@@ -187,6 +187,18 @@ class ManagementClient:
         )
         return result
 
+    def exchange(self, vhost: str, name: str) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = self.request(
+            "GET", f"/exchanges/{quote_name(vhost)}/{quote_name(name)}", allow_404=True
+        )
+        return result
+
+    def queue_bindings(self, vhost: str, exchange: str, queue: str) -> list[dict[str, Any]]:
+        """The bindings from ``exchange`` to ``queue`` (any routing key and arguments)."""
+        path = f"/bindings/{quote_name(vhost)}/e/{quote_name(exchange)}/q/{quote_name(queue)}"
+        result: list[dict[str, Any]] | None = self.request("GET", path)
+        return result or []
+
     def bindings(self, vhost: str) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.request("GET", f"/bindings/{quote_name(vhost)}")
         return result

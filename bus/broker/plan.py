@@ -80,7 +80,6 @@ def expanded_of(topology: LoadedTopology | ExpandedTopology) -> ExpandedTopology
     return topology.expanded if isinstance(topology, LoadedTopology) else topology
 
 
-
 def resolve_vhost(expanded: ExpandedTopology, settings: BusSettings, vhost: str | None) -> str:
     """``vhost`` argument, else the topology's ``vhost.name``, else the AMQP URL's vhost."""
     if vhost:

@@ -32,6 +32,8 @@ __all__ = [
     "same_value",
 ]
 
+# Arguments each queue type compares on redeclare (docs/rabbitmq-behaviour.md section 1, from the
+# 3.10 source). Any other argument is stored and never compared: changing it is ineffective.
 COMPARED_QUEUE_ARGUMENTS: dict[str, frozenset[str]] = {
     "classic": frozenset({
         "x-queue-type", "x-message-ttl", "x-expires", "x-dead-letter-exchange",

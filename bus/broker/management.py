@@ -107,17 +107,19 @@ class ManagementClient:
             return None
         if response.status_code >= 400:
             reason = _reason(response)
-            where = f"{method} {path}"
+            request_line = f"{method} {path}"
             if response.status_code == 401:
                 raise AccessRefusedError(
-                    f"management API refused the credentials ({where}): {reason}"
+                    f"management API refused the credentials ({request_line}): {reason}"
                 )
             if response.status_code == 403:
-                raise AccessRefusedError(f"management API access refused ({where}): {reason}")
+                raise AccessRefusedError(
+                    f"management API access refused ({request_line}): {reason}"
+                )
             if response.status_code == 404:
-                raise NotFoundError(f"not found: {where}: {reason}")
+                raise NotFoundError(f"not found: {request_line}: {reason}")
             raise ManagementAPIError(
-                f"{where}: {response.status_code} {reason}", response.status_code
+                f"{request_line}: {response.status_code} {reason}", response.status_code
             )
         if not response.content:
             return None

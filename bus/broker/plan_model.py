@@ -69,8 +69,6 @@ _SYMBOL = {
     Action.UNVERIFIED: "?",
 }
 
-# Arguments each queue type compares on redeclare (docs/rabbitmq-behaviour.md section 1, from the
-
 
 class _Absent:
     def __repr__(self) -> str:

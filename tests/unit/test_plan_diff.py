@@ -244,3 +244,18 @@ def test_a_binding_spec_identity_is_the_plan_binding_key() -> None:
         spec.identity()
         != BindingSpec("ev", "q1", "queue", "a.#", {"x-match": "all", "n": "1"}).identity()
     )
+
+
+def test_argument_differences_use_the_broker_equality() -> None:
+    """The Celery pre-flight's comparison: typed, integer widths equal, absent on one side."""
+    from bus.broker.equality import argument_differences
+    from bus.broker.plan_model import ABSENT
+
+    desired = {"x-max-length": 10, "x-overflow": "reject-publish", "x-expires": 1000}
+    live = {"x-max-length": "10", "x-overflow": "reject-publish", "x-custom": True}
+    assert argument_differences(desired, live) == [
+        ("x-custom", ABSENT, True),
+        ("x-expires", 1000, ABSENT),
+        ("x-max-length", 10, "10"),
+    ]
+    assert argument_differences({"x-max-length": 10}, {"x-max-length": 10}) == []

@@ -36,20 +36,8 @@ from bus.errors import BrokerError
 from bus.topology.expand import ExchangeSpec, QueueSpec
 from bus.topology.model import RESERVED_PREFIX
 
-__all__ = [
-    "LiveBinding",
-    "LiveExchange",
-    "LivePolicy",
-    "LiveQueue",
-    "LiveState",
-    "LiveVhost",
-    "Probe",
-    "QueueUsage",
-    "normalise_queue_type",
-    "probe_objects",
-    "queue_usage",
-    "read_live_state",
-]
+# The data it reads into lives in bus.broker.live.
+__all__ = ["probe_objects", "queue_usage", "read_live_state"]
 
 
 def _is_private_queue(raw: dict[str, Any]) -> bool:

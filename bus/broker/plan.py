@@ -22,8 +22,8 @@ from bus.broker.equality import (
     same_value,
 )
 from bus.broker.fallback import probe_state, refusal_difference
-from bus.broker.inspect import QueueUsage, queue_usage, read_live_state
-from bus.broker.live import LiveState
+from bus.broker.inspect import queue_usage, read_live_state
+from bus.broker.live import LiveState, QueueUsage
 from bus.broker.management import ManagementClient
 from bus.broker.plan_model import (
     CHANGES,
@@ -39,6 +39,7 @@ from bus.broker.plan_model import (
     describe,
     policy_specs,
 )
+from bus.broker.plan_versions import annotate_plan, read_version
 from bus.broker.session import AmqpSession
 from bus.errors import AccessRefusedError, BrokerUnavailableError, NotFoundError
 from bus.settings import BusSettings, mask_url, with_vhost
@@ -137,7 +138,5 @@ def plan(
     result.broker = mask_url(with_vhost(settings.amqp_url, name))
     if live.source == "management":
         # What the broker's version changes (4.x: delivery limits, refused policy keys).
-        from bus.broker.plan_versions import annotate_plan, read_version
-
         result = annotate_plan(result, expanded, read_version(settings))
     return result

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bus.broker.inspect import (
+from bus.broker.live import (
     LiveBinding,
     LiveExchange,
     LivePolicy,

@@ -7,6 +7,7 @@ control and events classes, the pre-flight bootstep, and py-amqp's header guard.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
@@ -17,6 +18,7 @@ from bus.celery_app.config import TopologySource, celery_config, resolve_topolog
 from bus.celery_app.preflight import TopologyPreflight
 from bus.errors import PublishError
 from bus.settings import BusSettings
+from bus.topology import ExpandedTopology
 
 __all__ = ["build_app", "configure_app"]
 
@@ -56,6 +58,26 @@ def _install(app: Celery, settings: BusSettings | None) -> None:
     app._bus_installed = True
 
 
+@dataclass(frozen=True)
+class _Options:
+    """The choices :func:`celery_config` takes beside the topology and the settings."""
+
+    routes: Mapping[str, str] | None
+    default_queue: str | None
+    monitoring: bool | None
+    prefetch_multiplier: int | None
+
+    def config(self, topology: ExpandedTopology, settings: BusSettings) -> dict[str, Any]:
+        return celery_config(
+            topology,
+            settings,
+            routes=self.routes,
+            default_queue=self.default_queue,
+            monitoring=self.monitoring,
+            prefetch_multiplier=self.prefetch_multiplier,
+        )
+
+
 def configure_app(
     app: Celery,
     topology: TopologySource = None,
@@ -69,16 +91,8 @@ def configure_app(
     """Configure an existing Celery app for the topology's Celery queues (now, not lazily)."""
     settings = settings or BusSettings()
     _install(app, settings)
-    app.conf.update(
-        celery_config(
-            resolve_topology(topology),
-            settings,
-            routes=routes,
-            default_queue=default_queue,
-            monitoring=monitoring,
-            prefetch_multiplier=prefetch_multiplier,
-        )
-    )
+    options = _Options(routes, default_queue, monitoring, prefetch_multiplier)
+    app.conf.update(options.config(resolve_topology(topology), settings))
     return app
 
 
@@ -100,18 +114,12 @@ def build_app(
     """
     app = Celery(main, control=_CONTROL, events=_EVENTS)
     _install(app, settings)
+    options = _Options(routes, default_queue, monitoring, prefetch_multiplier)
 
     def lazy_config() -> dict[str, Any]:
         resolved = settings or BusSettings()
         record_settings(app, resolved)
-        return celery_config(
-            resolve_topology(topology),
-            resolved,
-            routes=routes,
-            default_queue=default_queue,
-            monitoring=monitoring,
-            prefetch_multiplier=prefetch_multiplier,
-        )
+        return options.config(resolve_topology(topology), resolved)
 
     app.add_defaults(lazy_config)
     return app

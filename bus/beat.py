@@ -12,7 +12,6 @@ enforces it (see the README, "Periodic tasks").
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,9 @@ from celery import Celery
 from celery.schedules import crontab
 
 from bus.celery_app import build_app, start_celery
+from bus.celery_app.config import DEFAULT_TOPOLOGY_FILE
 from bus.errors import UsageError
-from bus.settings import BusSettings
+from bus.settings import BusSettings, CeleryFileSettings
 from bus.topology import ExpandedTopology, LoadedTopology, load_topology
 from bus.topology.model import Schedule
 
@@ -39,9 +39,10 @@ __all__ = [
 DEFAULT_SCHEDULE_FILE = "celerybeat-schedule"
 
 
-def default_schedule_file() -> Path:
+def default_schedule_file(files: CeleryFileSettings | None = None) -> Path:
     """``$BUS_BEAT_SCHEDULE_FILE``, else ``./celerybeat-schedule``."""
-    return Path(os.environ.get("BUS_BEAT_SCHEDULE_FILE") or DEFAULT_SCHEDULE_FILE)
+    files = files or CeleryFileSettings()
+    return files.beat_schedule_file or Path(DEFAULT_SCHEDULE_FILE)
 
 
 def schedule_of(entry: Schedule) -> timedelta | crontab:
@@ -89,11 +90,18 @@ def run_beat(
     topology_file: Path | None = None,
     schedule_file: Path | None = None,
     loglevel: str = "INFO",
+    *,
+    settings: BusSettings | None = None,
+    files: CeleryFileSettings | None = None,
 ) -> int:
-    """Run beat in the foreground until SIGTERM/SIGINT; returns Celery's exit code."""
-    loaded = load_topology(topology_file)
-    app = build_beat_app(loaded, BusSettings())
-    target = schedule_file if schedule_file is not None else default_schedule_file()
+    """Run beat in the foreground until SIGTERM/SIGINT; returns Celery's exit code.
+
+    ``settings`` and ``files`` default to the environment's (``BUS_*``), read here once.
+    """
+    files = files or CeleryFileSettings()
+    loaded = load_topology(topology_file or files.topology or DEFAULT_TOPOLOGY_FILE)
+    app = build_beat_app(loaded, settings or BusSettings())
+    target = schedule_file if schedule_file is not None else default_schedule_file(files)
     if not target.parent.is_dir():
         raise UsageError(f"schedule file directory does not exist: {target.parent}")
     return start_celery(app, beat_argv(target, loglevel))

@@ -45,13 +45,14 @@ def _reject(consumer: Any, message: Any, reason: str) -> None:
         "malformed task message rejected without requeue (dead-lettered if the queue has a "
         "DLX): %s; delivery %s",
         reason,
-        _where(message),
+        _delivery_origin(message),
     )
     message.reject_log_error(log, consumer.connection_errors, requeue=False)
     signals.task_rejected.send(sender=consumer, message=message, exc=None)
 
 
-def _where(message: Any) -> str:
+def _delivery_origin(message: Any) -> str:
+    """Where a delivery came from, for the log line about it."""
     info = message.delivery_info or {}
     return f"exchange={info.get('exchange')!r} routing_key={info.get('routing_key')!r}"
 
@@ -165,7 +166,7 @@ def _dead_letter_copy(consumer: Any, message: Any, reason: str) -> None:
         "broker-owned headers; the original acknowledged): %s; delivery %s",
         dlx,
         reason,
-        _where(message),
+        _delivery_origin(message),
     )
     message.ack_log_error(log, consumer.connection_errors)
     signals.task_rejected.send(sender=consumer, message=message, exc=None)

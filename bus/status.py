@@ -32,6 +32,7 @@ import pika.exceptions
 
 from bus.broker.connect import connect_sync
 from bus.broker.management import ManagementClient, quote_name
+from bus.broker.passive import check_queue
 from bus.celery_message import celery_routes
 from bus.errors import BrokerError, NotFoundError, UsageError
 from bus.patterns import NamePattern, compile_name_pattern
@@ -152,8 +153,8 @@ def _passive_counts(
         channel = connection.channel()
         for name in names:
             try:
-                ok = channel.queue_declare(name, passive=True).method
-                counts[name] = (ok.message_count, ok.consumer_count)
+                usage = check_queue(channel, name)
+                counts[name] = (usage.messages, usage.consumers)
             except pika.exceptions.ChannelClosedByBroker as exc:
                 if exc.reply_code != 404:
                     raise BrokerError(f"queue {name!r}: {exc.reply_text}") from None

@@ -7,7 +7,8 @@ changes nothing; ``apply(...)`` applies the plan (nothing at all while a conflic
 
 from bus.broker.apply import ApplyResult, apply
 from bus.broker.export import Export, export_topology
-from bus.broker.inspect import LiveState, read_live_state
+from bus.broker.inspect import read_live_state
+from bus.broker.live import LiveState
 from bus.broker.plan import (
     Action,
     Difference,

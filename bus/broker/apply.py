@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bus.broker.inspect import LiveBinding, LivePolicy, LiveQueue
+from bus.broker.live import LiveBinding, LivePolicy, LiveQueue
 from bus.broker.management import ManagementClient
 from bus.broker.plan import (
     Action,
@@ -104,16 +104,16 @@ class _Executor:
         self,
         expanded: ExpandedTopology,
         settings: BusSettings,
-        the_plan: Plan,
+        planned: Plan,
         result: ApplyResult,
     ) -> None:
         self.expanded = expanded
         self.settings = settings
-        self.plan = the_plan
-        self.vhost = the_plan.vhost
+        self.plan = planned
+        self.vhost = planned.vhost
         self.result = result
         self.done = 0
-        self.total = len(the_plan.changes)
+        self.total = len(planned.changes)
         self.management: ManagementClient | None = None
         self.session: AmqpSession | None = None
 
@@ -347,13 +347,13 @@ def apply(
     settings = settings or BusSettings()
     name = resolve_vhost(expanded, settings, vhost)
     options = {"prune": prune, "recreate_empty": recreate_empty, "allow_data_loss": allow_data_loss}
-    the_plan = plan(expanded, settings, vhost=name, **options)
+    planned = plan(expanded, settings, vhost=name, **options)
     if on_plan is not None:
-        on_plan(the_plan)
-    if the_plan.conflicts:
-        raise PlanConflicts(the_plan)
-    result = ApplyResult(the_plan, dry_run=dry_run)
-    if the_plan.source == "amqp":
+        on_plan(planned)
+    if planned.conflicts:
+        raise PlanConflicts(planned)
+    result = ApplyResult(planned, dry_run=dry_run)
+    if planned.source == "amqp":
         if prune:
             raise BrokerError(
                 "--prune needs the management API (AMQP cannot list a vhost): nothing was applied"
@@ -364,15 +364,15 @@ def apply(
             )
     if dry_run:
         return result
-    if not the_plan.has_changes and not the_plan.by_action(Action.UNVERIFIED):
-        result.verification = the_plan if the_plan.source == "management" else None
+    if not planned.has_changes and not planned.by_action(Action.UNVERIFIED):
+        result.verification = planned if planned.source == "management" else None
         return result
-    executor = _Executor(expanded, settings, the_plan, result)
+    executor = _Executor(expanded, settings, planned, result)
     try:
         executor.run()
     finally:
         executor.close()
-    if the_plan.source == "management":
+    if planned.source == "management":
         again = plan(expanded, settings, vhost=name, **options)
         if again.has_changes or again.conflicts:
             pending = "; ".join(

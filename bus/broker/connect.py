@@ -114,10 +114,11 @@ def connect_sync(settings: BusSettings, name: str = "amqp-bus") -> pika.Blocking
     try:
         return pika.BlockingConnection(params if len(params) > 1 else params[0])
     except (pika.exceptions.AMQPError, OSError, ssl.SSLError) as exc:
-        raise translate_error(exc, _where(settings)) from None
+        raise translate_error(exc, _broker_urls_text(settings)) from None
 
 
-def _where(settings: BusSettings) -> str:
+def _broker_urls_text(settings: BusSettings) -> str:
+    """What a connection error names: the URL, or a cluster's URLs masked as one text."""
     urls = settings.amqp_urls
     return urls[0] if len(urls) == 1 else mask_urls(urls)
 
@@ -206,7 +207,7 @@ async def connect_async(settings: BusSettings, name: str = "amqp-bus") -> Abstra
         await connection.connect(timeout=settings.connect_timeout)
     except (aio_pika.exceptions.AMQPError, OSError, ssl.SSLError, TimeoutError) as exc:
         await connection.close()
-        raise translate_error(exc, _where(settings)) from None
+        raise translate_error(exc, _broker_urls_text(settings)) from None
     except BaseException:
         await connection.close()
         raise

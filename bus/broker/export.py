@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from bus.broker.inspect import LiveBinding, LiveState, LiveVhost, read_live_state
+from bus.broker.inspect import read_live_state
+from bus.broker.live import LiveBinding, LiveState, LiveVhost
 from bus.broker.management import ManagementClient
 from bus.errors import NotFoundError, TopologyError
 from bus.settings import BusSettings, mask_url

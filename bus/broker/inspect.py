@@ -15,125 +15,29 @@ mismatch when it does not).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
+from bus.broker.live import (
+    DestinationType,
+    LiveBinding,
+    LiveExchange,
+    LivePolicy,
+    LiveQueue,
+    LiveState,
+    LiveVhost,
+    Probe,
+    QueueUsage,
+    normalise_queue_type,
+)
 from bus.broker.management import ManagementClient
 from bus.broker.session import AmqpSession, ChannelRefused
 from bus.errors import BrokerError
 from bus.topology.expand import ExchangeSpec, QueueSpec
 from bus.topology.model import RESERVED_PREFIX
 
-__all__ = [
-    "LiveBinding",
-    "LiveExchange",
-    "LivePolicy",
-    "LiveQueue",
-    "LiveState",
-    "LiveVhost",
-    "Probe",
-    "QueueUsage",
-    "normalise_queue_type",
-    "probe_objects",
-    "queue_usage",
-    "read_live_state",
-]
-
-DestinationType = Literal["queue", "exchange"]
-
-
-@dataclass(frozen=True)
-class LiveVhost:
-    name: str
-    description: str
-    default_queue_type: str  # "classic", "quorum" or "stream"; "undefined" resolved to classic
-
-
-@dataclass(frozen=True)
-class LiveExchange:
-    name: str
-    type: str
-    durable: bool
-    auto_delete: bool
-    internal: bool
-    arguments: dict[str, Any] = field(default_factory=dict, hash=False)
-
-
-@dataclass(frozen=True)
-class LiveQueue:
-    name: str
-    type: str
-    durable: bool
-    auto_delete: bool
-    exclusive: bool
-    # Normalised: ``x-queue-type`` always present.
-    arguments: dict[str, Any] = field(default_factory=dict, hash=False)
-
-
-@dataclass(frozen=True)
-class LiveBinding:
-    source: str
-    destination: str
-    destination_type: DestinationType
-    routing_key: str
-    arguments: dict[str, Any] = field(default_factory=dict, hash=False)
-    properties_key: str | None = None
-
-
-@dataclass(frozen=True)
-class LivePolicy:
-    name: str
-    pattern: str
-    apply_to: str
-    priority: int
-    definition: dict[str, Any] = field(default_factory=dict, hash=False)
-
-
-@dataclass(frozen=True)
-class QueueUsage:
-    """Exact counts from a passive declare (the HTTP counters are statistics and lag)."""
-
-    messages: int
-    consumers: int
-
-
-@dataclass(frozen=True)
-class Probe:
-    """What AMQP could tell about one desired object."""
-
-    exists: bool
-    refusal: str | None = None  # the broker's reply when the redeclare was refused
-    unverified: str | None = None  # why the compared fields could not be checked
-
-
-@dataclass
-class LiveState:
-    vhost: str
-    source: Literal["management", "amqp"]
-    vhost_info: LiveVhost | None
-    exchanges: dict[str, LiveExchange] = field(default_factory=dict)
-    queues: dict[str, LiveQueue] = field(default_factory=dict)
-    # Exclusive and server-named queues: listed so that prune can stay away from them.
-    private_queues: dict[str, LiveQueue] = field(default_factory=dict)
-    bindings: list[LiveBinding] = field(default_factory=list)
-    policies: dict[str, LivePolicy] = field(default_factory=dict)
-    exchange_types: frozenset[str] | None = None
-    # AMQP fallback only: per (kind, name) of a desired exchange or queue.
-    probes: dict[tuple[str, str], Probe] = field(default_factory=dict)
-    # Why the management API could not be used (AMQP fallback only).
-    fallback_reason: str | None = None
-
-    @property
-    def vhost_exists(self) -> bool:
-        return self.vhost_info is not None
-
-
-def normalise_queue_type(value: object) -> str:
-    """The vhost default as a queue type: ``undefined`` (or nothing) means classic."""
-    if isinstance(value, str) and value in ("classic", "quorum", "stream"):
-        return value
-    return "classic"
+# The data it reads into lives in bus.broker.live.
+__all__ = ["probe_objects", "queue_usage", "read_live_state"]
 
 
 def _is_private_queue(raw: dict[str, Any]) -> bool:
@@ -221,12 +125,11 @@ def queue_usage(session: AmqpSession, names: Iterable[str]) -> dict[str, QueueUs
     usage: dict[str, QueueUsage] = {}
     for name in names:
         try:
-            messages, consumers = session.passive_queue(name)
+            usage[name] = session.passive_queue(name)
         except ChannelRefused as exc:
             if exc.reply_code in (404, 405):
                 continue  # gone, or exclusive to another connection: nothing to count
             raise BrokerError(f"cannot count messages of queue {name!r}: {exc}") from None
-        usage[name] = QueueUsage(messages=messages, consumers=consumers)
     return usage
 
 

@@ -107,17 +107,19 @@ class ManagementClient:
             return None
         if response.status_code >= 400:
             reason = _reason(response)
-            where = f"{method} {path}"
+            request_line = f"{method} {path}"
             if response.status_code == 401:
                 raise AccessRefusedError(
-                    f"management API refused the credentials ({where}): {reason}"
+                    f"management API refused the credentials ({request_line}): {reason}"
                 )
             if response.status_code == 403:
-                raise AccessRefusedError(f"management API access refused ({where}): {reason}")
+                raise AccessRefusedError(
+                    f"management API access refused ({request_line}): {reason}"
+                )
             if response.status_code == 404:
-                raise NotFoundError(f"not found: {where}: {reason}")
+                raise NotFoundError(f"not found: {request_line}: {reason}")
             raise ManagementAPIError(
-                f"{where}: {response.status_code} {reason}", response.status_code
+                f"{request_line}: {response.status_code} {reason}", response.status_code
             )
         if not response.content:
             return None
@@ -186,6 +188,18 @@ class ManagementClient:
             "GET", f"/queues/{quote_name(vhost)}/{quote_name(name)}", allow_404=True
         )
         return result
+
+    def exchange(self, vhost: str, name: str) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = self.request(
+            "GET", f"/exchanges/{quote_name(vhost)}/{quote_name(name)}", allow_404=True
+        )
+        return result
+
+    def queue_bindings(self, vhost: str, exchange: str, queue: str) -> list[dict[str, Any]]:
+        """The bindings from ``exchange`` to ``queue`` (any routing key and arguments)."""
+        path = f"/bindings/{quote_name(vhost)}/e/{quote_name(exchange)}/q/{quote_name(queue)}"
+        result: list[dict[str, Any]] | None = self.request("GET", path)
+        return result or []
 
     def bindings(self, vhost: str) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.request("GET", f"/bindings/{quote_name(vhost)}")

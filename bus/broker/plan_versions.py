@@ -14,7 +14,7 @@ import dataclasses
 import logging
 
 from bus.broker.management import ManagementClient
-from bus.broker.plan import Action, BrokerText, Difference, Plan, PlanItem
+from bus.broker.plan_model import Action, BrokerText, Difference, Plan, PlanItem
 from bus.errors import BusError
 from bus.settings import BusSettings
 from bus.topology.expand import ExpandedTopology, QueueSpec

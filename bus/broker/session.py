@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import pika
 import pika.exceptions
 
 from bus.broker.connect import connect_sync, translate_error
+from bus.broker.live import LiveBinding, QueueUsage
+from bus.broker.passive import check_exchange, check_queue
 from bus.errors import BrokerUnavailableError
 from bus.settings import BusSettings, mask_url, with_vhost
 from bus.topology.expand import BindingSpec, ExchangeSpec, QueueSpec
-
-if TYPE_CHECKING:
-    from bus.broker.inspect import LiveBinding
 
 __all__ = ["AmqpSession", "ChannelRefused"]
 
@@ -68,12 +67,11 @@ class AmqpSession:
 
     # -- one object per call -----------------------------------------------------------------
     def passive_exchange(self, name: str) -> None:
-        self.call(lambda ch: ch.exchange_declare(name, passive=True))
+        self.call(lambda ch: check_exchange(ch, name))
 
-    def passive_queue(self, name: str) -> tuple[int, int]:
-        """(ready messages, consumers) of an existing queue."""
-        frame = self.call(lambda ch: ch.queue_declare(name, passive=True))
-        return int(frame.method.message_count), int(frame.method.consumer_count)
+    def passive_queue(self, name: str) -> QueueUsage:
+        """Ready messages and consumers of an existing queue."""
+        return self.call(lambda ch: check_queue(ch, name))
 
     def declare_exchange(self, x: ExchangeSpec) -> None:
         self.call(

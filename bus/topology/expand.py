@@ -19,6 +19,7 @@ Layout for a queue ``Q`` with ``dead_letter: true`` and ``retry: {delays: [1s, 1
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -36,12 +37,14 @@ from bus.topology.model import (
 from bus.topology.names import dead_letter_exchange, dead_letter_queue, retry_queue
 
 __all__ = [
+    "BindingKey",
     "BindingSpec",
     "ExchangeSpec",
     "ExpandedTopology",
     "FailurePolicy",
     "QueueSpec",
     "RetryStep",
+    "binding_key",
     "expand",
 ]
 
@@ -80,6 +83,37 @@ class QueueSpec:
         return value if isinstance(value, str) else None
 
 
+def _typed(value: object) -> object:
+    """A hashable form of a binding argument in which the type is part of the value.
+
+    The broker tells ``1``, ``"1"`` and ``true`` apart (docs/rabbitmq-behaviour.md section 2);
+    a table's key order does not matter to it.
+    """
+    if isinstance(value, dict):
+        return ("table", tuple(sorted((str(k), _typed(v)) for k, v in value.items())))
+    if isinstance(value, list):
+        return ("array", tuple(_typed(v) for v in value))
+    return (type(value).__name__, value)
+
+
+BindingKey = tuple[str, str, str, str, object]
+
+
+def binding_key(
+    source: str,
+    destination_type: str,
+    destination: str,
+    routing_key: str,
+    arguments: Mapping[str, Any],
+) -> BindingKey:
+    """What makes two bindings the same binding on the broker (typed, order-free arguments).
+
+    The one definition: plan matches desired against live bindings with it
+    (:func:`bus.broker.equality.key_of`) and :meth:`BindingSpec.identity` returns it.
+    """
+    return (source, destination_type, destination, routing_key, _typed(dict(arguments)))
+
+
 @dataclass(frozen=True)
 class BindingSpec:
     source: str
@@ -88,10 +122,11 @@ class BindingSpec:
     routing_key: str = ""
     arguments: dict[str, Any] = field(default_factory=dict, hash=False)
 
-    def identity(self) -> tuple[str, str, str, str, str]:
-        """What makes two bindings the same binding on the broker."""
-        args = repr(sorted((k, repr(v)) for k, v in self.arguments.items()))
-        return (self.source, self.destination_type, self.destination, self.routing_key, args)
+    def identity(self) -> BindingKey:
+        """What makes two bindings the same binding on the broker (:func:`binding_key`)."""
+        return binding_key(
+            self.source, self.destination_type, self.destination, self.routing_key, self.arguments
+        )
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from pydantic import ValidationError
 
 from bus.broker.connect import FailoverConnection, _async_urls, pika_parameters_all
 from bus.broker.management import _first_answering
-from bus.celery_app import _settings_for, build_app, celery_config
+from bus.celery_app import build_app, celery_config
+from bus.celery_app.app_settings import settings_for
 from bus.provision import ProvidedBroker, provide_broker
 from bus.settings import BusSettings, mask_urls, with_vhost
 from bus.topology.load import parse_topology
@@ -157,9 +158,9 @@ def test_celery_gets_the_failover_list_and_reads_it_back() -> None:
     )
     app = build_app(expanded, settings=settings)
     try:
-        assert _settings_for(app).amqp_urls == settings.amqp_urls
+        assert settings_for(app).amqp_urls == settings.amqp_urls
         app.conf.broker_url = "amqp://u:pw@x:1/v;amqp://u:pw@y:2/v"
-        assert _settings_for(app).amqp_urls == ["amqp://u:pw@x:1/v", "amqp://u:pw@y:2/v"]
+        assert settings_for(app).amqp_urls == ["amqp://u:pw@x:1/v", "amqp://u:pw@y:2/v"]
     finally:
         app.close()
 

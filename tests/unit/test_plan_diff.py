@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bus.broker.inspect import (
+from bus.broker.live import (
     LiveBinding,
     LiveExchange,
     LivePolicy,
@@ -229,3 +229,33 @@ def test_probe_results_in_amqp_mode() -> None:
     assert actions[("queue", "q1")] is Action.CREATE
     assert actions[("binding", "ev -> queue q1 key 'a.#'")] is Action.CREATE
     assert not plan.verified
+
+
+def test_a_binding_spec_identity_is_the_plan_binding_key() -> None:
+    """One definition: BindingSpec.identity() and the key plan matches live bindings by."""
+    from bus.broker.equality import key_of
+    from bus.topology.expand import BindingSpec
+
+    spec = BindingSpec("ev", "q1", "queue", "a.#", {"x-match": "all", "n": 1})
+    live = LiveBinding("ev", "q1", "queue", "a.#", {"n": 1, "x-match": "all"})
+    assert spec.identity() == key_of(live) == key_of(spec)
+    # Typed: 1 and "1" are different arguments to the broker.
+    assert (
+        spec.identity()
+        != BindingSpec("ev", "q1", "queue", "a.#", {"x-match": "all", "n": "1"}).identity()
+    )
+
+
+def test_argument_differences_use_the_broker_equality() -> None:
+    """The Celery pre-flight's comparison: typed, integer widths equal, absent on one side."""
+    from bus.broker.equality import argument_differences
+    from bus.broker.plan_model import ABSENT
+
+    desired = {"x-max-length": 10, "x-overflow": "reject-publish", "x-expires": 1000}
+    live = {"x-max-length": "10", "x-overflow": "reject-publish", "x-custom": True}
+    assert argument_differences(desired, live) == [
+        ("x-custom", ABSENT, True),
+        ("x-expires", 1000, ABSENT),
+        ("x-max-length", 10, "10"),
+    ]
+    assert argument_differences({"x-max-length": 10}, {"x-max-length": 10}) == []

@@ -213,7 +213,7 @@ def test_timestamp_header_option() -> None:
 
 
 def test_plan_on_4_0_refuses_ha_policies_and_shows_the_default_limit() -> None:
-    from bus.broker.inspect import LiveState, LiveVhost
+    from bus.broker.live import LiveState, LiveVhost
     from bus.broker.plan import Action, diff
     from bus.broker.plan_versions import annotate_plan
 

@@ -1,0 +1,125 @@
+"""The topology Celery app: :func:`build_app` (lazy) and :func:`configure_app` (an existing app).
+
+Both install the same guards once per app: delayed publishes refused, the non-declaring
+control and events classes, the pre-flight bootstep, and py-amqp's header guard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+
+from bus import _pyamqp_guard
+from bus.celery_app.app_settings import record_settings
+from bus.celery_app.config import TopologySource, celery_config, resolve_topology
+from bus.celery_app.preflight import TopologyPreflight
+from bus.errors import PublishError
+from bus.settings import BusSettings
+from bus.topology import ExpandedTopology
+
+__all__ = ["build_app", "configure_app"]
+
+
+def _reject_delays(send_task: Callable[..., Any]) -> Callable[..., Any]:
+    def guarded(name: str, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("countdown") or kwargs.get("eta") is not None:
+            raise PublishError(
+                f"task {name}: countdown/eta is not supported on topology queues (the worker "
+                "runs without Celery's delayed-delivery exchanges); nothing was sent"
+            )
+        return send_task(name, *args, **kwargs)
+
+    guarded.__wrapped__ = send_task  # type: ignore[attr-defined]
+    return guarded
+
+
+# Dotted names Celery resolves on first use; the package re-exports both classes.
+_CONTROL = "bus.celery_app:TopologyControl"
+_EVENTS = "bus.celery_app:TopologyEvents"
+
+
+def _install(app: Celery, settings: BusSettings | None) -> None:
+    if settings is not None:
+        record_settings(app, settings)
+    if getattr(app, "_bus_installed", False):
+        return
+    # Process-wide: a worker must survive a delivery whose header py-amqp cannot decode.
+    _pyamqp_guard.install()
+    # Instance attribute: Task.apply_async and Task.retry both publish through app.send_task.
+    app.send_task = _reject_delays(app.send_task)
+    app.control_cls, app.events_cls = _CONTROL, _EVENTS
+    # Created before this call (with kombu's declaring mailbox): built again on next use.
+    app.__dict__.pop("control", None)
+    app.__dict__.pop("events", None)
+    app.steps["worker"].add(TopologyPreflight)
+    app._bus_installed = True
+
+
+@dataclass(frozen=True)
+class _Options:
+    """The choices :func:`celery_config` takes beside the topology and the settings."""
+
+    routes: Mapping[str, str] | None
+    default_queue: str | None
+    monitoring: bool | None
+    prefetch_multiplier: int | None
+
+    def config(self, topology: ExpandedTopology, settings: BusSettings) -> dict[str, Any]:
+        return celery_config(
+            topology,
+            settings,
+            routes=self.routes,
+            default_queue=self.default_queue,
+            monitoring=self.monitoring,
+            prefetch_multiplier=self.prefetch_multiplier,
+        )
+
+
+def configure_app(
+    app: Celery,
+    topology: TopologySource = None,
+    *,
+    settings: BusSettings | None = None,
+    routes: Mapping[str, str] | None = None,
+    default_queue: str | None = None,
+    monitoring: bool | None = None,
+    prefetch_multiplier: int | None = None,
+) -> Celery:
+    """Configure an existing Celery app for the topology's Celery queues (now, not lazily)."""
+    settings = settings or BusSettings()
+    _install(app, settings)
+    options = _Options(routes, default_queue, monitoring, prefetch_multiplier)
+    app.conf.update(options.config(resolve_topology(topology), settings))
+    return app
+
+
+def build_app(
+    topology: TopologySource = None,
+    *,
+    settings: BusSettings | None = None,
+    routes: Mapping[str, str] | None = None,
+    default_queue: str | None = None,
+    monitoring: bool | None = None,
+    prefetch_multiplier: int | None = None,
+    main: str = "amqp-bus",
+) -> Celery:
+    """A Celery app for the topology's Celery queues.
+
+    The topology (default :func:`~bus.celery_app.config.default_topology_file`) and the settings
+    (``BUS_*``) are read when the app's configuration is first used, so importing a module that
+    builds the app neither reads files nor connects.
+    """
+    app = Celery(main, control=_CONTROL, events=_EVENTS)
+    _install(app, settings)
+    options = _Options(routes, default_queue, monitoring, prefetch_multiplier)
+
+    def lazy_config() -> dict[str, Any]:
+        resolved = settings or BusSettings()
+        record_settings(app, resolved)
+        return options.config(resolve_topology(topology), resolved)
+
+    app.add_defaults(lazy_config)
+    return app

@@ -151,11 +151,14 @@ def publishing(message: MessageTrace, headers: MutableMapping[str, Any]) -> Iter
         kind=_otel_trace.SpanKind.PRODUCER,
         attributes=message.attributes("send", "publish"),
     ):
-        for name in TRACE_HEADERS:
-            headers.pop(name, None)
         written: dict[str, str] = {}
         _otel_propagate.inject(written)
-        headers.update(written)
+        # Without an SDK configured the span is not recording and nothing is written: the
+        # headers keep whatever context they carried.
+        if written:
+            for name in TRACE_HEADERS:
+                headers.pop(name, None)
+            headers.update(written)
         yield
 
 

@@ -16,6 +16,7 @@ from bus import _pyamqp_guard
 from bus.celery_app.app_settings import record_settings
 from bus.celery_app.config import TopologySource, celery_config, resolve_topology
 from bus.celery_app.preflight import TopologyPreflight
+from bus.celery_tracing import install_worker_tracing
 from bus.errors import PublishError
 from bus.settings import BusSettings
 from bus.topology import ExpandedTopology
@@ -55,6 +56,8 @@ def _install(app: Celery, settings: BusSettings | None) -> None:
     app.__dict__.pop("control", None)
     app.__dict__.pop("events", None)
     app.steps["worker"].add(TopologyPreflight)
+    # Signals: they fire only in a worker running a task, and do nothing with tracing off.
+    install_worker_tracing()
     app._bus_installed = True
 
 

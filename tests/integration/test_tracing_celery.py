@@ -1,5 +1,5 @@
-"""A Celery worker with the bus's tracing reads the trace context from the task message's
-AMQP headers (as a publisher in any language writes them) and runs the task in a child span."""
+"""A worker of the bus's Celery app reads the trace context from the task message's AMQP
+headers (as a publisher in any language writes them) and runs the task in a child span."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
-from kombu import Exchange, Queue
 
 from bus import tracing
-from bus.celery_tracing import install_worker_tracing
+from bus.celery_app import build_app
+from bus.settings import BusSettings, with_vhost
+from bus.topology import LoadedTopology
 from tests.support.spans import finished_spans, span_exporter
 
 pytestmark = pytest.mark.integration
@@ -20,18 +21,14 @@ pytestmark = pytest.mark.integration
 UPSTREAM = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
-def test_task_span_is_a_child_of_the_publishers_context(bus_vhost_url: str) -> None:
+def test_task_span_is_a_child_of_the_publishers_context(
+    amqp_url: str, bus_applied_vhost: str, bus_topology: LoadedTopology
+) -> None:
     span_exporter().clear()
     tracing.set_tracing(True)
-    install_worker_tracing()
-    app = Celery("traced", broker=bus_vhost_url, set_as_current=False)
-    app.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
-        task_queues=[Queue("traced.q", Exchange("traced.q", "direct"), "traced.q")],
-        task_default_queue="traced.q",
-        broker_connection_retry_on_startup=False,
-        worker_hijack_root_logger=False,
+    settings = BusSettings(amqp_url=with_vhost(amqp_url, bus_applied_vhost))
+    app: Celery = build_app(
+        bus_topology.expanded, settings=settings, routes={"traced.work": "reports.build"}
     )
     ran = threading.Event()
     seen: dict[str, Any] = {}
@@ -46,7 +43,7 @@ def test_task_span_is_a_child_of_the_publishers_context(bus_vhost_url: str) -> N
     with start_worker(
         app, pool="solo", perform_ping_check=False, loglevel="WARNING", shutdown_timeout=60
     ):
-        app.send_task("traced.work", queue="traced.q", headers={"traceparent": UPSTREAM})
+        app.send_task("traced.work", headers={"traceparent": UPSTREAM})
         assert ran.wait(30), "the task did not run"
 
     (span,) = [s for s in finished_spans() if s.name.startswith("process ")]
@@ -56,6 +53,6 @@ def test_task_span_is_a_child_of_the_publishers_context(bus_vhost_url: str) -> N
     assert span.kind.name == "CONSUMER"
     assert span.attributes is not None
     assert span.attributes["celery.task_name"] == "traced.work"
-    assert span.attributes["messaging.rabbitmq.destination.routing_key"] == "traced.q"
+    assert span.attributes["messaging.rabbitmq.destination.routing_key"] == "reports.build"
     # What the task traces itself is a child of the task's span.
     assert seen["span"].span_id == span.context.span_id

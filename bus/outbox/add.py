@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Table, insert
 from sqlalchemy.orm import Session
 
 from bus.outbox.table import outbox_table
+from bus.tracing import current_traceparent
 from bus.outgoing import DEFAULT_MAX_MESSAGE_SIZE, Outgoing, Resolved, Resolver, TopologyLike
 
 if TYPE_CHECKING:  # the asyncio extension needs greenlet: only async callers import it
@@ -93,7 +94,8 @@ class Outbox:
                 headers=options.get("headers"),
                 message_id=options.get("message_id"),
                 correlation_id=options.get("correlation_id"),
-                traceparent=options.get("traceparent"),
+                # The relay publishes later, outside this span: the row keeps its context.
+                traceparent=options.get("traceparent") or current_traceparent(),
                 persistent=options.get("persistent", True),
             )
         return _row(resolved, options.get("ordering_key"))

@@ -152,3 +152,25 @@ def test_switched_off_no_span_and_headers_untouched() -> None:
         pass
     assert headers == {"x": 1}
     assert finished_spans() == []
+
+
+def test_an_outbox_row_keeps_the_context_of_the_transaction_that_wrote_it() -> None:
+    import json
+    from decimal import Decimal
+    from pathlib import Path
+
+    from opentelemetry import trace
+
+    from bus.outbox import Outbox
+    from bus.topology import load_topology
+    from producers.events import OrderCreated
+
+    outbox = Outbox(load_topology(Path(__file__).parents[2] / "topology.yaml").expanded)
+    event = OrderCreated(order_id="1", customer_id="c1", total=Decimal("10"))
+    with trace.get_tracer("test").start_as_current_span("place order") as span:
+        row = outbox.event_row(event)
+    headers = json.loads(str(row["headers"]))
+    assert headers["traceparent"].split("-")[1] == format(span.get_span_context().trace_id, "032x")
+    assert headers["traceparent"].split("-")[2] == format(span.get_span_context().span_id, "016x")
+    # Outside any span, a row carries no invented context.
+    assert "traceparent" not in json.loads(str(outbox.event_row(event)["headers"] or "{}"))

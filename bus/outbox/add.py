@@ -19,8 +19,8 @@ from sqlalchemy import Connection, Table, insert
 from sqlalchemy.orm import Session
 
 from bus.outbox.table import outbox_table
-from bus.tracing import current_traceparent
 from bus.outgoing import DEFAULT_MAX_MESSAGE_SIZE, Outgoing, Resolved, Resolver, TopologyLike
+from bus.tracing import current_traceparent
 
 if TYPE_CHECKING:  # the asyncio extension needs greenlet: only async callers import it
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession

@@ -16,8 +16,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from bus.cli.contracts import compare_contracts
 from bus.contract_history import current_snapshots, frozen_history
-from bus.contracts_cli import compare_contracts
 from bus.topology import load_topology
 
 REPO = Path(__file__).resolve().parents[2]

@@ -25,22 +25,20 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pika
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from bus.broker.apply import apply
 from bus.broker.connect import connect_sync
 from bus.broker.management import ManagementClient
 from bus.dlq import DeadLetterQueue, list_dead_letters, render_dead_letters
-from bus.errors import BrokerError, BusError, UsageError
+from bus.errors import BrokerError, BusError
 from bus.provision import ProvidedBroker, provide_broker
 from bus.routing import Router
 from bus.settings import BrokerChoiceSettings, BusSettings, mask_url, with_vhost
-from bus.topology import LoadedTopology, load_topology
-
-Settings = TypeVar("Settings", BusSettings, BrokerChoiceSettings)
+from bus.topology import LoadedTopology
 
 __all__ = ["DemoReport", "DemoRow", "render_table", "run_demo"]
 
@@ -379,38 +377,31 @@ def render_table(report: DemoReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _read_settings(kind: type[Settings], prefix: str) -> Settings:
-    try:
-        return kind()
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{prefix}{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
-        )
-        raise UsageError(f"invalid settings: {problems}") from None
-
-
 def run_demo(
+    loaded: LoadedTopology,
+    settings: BusSettings,
+    choice: BrokerChoiceSettings,
     *,
-    topology: Path | None = None,
     vhost: str | None = None,
     keep: bool = False,
     echo: Echo = print,
     progress: Echo | None = None,
 ) -> DemoReport:
-    """Run the demo; ``echo`` gets the progress lines, the caller prints the table."""
+    """Run the demo; ``echo`` gets the progress lines, the caller prints the table.
+
+    ``settings``: ``BUS_AMQP_URL`` (with ``BUS_AMQP_NODES``, ``BUS_MANAGEMENT_URL``) is the
+    broker when it was given; otherwise ``choice`` (``BUS_TEST_BROKER``) chooses among the
+    others exactly as for the tests. Both are read by the caller (``bus demo``).
+    """
     started = time.monotonic()
-    loaded = load_topology(topology)
-    # BUS_AMQP_URL (with BUS_AMQP_NODES, BUS_MANAGEMENT_URL) when given; BUS_TEST_BROKER
-    # chooses among the others exactly as for the tests.
-    env = _read_settings(BusSettings, "BUS_")
-    choice = _read_settings(BrokerChoiceSettings, "BUS_TEST_")
-    configured = env.amqp_url if "amqp_url" in env.model_fields_set else None
+    configured = settings.amqp_url if "amqp_url" in settings.model_fields_set else None
     with provide_broker(
         configured,
-        env.amqp_nodes if configured else (),
+        settings.amqp_nodes if configured else (),
         mode=choice.broker,
         image=choice.rabbitmq_image,
-        management_url=env.management_url,
+        management_url=settings.management_url,
+        docker_host=choice.docker_host,
     ) as broker:
         echo(f"broker: {broker.describe()}")
         return _on_broker(broker, loaded, vhost, keep, echo, progress or echo, started)

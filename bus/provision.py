@@ -27,9 +27,10 @@ from urllib.parse import urlsplit
 
 from bus.errors import BrokerUnavailableError
 from bus.node import LocalNode, rabbitmq_installed
-from bus.settings import BrokerChoiceSettings, BrokerMode, BusSettings, mask_url
+from bus.settings import BrokerMode, BusSettings, mask_url
 
 __all__ = [
+    "DEFAULT_DOCKER_HOST",
     "HOW_TO_GET_A_BROKER",
     "BrokerControl",
     "ProvidedBroker",
@@ -47,6 +48,7 @@ HOW_TO_GET_A_BROKER = (
     "rabbitmq-plugins enable rabbitmq_management)"
 )
 MODES: tuple[BrokerMode, ...] = ("auto", "url", "container", "local", "throwaway")
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 
 
 class BrokerControl(Protocol):
@@ -109,9 +111,12 @@ def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
-def docker_available(timeout: float = 1.0) -> bool:
-    """True when a Docker engine answers ``/_ping`` (the client binary alone is not enough)."""
-    host = BrokerChoiceSettings().docker_host or "unix:///var/run/docker.sock"
+def docker_available(docker_host: str = DEFAULT_DOCKER_HOST, timeout: float = 1.0) -> bool:
+    """True when a Docker engine answers ``/_ping`` (the client binary alone is not enough).
+
+    ``docker_host``: ``DOCKER_HOST`` as read by :class:`~bus.settings.BrokerChoiceSettings`.
+    """
+    host = docker_host or DEFAULT_DOCKER_HOST
     if host.startswith("unix://"):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         address: str | tuple[str, int] = host[len("unix://") :]
@@ -184,12 +189,15 @@ def provide_broker(
     mode: BrokerMode = "auto",
     image: str | None = None,
     management_url: str | None = None,
+    docker_host: str = DEFAULT_DOCKER_HOST,
 ) -> Iterator[ProvidedBroker]:
     """Yield the broker ``mode`` asks for (see the module's docstring).
 
     ``nodes``: the further cluster nodes of ``configured_url``, kept only when that broker is
     the one used. ``image``: the container image (default: see :mod:`bus.container`).
     ``management_url``: the configured broker's management API (default: its host, 15672).
+    ``docker_host``: the Docker engine the container path uses (``DOCKER_HOST``). The caller
+    reads all of these from :class:`~bus.settings.BrokerChoiceSettings`.
     """
     if mode not in MODES:
         raise BrokerUnavailableError(f"BUS_TEST_BROKER must be one of {', '.join(MODES)}: {mode!r}")
@@ -203,7 +211,7 @@ def provide_broker(
         yield ProvidedBroker(configured_url, management, "configured", nodes)
         return
     if mode == "container":
-        if not docker_available():
+        if not docker_available(docker_host):
             raise BrokerUnavailableError(
                 "BUS_TEST_BROKER=container: no Docker engine answers (DOCKER_HOST or "
                 "/var/run/docker.sock)"
@@ -217,7 +225,7 @@ def provide_broker(
         with _container(chosen) as broker:
             yield broker
         return
-    if mode == "auto" and docker_available():
+    if mode == "auto" and docker_available(docker_host):
         chosen = _container_image(image, pull=True)
         if chosen is not None:
             with _container(chosen) as broker:

@@ -17,6 +17,7 @@ __all__ = [
     "BrokerChoiceSettings",
     "BrokerMode",
     "BusSettings",
+    "TopologySettings",
     "install_log_redaction",
     "mask_url",
     "mask_urls",
@@ -153,6 +154,19 @@ def _node_address(entry: str) -> str:
     if not parts.hostname:
         raise ValueError(f"BUS_AMQP_NODES: no host in {entry!r}")
     return entry if port is None else parts.netloc
+
+
+class TopologySettings(BaseSettings):
+    """Which topology file a command reads when none is given: ``BUS_TOPOLOGY``.
+
+    Apart from :class:`BusSettings` so that commands needing no broker (``bus validate``,
+    ``bus graph``...) never fail on a broker setting.
+    """
+
+    # An empty BUS_TOPOLOGY means the default, not the current folder.
+    model_config = SettingsConfigDict(env_prefix="BUS_", extra="ignore", env_ignore_empty=True)
+
+    topology: Path = Path("topology.yaml")
 
 
 class BusSettings(BaseSettings):

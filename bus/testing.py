@@ -35,7 +35,7 @@ from bus.broker.management import ManagementClient
 from bus.errors import BusError
 from bus.fake import FakeBus
 from bus.provision import BrokerControl, ProvidedBroker, provide_broker
-from bus.settings import BrokerChoiceSettings, BusSettings, with_vhost
+from bus.settings import BrokerChoiceSettings, BusSettings, TopologySettings, with_vhost
 from bus.topology import LoadedTopology, load_topology
 
 __all__ = [
@@ -88,6 +88,7 @@ def bus_broker(request: pytest.FixtureRequest) -> Iterator[ProvidedBroker]:
             mode=mode,
             image=choice.rabbitmq_image,
             management_url=management,
+            docker_host=choice.docker_host,
         ) as broker:
             yield broker
     except BusError as exc:
@@ -153,7 +154,7 @@ def bus_vhost_url(amqp_url: str, bus_vhost: str) -> str:
 def bus_topology(request: pytest.FixtureRequest) -> LoadedTopology:
     marker = request.node.get_closest_marker("bus_topology")
     path = marker.args[0] if marker and marker.args else request.config.getoption("--bus-topology")
-    return load_topology(Path(path) if path else None)
+    return load_topology(Path(path) if path else TopologySettings().topology)
 
 
 @pytest.fixture

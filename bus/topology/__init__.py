@@ -9,7 +9,7 @@ from bus.topology.expand import (
     RetryStep,
     expand,
 )
-from bus.topology.load import LoadedTopology, default_topology_path, load_topology, parse_topology
+from bus.topology.load import LoadedTopology, load_topology, parse_topology
 from bus.topology.model import (
     Binding,
     EventContract,
@@ -35,7 +35,6 @@ __all__ = [
     "QueueSpec",
     "RetryStep",
     "Topology",
-    "default_topology_path",
     "expand",
     "load_topology",
     "parse_topology",

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from bus.errors import TopologyError, TopologyIssue
 from bus.files import MAX_TOPOLOGY_BYTES, read_bounded
+from bus.settings import TopologySettings
 from bus.topology.checks import as_finding, check_credentials, check_topology
 from bus.topology.expand import ExpandedTopology, expand
 from bus.topology.limits import check_limits
@@ -29,7 +30,7 @@ from bus.topology.model import (
 )
 from bus.topology.source import Path, SourceMap, parse_yaml
 
-__all__ = ["LoadedTopology", "default_topology_path", "load_topology", "parse_topology"]
+__all__ = ["LoadedTopology", "load_topology", "parse_topology"]
 
 
 @dataclass
@@ -43,11 +44,6 @@ class LoadedTopology:
     @property
     def file(self) -> str:
         return self.source.file
-
-
-def default_topology_path() -> FilePath:
-    """``$BUS_TOPOLOGY``, else ``./topology.yaml``."""
-    return FilePath(os.environ.get("BUS_TOPOLOGY") or "topology.yaml")
 
 
 def _describe(error: Any) -> str:
@@ -249,9 +245,14 @@ def parse_topology(text: str, file: str = "topology.yaml") -> LoadedTopology:
     return LoadedTopology(topology, expand(topology), source)
 
 
-def load_topology(path: str | os.PathLike[str] | None = None) -> LoadedTopology:
-    """Read and validate a topology file (default: ``$BUS_TOPOLOGY`` or ``./topology.yaml``)."""
-    file = FilePath(path) if path is not None else default_topology_path()
+def load_topology(path: str | os.PathLike[str] | None) -> LoadedTopology:
+    """Read and validate the topology file at ``path``.
+
+    Callers resolve the default file from :class:`bus.settings.TopologySettings` at the edge
+    (the CLI command). ``None`` still means that default for the callers not yet given a path
+    (``bus.celery_app``, ``consumers.runtime``); it goes once they pass one.
+    """
+    file = FilePath(path) if path is not None else TopologySettings().topology
     raw = read_bounded(file, MAX_TOPOLOGY_BYTES, "topology file")
     try:
         text = raw.decode("utf-8")

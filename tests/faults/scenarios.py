@@ -51,7 +51,7 @@ from tests.faults.app import TOPOLOGY, Probe
 from tests.faults.checker import TotalQueue
 from tests.faults.proxy import FaultProxy
 from tests.faults.worker import BIN, REPO, BusWorker
-from tests.helpers import drain
+from tests.support.amqp import drain
 
 __all__ = ["NODE_CONFIG", "SCENARIOS", "Lab", "Outcome", "default_n", "run_scenario"]
 

@@ -24,9 +24,9 @@ import pytest
 from bus.lenient import UNDECODABLE_HEADER
 from bus.node import LocalNode
 from consumers.demo import DEMO_QUEUES, recorder
-from tests.helpers import drain
 from tests.hostile.harness import demo_run, demo_vhost, publish, wait_until
-from tests.hostile.kinds import KINDS, Template
+from tests.support.amqp import drain
+from tests.support.hostile.kinds import KINDS, Template
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 

@@ -1,4 +1,4 @@
-"""Every malformed kind of :mod:`tests.hostile.kinds` at once, against the demo consumers.
+"""Every malformed kind of :mod:`tests.support.hostile.kinds` at once, against the demo consumers.
 
 Each kind (and ten valid orders) goes to the ``events`` exchange as ``order.created``, so three
 consumers get a copy: ``billing.orders`` (quorum, retry ladder, DLQ), ``analytics.all`` (raw
@@ -21,9 +21,9 @@ import pytest
 from bus.lenient import UNDECODABLE_HEADER
 from bus.node import LocalNode
 from consumers.demo import recorder
-from tests.helpers import drain
 from tests.hostile.harness import demo_run, demo_vhost, publish, queue_counts, wait_until
-from tests.hostile.kinds import KINDS, Template, tag_of
+from tests.support.amqp import drain
+from tests.support.hostile.kinds import KINDS, Template, tag_of
 
 QUEUES = ("billing.orders", "analytics.all", "audit.log")
 VALID = [f"valid-{i}" for i in range(10)]

@@ -1,7 +1,7 @@
 """Hostile input against ``bus worker``: every malformed kind in one run, on a throwaway node.
 
 One ``bus worker`` (threads pool) serves ``email.send`` (quorum) and ``reports.build``
-(classic), both with a DLX. Every kind of :mod:`tests.hostile.worker_kinds` is published,
+(classic), both with a DLX. Every kind of :mod:`tests.support.hostile.worker_kinds` is published,
 byte for byte, as a hostile publisher would; then a valid task per queue. The test reports
 per kind: refused by the broker / dead-lettered (with the reason RabbitMQ recorded) /
 handled (the task ran), and asserts that each kind ended as the requirement says, that
@@ -28,10 +28,10 @@ from bus.celery_message import celery_route
 from bus.node import LocalNode, rabbitmq_installed
 from bus.settings import BusSettings
 from bus.topology import LoadedTopology, load_topology
-from tests.helpers import declare_with_pika
-from tests.hostile.worker_io import DUPLICATE, KindSender, Outcome, drain_dead_letters
-from tests.hostile.worker_kinds import KINDS, valid_task
-from tests.integration.test_celery_worker import CeleryVhost, _wait_for
+from tests.support.amqp import declare_with_pika
+from tests.support.celery_worker import CeleryVhost, wait_for
+from tests.support.hostile.worker_io import DUPLICATE, KindSender, Outcome, drain_dead_letters
+from tests.support.hostile.worker_kinds import KINDS, valid_task
 
 pytestmark = [
     pytest.mark.integration,
@@ -140,14 +140,14 @@ def test_every_malformed_kind_is_refused_dead_lettered_or_handled(
 
     # On a timeout the per-kind report below says which ones are missing.
     with contextlib.suppress(AssertionError):
-        _wait_for(settled, "every published kind dead-lettered or run", deadline=120)
+        wait_for(settled, "every published kind dead-lettered or run", deadline=120)
     # A valid task per queue after all of them: the worker still serves both queues.
     finals = {q: f"final-{q}" for q in QUEUES}
     app = cv.app()
     for queue, token in finals.items():
         app.send_task("consumers.tasks.record", (str(out), token), queue=queue)
     with contextlib.suppress(AssertionError):
-        _wait_for(lambda: set(finals.values()) <= set(_tokens(out)), "")
+        wait_for(lambda: set(finals.values()) <= set(_tokens(out)), "")
     final_ran = set(finals.values()) <= set(_tokens(out))
 
     dead: dict[str, str] = {}
@@ -178,7 +178,7 @@ def test_every_malformed_kind_is_refused_dead_lettered_or_handled(
     assert "rabbit_dead_letter" not in broker_log
 
 
-# The kinds shared with the consumer suite (tests/hostile/kinds.py) corrupt a template
+# The kinds shared with the consumer suite (tests/support/hostile/kinds.py) corrupt a template
 # message; here the template is a valid record task. Those that leave everything Celery reads
 # intact must run; every other one must be dead-lettered (the kinds written with raw
 # properties, e.g. timestamp-max, replace the template's headers: no task header is left).
@@ -199,7 +199,7 @@ SHARED_HANDLED = frozenset(
 def test_shared_kinds_are_dead_lettered_or_handled(
     node: LocalNode, node_vhost: CeleryVhost
 ) -> None:
-    shared = pytest.importorskip("tests.hostile.kinds")
+    shared = pytest.importorskip("tests.support.hostile.kinds")
     cv = node_vhost
     log_sizes = _log_sizes(node)
     log_sizes = _log_sizes(node)
@@ -244,11 +244,11 @@ def test_shared_kinds_are_dead_lettered_or_handled(
         return _queued(cv.admin_url, "reports.build.dlq") + len(ran) >= expected_total
 
     with contextlib.suppress(AssertionError):
-        _wait_for(settled, "", deadline=120)
+        wait_for(settled, "", deadline=120)
     app = cv.app()
     app.send_task("consumers.tasks.record", (str(out), "final"), queue="reports.build")
     with contextlib.suppress(AssertionError):
-        _wait_for(lambda: "final" in set(_tokens(out)), "")
+        wait_for(lambda: "final" in set(_tokens(out)), "")
 
     dead = drain_dead_letters(cv.admin_url, "reports.build.dlq", prefix="s")
     ran = set(_tokens(out))

@@ -15,8 +15,9 @@ import pytest
 from bus.broker.management import ManagementClient
 from bus.provision import ProvidedBroker
 from bus.topology import load_topology
-from tests.helpers import declare_with_pika, shipped_topology_with
-from tests.integration.test_celery_worker import BIN, Worker, _clean_env, _user_url, _wait_for
+from tests.support.amqp import declare_with_pika, shipped_topology_with
+from tests.support.celery_worker import BIN, Worker, clean_env, wait_for
+from tests.support.users import user_url
 
 pytestmark = pytest.mark.integration
 
@@ -58,9 +59,9 @@ def test_every_second_schedule_runs_at_least_three_times_in_five_seconds(
     bus_management.create_user(user, password, tags="management")
     bus_management.set_permissions(bus_vhost, user, configure="^$", write=".*", read=".*")
     try:
-        env = _clean_env()
+        env = clean_env()
         env.update(
-            BUS_AMQP_URL=_user_url(bus_vhost_url, user, password),
+            BUS_AMQP_URL=user_url(bus_vhost_url, user, password),
             BUS_TOPOLOGY=str(topology_file),
             BUS_MANAGEMENT_URL=bus_broker.management_url or "",
         )
@@ -74,10 +75,10 @@ def test_every_second_schedule_runs_at_least_three_times_in_five_seconds(
         beat = Worker([str(BIN / "bus"), "beat", "--schedule-file", str(state)], env)
         processes.append(beat.start())
 
-        runs = _wait_for(lambda: _records(out), "a first run")
+        runs = wait_for(lambda: _records(out), "a first run")
         window_end = runs[0]["at"] + 5.0
         # Same host, same clock: the task stamps its runs with time.time() too.
-        _wait_for(lambda: time.time() > window_end + 0.5, "the end of the 5 s window")
+        wait_for(lambda: time.time() > window_end + 0.5, "the end of the 5 s window")
         in_window = [r for r in _records(out) if r["at"] <= window_end]
 
         assert len(in_window) >= 3, in_window

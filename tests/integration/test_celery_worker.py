@@ -7,20 +7,15 @@ stops its workers in a finaliser.
 
 from __future__ import annotations
 
-import json
-import os
 import pickle
-import signal
 import subprocess
-import sys
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit
 
 import aio_pika
 import pika
@@ -34,189 +29,19 @@ from bus.provision import ProvidedBroker
 from bus.settings import BusSettings
 from bus.topology import LoadedTopology
 from bus.topology.expand import ExpandedTopology
-from consumers.tasks import ROUTES
-from tests.helpers import declare_with_pika
+from tests.support.amqp import declare_with_pika
+from tests.support.celery_worker import (
+    BIN,
+    DEADLINE,
+    REPO,
+    CeleryVhost,
+    Worker,
+    clean_env,
+    wait_for,
+)
+from tests.support.users import user_url
 
 pytestmark = pytest.mark.integration
-
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-DEADLINE = 60.0
-
-
-def _wait_for(predicate: Callable[[], Any], what: str, deadline: float = DEADLINE) -> Any:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BUS_", "CELERY_"))}
-    # This machine runs tests as root; Celery's multi-line warning about it is not under test.
-    env["PYTHONWARNINGS"] = "ignore:You're running the worker with superuser privileges"
-    return env
-
-
-@dataclass
-class Worker:
-    """A worker subprocess in its own process group, with its output collected."""
-
-    argv: list[str]
-    env: dict[str, str]
-    process: subprocess.Popen[str] | None = None
-    lines: list[str] = field(default_factory=list)
-    _reader: threading.Thread | None = None
-
-    def start(self) -> Worker:
-        self.process = subprocess.Popen(
-            self.argv,
-            env=self.env,
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        return self
-
-    def _read(self) -> None:
-        assert self.process is not None
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait_ready(self) -> Worker:
-        def ready() -> bool:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise AssertionError(f"worker exited early:\n{self.output}")
-            return any(line.endswith(" ready.") for line in self.lines)
-
-        _wait_for(ready, f"worker ready; output so far:\n{self.output}")
-        return self
-
-    def wait_exit(self, timeout: float = DEADLINE) -> int:
-        assert self.process is not None
-        code = self.process.wait(timeout)
-        if self._reader is not None:
-            self._reader.join(5)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        return code
-
-    def kill(self) -> None:
-        """SIGKILL the whole group: the main process and every pool child, no cleanup."""
-        assert self.process is not None
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.wait_exit()
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.wait_exit(30)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-
-@dataclass
-class CeleryVhost:
-    """A vhost with the topology declared and a worker user that cannot configure anything."""
-
-    vhost: str
-    admin_url: str
-    worker_url: str
-    management_url: str | None
-    topology: LoadedTopology
-    management: ManagementClient
-    tmp: Path
-    workers: list[Worker] = field(default_factory=list)
-
-    def env(self) -> dict[str, str]:
-        env = _clean_env()
-        env.update(BUS_AMQP_URL=self.worker_url, BUS_TOPOLOGY=str(self.topology.file))
-        if self.management_url:
-            env["BUS_MANAGEMENT_URL"] = self.management_url
-        return env
-
-    def worker(self, queues: str, *, pool: str = "threads", via: str = "bus") -> Worker:
-        if via == "bus":
-            argv = [str(BIN / "bus"), "worker", "-Q", queues, "--pool", pool, "-c", "2"]
-        else:
-            # Deliberately without --without-gossip/mingle/heartbeat: the app must keep them off.
-            argv = [str(BIN / "celery"), "-A", "consumers.tasks", "worker", "-Q", queues]
-            argv += [f"--pool={pool}", "-c", "2", "--loglevel=INFO"]
-        w = Worker(argv, self.env())
-        self.workers.append(w)
-        return w.start()
-
-    def app(self) -> Any:
-        settings = BusSettings(amqp_url=self.admin_url, management_url=self.management_url)
-        return build_app(self.topology.expanded, settings=settings, routes=ROUTES)
-
-    def records(self, path: Path) -> list[dict[str, Any]]:
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line]
-
-    def get(self, queue: str) -> tuple[pika.spec.BasicProperties, bytes] | None:
-        connection = pika.BlockingConnection(pika.URLParameters(self.admin_url))
-        try:
-            method, props, body = connection.channel().basic_get(queue, auto_ack=True)
-        finally:
-            connection.close()
-        return None if method is None else (props, body)
-
-    def wait_get(self, queue: str) -> tuple[pika.spec.BasicProperties, bytes]:
-        result: tuple[pika.spec.BasicProperties, bytes] = _wait_for(
-            lambda: self.get(queue), f"a message in {queue}"
-        )
-        return result
-
-    def snapshot(self) -> dict[str, Any]:
-        """Everything the broker holds for the vhost, minus counters and consumers."""
-        m, vh = self.management, self.vhost
-        definitions = m.definitions(vh)
-        definitions.pop("rabbit_version", None)
-        definitions.pop("rabbitmq_version", None)
-        q_keys = ("name", "type", "durable", "auto_delete", "exclusive", "arguments", "policy")
-        x_keys = ("name", "type", "durable", "auto_delete", "internal", "arguments")
-        queues = sorted(
-            ({k: q.get(k) for k in q_keys} for q in m.queues(vh)), key=lambda q: str(q["name"])
-        )
-        exchanges = sorted(
-            ({k: x.get(k) for k in x_keys} for x in m.exchanges(vh)), key=lambda x: str(x["name"])
-        )
-        bindings = sorted(m.bindings(vh), key=lambda b: json.dumps(b, sort_keys=True))
-        return {
-            "definitions": definitions,
-            "queues": queues,
-            "exchanges": exchanges,
-            "bindings": bindings,
-            "permissions": m.request("GET", f"/vhosts/{quote(vh, safe='')}/permissions"),
-        }
-
-
-def _user_url(url: str, user: str, password: str) -> str:
-    parts = urlsplit(url)
-    host = parts.hostname or "localhost"
-    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
 
 @pytest.fixture
 def celery_vhost(
@@ -235,7 +60,7 @@ def celery_vhost(
     cv = CeleryVhost(
         vhost=bus_vhost,
         admin_url=bus_vhost_url,
-        worker_url=_user_url(bus_vhost_url, user, password),
+        worker_url=user_url(bus_vhost_url, user, password),
         management_url=bus_broker.management_url,
         topology=bus_topology,
         management=bus_management,
@@ -290,7 +115,7 @@ async def test_tasks_from_celery_aio_pika_and_pika_run_on_both_queues(
         cv.admin_url, reports.exchange, reports.routing_key, raw.body, raw.pika_properties()
     )
 
-    records = _wait_for(lambda: len(cv.records(out)) >= 4 and cv.records(out), "4 task runs")
+    records = wait_for(lambda: len(cv.records(out)) >= 4 and cv.records(out), "4 task runs")
     by_token = {r["token"]: r for r in records}
     assert {t: r["routing_key"] for t, r in by_token.items()} == {
         "celery-send-task": "email.send",
@@ -320,7 +145,7 @@ def test_worker_leaves_every_broker_definition_unchanged(celery_vhost: CeleryVho
     for queue in ("email.send", "reports.build"):
         app.send_task("consumers.tasks.record", (str(out), queue), queue=queue)
     app.send_task("consumers.tasks.send_email", ("a@example.org",))
-    _wait_for(lambda: len(cv.records(out)) >= 2, "2 task runs")
+    wait_for(lambda: len(cv.records(out)) >= 2, "2 task runs")
     w.stop()
 
     assert cv.snapshot() == before
@@ -355,12 +180,12 @@ def test_sigkill_mid_task_runs_the_task_again(celery_vhost: CeleryVhost) -> None
     out = cv.tmp / "records.jsonl"
     first = cv.worker("email.send", pool="prefork").wait_ready()
     sent = cv.app().send_task("consumers.tasks.slow", (str(out), "slow", 3.0))
-    _wait_for(lambda: any(r.get("event") == "start" for r in cv.records(out)), "the task start")
+    wait_for(lambda: any(r.get("event") == "start" for r in cv.records(out)), "the task start")
     first.kill()
     assert not any(r.get("event") == "done" for r in cv.records(out))
 
     cv.worker("email.send", pool="prefork").wait_ready()
-    _wait_for(lambda: any(r.get("event") == "done" for r in cv.records(out)), "the re-run")
+    wait_for(lambda: any(r.get("event") == "done" for r in cv.records(out)), "the re-run")
     runs = [r for r in cv.records(out) if r["task_id"] == sent.id]
     assert [r["event"] for r in runs] == ["start", "start", "done"]
 
@@ -396,7 +221,7 @@ def test_pickled_task_is_never_executed_and_dead_letters(
     _publish_pika(cv.admin_url, route.exchange, route.routing_key, body, props.pika_properties())
     # A JSON task behind it: once it ran, the worker has dealt with the pickled one.
     cv.app().send_task("consumers.tasks.record", (str(out), "json"), queue="reports.build")
-    _wait_for(lambda: cv.records(out), "the JSON task")
+    wait_for(lambda: cv.records(out), "the JSON task")
 
     dead, dead_body = cv.wait_get("reports.build.dlq")
     assert dead.correlation_id == raw.task_id
@@ -423,7 +248,7 @@ def test_drifted_queue_fails_worker_start_with_one_line(
     bus_topology: LoadedTopology,
 ) -> None:
     declare_with_pika(bus_vhost_url, _drifted(bus_topology.expanded))
-    env = _clean_env()
+    env = clean_env()
     env.update(BUS_AMQP_URL=bus_vhost_url, BUS_TOPOLOGY=str(bus_topology.file))
     if bus_broker.management_url:
         env["BUS_MANAGEMENT_URL"] = bus_broker.management_url
@@ -444,7 +269,7 @@ def test_drifted_queue_fails_worker_start_with_one_line(
 
 
 def test_queue_not_marked_for_celery_is_refused(bus_topology: LoadedTopology) -> None:
-    env = _clean_env()
+    env = clean_env()
     env["BUS_TOPOLOGY"] = str(bus_topology.file)
     result = subprocess.run(
         [str(BIN / "bus"), "worker", "-Q", "email.send,billing.orders"],
@@ -494,7 +319,7 @@ async def test_send_task_from_both_publishers_runs_on_the_worker(celery_vhost: C
         with pytest.raises(UsageError, match=r"analytics\.all"):
             sync_publisher.send_task("analytics.all", "consumers.tasks.record", [str(out), "x"])
 
-    records = _wait_for(lambda: len(cv.records(out)) >= 2 and cv.records(out), "2 task runs")
+    records = wait_for(lambda: len(cv.records(out)) >= 2 and cv.records(out), "2 task runs")
     by_token = {r["token"]: r for r in records}
     assert by_token["async-publisher"]["routing_key"] == "email.send"
     assert by_token["async-publisher"]["task_id"] == async_id
@@ -509,8 +334,8 @@ def test_undecodable_and_malformed_messages_dead_letter_and_the_worker_lives(
     """One message per kind of finding 3 (py-amqp could not decode it: the worker used to exit
     with "Unrecoverable error: UnicodeDecodeError"), then valid tasks: every malformed one is
     in the DLQ, the valid ones ran, the worker process never exited nor reconnected."""
-    from tests.hostile.worker_io import DUPLICATE, KindSender, drain_dead_letters
-    from tests.hostile.worker_kinds import KINDS
+    from tests.support.hostile.worker_io import DUPLICATE, KindSender, drain_dead_letters
+    from tests.support.hostile.worker_kinds import KINDS
 
     cv = celery_vhost
     names = (
@@ -543,8 +368,8 @@ def test_undecodable_and_malformed_messages_dead_letter_and_the_worker_lives(
             for q in ("email.send", "reports.build")
         )
 
-    _wait_for(lambda: len(cv.records(out)) >= 2, "the valid tasks")
-    _wait_for(lambda: dead_lettered() >= len(names), "every malformed message in a DLQ")
+    wait_for(lambda: len(cv.records(out)) >= 2, "the valid tasks")
+    wait_for(lambda: dead_lettered() >= len(names), "every malformed message in a DLQ")
     dead = {
         **drain_dead_letters(cv.admin_url, "email.send.dlq"),
         **drain_dead_letters(cv.admin_url, "reports.build.dlq"),

@@ -25,7 +25,7 @@ from bus.settings import BusSettings
 from bus.topology import LoadedTopology
 from consumers import Backoff, ConsumerApp, Message, RejectMessage
 from producers.events import OrderCreated, OrderPaid
-from tests.integration.test_consumer_support import (
+from tests.support.consumer import (
     drain,
     load_declared,
     publish,

@@ -20,7 +20,7 @@ from producers.events import (
     OrderCreated,
     OrderPaid,
 )
-from tests.integration.test_consumer_support import load_declared, publish, queue_depth
+from tests.support.consumer import load_declared, publish, queue_depth
 
 JSON = "application/json"
 

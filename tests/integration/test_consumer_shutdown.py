@@ -24,7 +24,7 @@ from bus.provision import BrokerControl
 from bus.settings import BusSettings
 from consumers import ConsumerApp, Message
 from producers.events import OrderCreated
-from tests.integration.test_consumer_support import (
+from tests.support.consumer import (
     drain,
     load_declared,
     publish,
@@ -90,7 +90,7 @@ async def test_sigterm_with_50_in_flight_loses_nothing_and_acks_only_finished(
     }
     command = [
         sys.executable, "-c", "from bus.cli import run; run()", "consume",
-        "--app", "tests.integration.test_consumer_support:slow_app",
+        "--app", "tests.support.consumer:slow_app",
         "-f", str(tmp_path / "topology.yaml"), "--grace", str(grace), "slow.q",
     ]  # fmt: skip
     # A real process, so that the signal arrives the way a supervisor sends it.

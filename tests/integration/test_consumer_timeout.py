@@ -20,7 +20,7 @@ from bus.node import LocalNode, rabbitmq_installed
 from bus.settings import BusSettings
 from consumers import ConsumerApp, Message
 from producers.events import OrderCreated
-from tests.integration.test_consumer_support import load_declared, publish, queue_depth, wait_until
+from tests.support.consumer import load_declared, publish, queue_depth, wait_until
 
 pytestmark = pytest.mark.skipif(not rabbitmq_installed(), reason="needs the rabbitmq-server binary")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bus.broker.management import ManagementClient
 from bus.topology import LoadedTopology
-from tests.helpers import declare_with_pika
+from tests.support.amqp import declare_with_pika
 
 
 def test_shipped_topology_declares_on_the_broker(

@@ -12,7 +12,7 @@ from bus.broker import Action, apply, export_topology, plan
 from bus.broker.management import ManagementClient
 from bus.settings import with_vhost
 from bus.topology import parse_topology
-from tests.integration.test_plan_support import connect, run_cli, settings_for
+from tests.support.plan import connect, run_cli, settings_for
 
 
 def _build_by_hand(url: str, management: ManagementClient, vhost: str) -> None:

@@ -22,8 +22,8 @@ from bus.topology import load_topology
 from consumers.demo import app, recorder
 from producers import SyncPublisher
 from producers.events import CacheInvalidated, CancelOrder, EmailRequested, OrderCreated, OrderPaid
-from tests.helpers import drain
-from tests.integration.test_consumer_support import load_declared, queue_depth
+from tests.support.amqp import drain
+from tests.support.consumer import load_declared, queue_depth
 
 SHIPPED = Path(__file__).resolve().parents[2] / "topology.yaml"
 

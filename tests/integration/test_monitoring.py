@@ -27,8 +27,9 @@ from bus.provision import ProvidedBroker
 from bus.settings import BusSettings
 from bus.topology import load_topology
 from consumers.tasks import ROUTES
-from tests.helpers import declare_with_pika, shipped_topology_with
-from tests.integration.test_celery_worker import BIN, REPO, Worker, _clean_env, _user_url, _wait_for
+from tests.support.amqp import declare_with_pika, shipped_topology_with
+from tests.support.celery_worker import BIN, REPO, Worker, clean_env, wait_for
+from tests.support.users import user_url
 
 pytestmark = pytest.mark.integration
 
@@ -80,8 +81,8 @@ def monitored(
         user, password = f"bus-{role}-{suffix}", uuid.uuid4().hex
         bus_management.create_user(user, password, tags="management")
         bus_management.set_permissions(bus_vhost, user, configure=configure, write=".*", read=".*")
-        users[role] = _user_url(bus_vhost_url, user, password)
-    env = _clean_env()
+        users[role] = user_url(bus_vhost_url, user, password)
+    env = clean_env()
     env.update(
         BUS_AMQP_URL=users["worker"],
         BUS_TOPOLOGY=str(topology_file),
@@ -142,7 +143,7 @@ def test_status_lists_worker_and_active_task_with_narrow_permissions(
         routes=ROUTES,
     )
     sent = app.send_task("consumers.tasks.slow", (str(out), "watched", 20.0), queue="reports.build")
-    _wait_for(lambda: out.exists() and "start" in out.read_text(), "the task to start")
+    wait_for(lambda: out.exists() and "start" in out.read_text(), "the task to start")
 
     monkeypatch.setenv("BUS_AMQP_URL", monitored.users["inspect"])
     code = main(
@@ -190,7 +191,7 @@ def test_worker_without_the_pidbox_permission_cannot_start(
         monitored.vhost, user, configure="^$", write=".*", read=".*"
     )
     try:
-        env = dict(monitored.env, BUS_AMQP_URL=_user_url(monitored.admin_url, user, "pw"))
+        env = dict(monitored.env, BUS_AMQP_URL=user_url(monitored.admin_url, user, "pw"))
         worker = Worker([str(BIN / "bus"), "worker", "-Q", "email.send", "--pool", "threads"], env)
         workers.append(worker.start())
         code = worker.wait_exit()

@@ -18,8 +18,9 @@ from bus.provision import ProvidedBroker
 from bus.settings import BusSettings
 from bus.topology import LoadedTopology
 from consumers.tasks import ROUTES
-from tests.helpers import declare_with_pika
-from tests.integration.test_celery_worker import BIN, Worker, _clean_env, _user_url, _wait_for
+from tests.support.amqp import declare_with_pika
+from tests.support.celery_worker import BIN, Worker, clean_env, wait_for
+from tests.support.users import user_url
 
 pytestmark = pytest.mark.integration
 
@@ -56,9 +57,9 @@ def worker_env(
     user, password = f"bus-metrics-{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
     bus_management.create_user(user, password, tags="management")
     bus_management.set_permissions(bus_vhost, user, configure="^$", write=".*", read=".*")
-    env = _clean_env()
+    env = clean_env()
     env.update(
-        BUS_AMQP_URL=_user_url(bus_vhost_url, user, password),
+        BUS_AMQP_URL=user_url(bus_vhost_url, user, password),
         BUS_TOPOLOGY=str(bus_topology.file),
         BUS_MANAGEMENT_URL=bus_broker.management_url or "",
     )
@@ -95,7 +96,7 @@ def test_worker_metrics_count_every_outcome_and_time_runs(
             return sum(v for (name, _), v in counts.items() if name == "bus_celery_tasks_total")
 
         # 2 record + fail + reject + 2 flaky retries + flaky success + unknown = 8
-        _wait_for(lambda: finished() >= 8, f"8 finished runs; worker:\n{worker.output}")
+        wait_for(lambda: finished() >= 8, f"8 finished runs; worker:\n{worker.output}")
         samples = _scrape(port)
     finally:
         worker.stop()

@@ -32,7 +32,7 @@ from bus.settings import BusSettings
 from bus.topology import LoadedTopology, parse_topology
 from producers import SyncPublisher
 from producers.events import OrderCreated
-from tests.helpers import declare_with_pika
+from tests.support.amqp import declare_with_pika
 from tests.support.outbox import (
     TOPOLOGY,
     order_broken,

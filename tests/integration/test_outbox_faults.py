@@ -28,7 +28,7 @@ from bus.topology import parse_topology
 from consumers import Backoff, ConsumerApp, IdempotencyStore, Message
 from producers import SyncPublisher
 from producers.events import OrderCreated
-from tests.helpers import declare_with_pika
+from tests.support.amqp import declare_with_pika
 from tests.support.outbox import (
     TOPOLOGY,
     Seen,

@@ -14,7 +14,7 @@ from bus.broker import Action, PlanConflicts, apply, plan
 from bus.broker.management import ManagementClient
 from bus.settings import BusSettings, with_vhost
 from bus.topology import LoadedTopology
-from tests.integration.test_plan_support import (
+from tests.support.plan import (
     connect,
     definitions,
     load,

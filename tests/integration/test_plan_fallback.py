@@ -10,7 +10,7 @@ from bus.broker import Action, PlanConflicts, apply, plan
 from bus.broker.management import ManagementClient
 from bus.errors import BrokerError
 from bus.settings import BusSettings
-from tests.integration.test_plan_support import (
+from tests.support.plan import (
     definitions,
     free_port,
     load,

@@ -7,7 +7,7 @@ import pytest
 from bus.broker import Action, apply, plan
 from bus.broker.management import ManagementClient
 from bus.settings import BusSettings
-from tests.integration.test_plan_support import connect, load, publish, settings_for
+from tests.support.plan import connect, load, publish, settings_for
 
 TOPOLOGY = """
 version: 1

@@ -24,6 +24,7 @@ import pytest
 
 from bus.node import rabbitmq_installed
 from bus.provision import docker_available
+from bus.settings import BrokerChoiceSettings
 
 INNER_TEST = """
 import json, time
@@ -45,7 +46,7 @@ SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGKILL]
 
 
 def _container_ready() -> bool:
-    if not docker_available():
+    if not docker_available(BrokerChoiceSettings().docker_host):
         return False
     from bus.container import choose_image
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bus.provision import ProvidedBroker, docker_available
+from bus.settings import BrokerChoiceSettings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
 
@@ -34,7 +35,7 @@ def _example() -> str:
 
 
 def _container_possible() -> bool:
-    if not docker_available():
+    if not docker_available(BrokerChoiceSettings().docker_host):
         return False
     from bus.container import choose_image
 

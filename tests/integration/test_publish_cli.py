@@ -10,8 +10,8 @@ import pytest
 
 from bus.cli import main
 from bus.topology import parse_topology
-from tests.helpers import declare_with_pika
-from tests.integration.test_publisher import TOPOLOGY, depth, drain
+from tests.support.amqp import declare_with_pika
+from tests.support.publisher import TOPOLOGY, depth, drain
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from pathlib import Path
 from bus.settings import BusSettings
 from bus.topology import LoadedTopology
 from producers.demo import run_demo
-from tests.helpers import declare_with_pika
-from tests.integration.test_publisher import depth, drain
+from tests.support.amqp import declare_with_pika
+from tests.support.publisher import depth, drain
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -18,8 +18,8 @@ from pika.adapters.blocking_connection import BlockingChannel
 from bus.broker.management import ManagementClient
 from bus.topology import parse_topology
 from bus.versions import RabbitVersion, broker_version
-from tests.helpers import declare_with_pika
-from tests.unit.test_routing import SCENARIOS, TOPIC_CASES, headers_cases
+from tests.support.amqp import declare_with_pika
+from tests.support.routing_tables import SCENARIOS, TOPIC_CASES, headers_cases
 
 pytestmark = pytest.mark.integration
 
@@ -133,7 +133,7 @@ def test_cc_header_of_the_wrong_type_is_refused_on_the_broker(channel: BlockingC
 def test_dead_letter_cycles_on_the_broker(bus_vhost_url: str, channel: BlockingChannel) -> None:
     """``loop`` dead-letters to the default exchange with the original key, i.e. to itself:
     a reject comes back, an expiry is dropped by the broker's cycle detection."""
-    from tests.unit.test_routing import DEAD_LETTER
+    from tests.support.routing_tables import DEAD_LETTER
 
     declare_with_pika(bus_vhost_url, parse_topology(DEAD_LETTER, "t.yaml").expanded)
     channel.basic_publish("events", "loop", b"", pika.BasicProperties(message_id="r"))

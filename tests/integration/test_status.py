@@ -11,7 +11,7 @@ import pytest
 from bus.cli import main
 from bus.provision import ProvidedBroker
 from bus.topology import LoadedTopology
-from tests.helpers import declare_with_pika
+from tests.support.amqp import declare_with_pika
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ from consumers import ConsumerApp
 from consumers.tasks import ROUTES
 from producers import Publisher, SyncPublisher
 from producers.events import OrderCreated
-from tests.helpers import declare_with_pika
+from tests.support.amqp import declare_with_pika
 
 pytestmark = pytest.mark.skipif(not rabbitmq_installed(), reason="needs the rabbitmq-server binary")
 

@@ -25,7 +25,7 @@ from bus.versions import (
     effective_delivery_limit,
     version_issues,
 )
-from tests.integration.test_plan_support import load, run_cli, settings_for, write
+from tests.support.plan import load, run_cli, settings_for, write
 
 pytestmark = pytest.mark.integration
 

@@ -6,40 +6,13 @@ Every user gets permissions in the test's own vhost (``bus_vhost``) only, never 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from urllib.parse import quote, urlsplit, urlunsplit
+from collections.abc import Iterator
 
 import pytest
 
 from bus.broker.management import ManagementClient
 from bus.provision import ProvidedBroker
-from bus.settings import BusSettings
-
-
-@dataclass(frozen=True)
-class RoleUser:
-    name: str
-    password: str
-    url: str
-    management_url: str
-
-    def settings(self) -> BusSettings:
-        return BusSettings(amqp_url=self.url, management_url=self.management_url)
-
-    def env(self) -> dict[str, str]:
-        return {"BUS_AMQP_URL": self.url, "BUS_MANAGEMENT_URL": self.management_url}
-
-
-def user_url(url: str, user: str, password: str) -> str:
-    parts = urlsplit(url)
-    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{parts.hostname or 'localhost'}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-MakeUser = Callable[..., RoleUser]
+from tests.support.users import MakeUser, RoleUser, user_url
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from bus.topology import LoadedTopology
 from consumers import ConsumerApp, Message
 from consumers.decode import Decoder, InvalidMessageError
 from producers.events import OrderCreated
-from tests.integration.test_consumer_support import (
+from tests.support.consumer import (
     drain,
     load_declared,
     publish,

@@ -18,7 +18,7 @@ import pytest
 from bus.broker.management import ManagementClient
 from bus.cli import main
 from bus.provision import ProvidedBroker
-from tests.security.conftest import MakeUser, user_url
+from tests.support.users import MakeUser, user_url
 
 pytestmark = pytest.mark.integration
 

@@ -38,7 +38,7 @@ from bus.topology import LoadedTopology
 from consumers import Backoff, ConsumerApp, Message, RejectMessage
 from producers import Publisher, SyncPublisher
 from producers.events import CacheInvalidated, CancelOrder, EmailRequested, OrderCreated
-from tests.security.conftest import MakeUser, RoleUser
+from tests.support.users import MakeUser, RoleUser
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ import pytest
 
 from bus.cli import main
 from bus.settings import install_log_redaction, redact
-from tests.security.conftest import MakeUser, RoleUser, user_url
+from tests.support.users import MakeUser, RoleUser, user_url
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "topology.yaml"

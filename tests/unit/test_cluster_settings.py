@@ -65,7 +65,7 @@ def test_the_first_node_listed_again_is_not_tried_twice() -> None:
 def test_node_entries_that_are_not_host_port_are_refused(entry: str, fragment: str) -> None:
     with pytest.raises(ValidationError, match=fragment) as caught:
         BusSettings(amqp_url=PRIMARY, amqp_nodes=entry)
-    # The CLI prints the messages (bus.cli_support.broker_settings): never the password.
+    # The CLI prints the messages (bus.cli.support.broker_settings): never the password.
     assert "hunter2" not in " ".join(str(e["msg"]) for e in caught.value.errors())
 
 

@@ -175,8 +175,8 @@ def test_a_revision_without_the_topology_is_invalid_input(repo: Path) -> None:
 
 def test_the_shipped_asyncapi_document_holds_the_same_contracts() -> None:
     from bus.asyncapi import asyncapi_document
+    from bus.cli.contracts import compare_contracts
     from bus.contract_history import asyncapi_snapshots, current_snapshots
-    from bus.contracts_cli import compare_contracts
     from bus.topology import load_topology
 
     loaded = load_topology(Path(__file__).resolve().parents[2] / "topology.yaml")

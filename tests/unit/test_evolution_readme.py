@@ -13,8 +13,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from bus.cli.contracts import compare_contracts
 from bus.contract_history import current_snapshots, frozen_history
-from bus.contracts_cli import compare_contracts
 from bus.topology import load_topology
 from tests.support.commands import git, run_bus
 

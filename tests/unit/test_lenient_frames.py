@@ -10,7 +10,7 @@ import pytest
 from pamqp import commands, exceptions
 
 from bus import lenient
-from tests.hostile.kinds import KINDS, Kind, Template
+from tests.support.hostile.kinds import KINDS, Kind, Template
 
 # The kinds whose content header pamqp 4.0.1 cannot decode (the connection would close).
 UNDECODABLE = {

@@ -13,7 +13,7 @@ from amqp import serialization
 from amqp.basic_message import Message
 
 from bus import _pyamqp_guard as guard
-from tests.hostile.worker_kinds import NOT_UTF8, Raw, encode_properties
+from tests.support.hostile.worker_kinds import NOT_UTF8, Raw, encode_properties
 
 # py-amqp's own decoders (install() keeps them; it may have run already in this process).
 guard.install()

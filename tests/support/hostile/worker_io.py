@@ -9,7 +9,7 @@ from urllib.parse import unquote, urlsplit
 import pika
 import pika.exceptions
 
-from tests.hostile.worker_kinds import Kind, Sent
+from tests.support.hostile.worker_kinds import Kind, Sent
 
 __all__ = ["DUPLICATE", "KindSender", "Outcome", "RawProperties", "drain_dead_letters"]
 

@@ -1,4 +1,4 @@
-"""Test helpers shared by the integration suites."""
+"""Test helpers shared by the integration suites: declaring and draining with plain pika."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def shipped_topology_with(**sections: object) -> str:
     """The shipped topology.yaml with top-level ``sections`` replaced (comments dropped)."""
     import yaml
 
-    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "topology.yaml").read_text())
+    data = yaml.safe_load((Path(__file__).resolve().parents[2] / "topology.yaml").read_text())
     data.update(sections)
     return yaml.safe_dump(data, sort_keys=False)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-__all__ = ["outbox"]
+__all__ = ["COMMANDS", "outbox"]
 
 _db_option = click.option(
     "--db",
@@ -99,7 +99,7 @@ def relay(
     """Publish committed outbox rows with confirms; SIGTERM/SIGINT finish the batch, exit."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from bus.cli_support import broker_settings
+    from bus.cli.support import broker_settings
     from bus.outbox.relay import Relay
     from bus.outbox.table import OutboxError
 
@@ -176,3 +176,6 @@ def status(db_url: str, table: str, schema: str | None, as_json: bool) -> None:
         click.echo(
             f"pending {found.pending}, oldest {found.oldest_age_s:.1f}s, failing {found.failing}"
         )
+
+
+COMMANDS: tuple[click.Command, ...] = (outbox,)

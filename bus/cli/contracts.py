@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from bus.cli.support import load
 from bus.contract_history import (
     ContractSnapshot,
     current_snapshots,
@@ -17,9 +18,8 @@ from bus.contract_history import (
 )
 from bus.errors import ContractError, UsageError
 from bus.evolution import Change, compare_schemas
-from bus.topology import load_topology
 
-__all__ = ["MODES", "compare_contracts", "contracts"]
+__all__ = ["COMMANDS", "MODES", "compare_contracts", "contracts"]
 
 MODES = (
     "backward",
@@ -128,7 +128,7 @@ _folder_option = click.option(
 )
 def check(file: Path | None, folder: Path | None, against: str | None, mode: str) -> int:
     """Compare every event contract with its previous form; exit 1 on a violation."""
-    loaded = load_topology(file)
+    loaded = load(file)
     topology_file = Path(loaded.file)
     folder = folder if folder is not None else topology_file.parent / "contracts"
     current = current_snapshots(loaded)
@@ -177,8 +177,11 @@ def check(file: Path | None, folder: Path | None, against: str | None, mode: str
 @_folder_option
 def freeze_command(file: Path | None, folder: Path | None) -> int:
     """Write each event's schema to contracts/<event>/<version>.json (history in the repo)."""
-    loaded = load_topology(file)
+    loaded = load(file)
     folder = folder if folder is not None else Path(loaded.file).parent / "contracts"
     for path, status in freeze(current_snapshots(loaded), folder):
         click.echo(f"{status:<10} {path}")
     return 0
+
+
+COMMANDS: tuple[click.Command, ...] = (contracts,)

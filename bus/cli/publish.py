@@ -1,7 +1,4 @@
-"""The work behind ``bus publish``: one confirmed, mandatory publish from the command line.
-
-Kept out of ``bus/cli.py`` so the shared CLI module only carries the option parsing.
-"""
+"""``bus publish``: one confirmed, mandatory publish from the command line."""
 
 from __future__ import annotations
 
@@ -10,18 +7,18 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import click
 from pydantic import BaseModel, ValidationError
 
+from bus.cli.support import broker_settings, topology_path
 from bus.contracts import Contract, ContractRegistry
 from bus.errors import ContractError, UsageError
 from bus.files import read_bounded
 from bus.outgoing import DEFAULT_MAX_MESSAGE_SIZE
 from bus.settings import BusSettings
 from bus.topology import load_topology
-from bus.topology.load import default_topology_path
-from producers.sync import SyncPublisher
 
-__all__ = ["parse_headers", "publish_once"]
+__all__ = ["COMMANDS", "parse_headers", "publish_once"]
 
 
 def parse_headers(pairs: Iterable[str]) -> dict[str, str]:
@@ -55,7 +52,7 @@ def _body(json_text: str | None, body_file: Path | None) -> bytes:
 def _inferred_contract(
     topology_file: Path | None, exchange: str, routing_key: str, headers: dict[str, Any]
 ) -> Contract | None:
-    path = topology_file or default_topology_path()
+    path = topology_path(topology_file)
     if topology_file is None and not Path(path).is_file():
         return None  # publishing by exchange and key needs no topology
     expanded = load_topology(path).expanded
@@ -98,7 +95,7 @@ def publish_once(
             _validate(inferred, raw)
             event_type = inferred.name
     if event is not None:
-        contracts = ContractRegistry(load_topology(topology_file).expanded.events)
+        contracts = ContractRegistry(load_topology(topology_path(topology_file)).expanded.events)
         contract = contracts.by_name(event)
         if exchange is not None and exchange != contract.exchange:
             raise ContractError(
@@ -112,6 +109,9 @@ def publish_once(
         event_type = event
     if exchange is None or routing_key is None:
         raise UsageError("-e EXCHANGE and -k KEY are required (or --event NAME from the topology)")
+    # Imported here: the other commands need no publisher (nor pika) loaded.
+    from producers.sync import SyncPublisher
+
     # Only the one target exchange is checked: a publish must not fail on other contracts.
     with SyncPublisher.connect(
         settings,
@@ -124,3 +124,62 @@ def publish_once(
             exchange, routing_key, body, event_type=event_type, headers=headers or None
         )
     return f"confirmed: exchange {exchange!r} routing key {routing_key!r} message_id {message_id}"
+
+
+@click.command("publish")
+@click.option(
+    "-f",
+    "--topology",
+    "topology_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Topology file, for --event (default: $BUS_TOPOLOGY, then ./topology.yaml).",
+)
+@click.option("-e", "--exchange", default=None, help="Exchange ('' is the default exchange).")
+@click.option("-k", "--routing-key", "routing_key", default=None, help="Routing key.")
+@click.option("--json", "json_text", default=None, help="The JSON body.")
+@click.option(
+    "--file",
+    "--body-file",
+    "body_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="A file holding the JSON body.",
+)
+@click.option("-H", "--header", "headers", multiple=True, help="Header name=value (repeatable).")
+@click.option(
+    "--event", default=None, help="Event name: exchange/key from its contract, body validated."
+)
+@click.option(
+    "--confirm-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for the broker's confirm.",
+)
+def publish_command(
+    topology_file: Path | None,
+    exchange: str | None,
+    routing_key: str | None,
+    json_text: str | None,
+    body_file: Path | None,
+    headers: tuple[str, ...],
+    event: str | None,
+    confirm_timeout: float,
+) -> None:
+    """Confirmed, mandatory publish. Exit 0 routed+confirmed; 1 unroutable/nacked/timeout/broker."""
+    line = publish_once(
+        broker_settings(),
+        topology_file=topology_file,
+        exchange=exchange,
+        routing_key=routing_key,
+        json_text=json_text,
+        body_file=body_file,
+        header_pairs=headers,
+        event=event,
+        confirm_timeout=confirm_timeout,
+    )
+    click.echo(line)
+
+
+COMMANDS: tuple[click.Command, ...] = (publish_command,)

@@ -1,6 +1,7 @@
-"""What the ``bus`` commands share beyond option parsing: settings and the drift-check rule.
+"""What the ``bus`` commands share: the ``-f`` option, settings and the drift-check rule.
 
-Kept out of ``bus/cli.py`` so that module only carries the commands and their options.
+The commands are the edge where settings are read from the environment (once per command) and
+passed down; nothing below ``bus.cli`` reads the environment.
 """
 
 from __future__ import annotations
@@ -12,12 +13,39 @@ import click
 from pydantic import ValidationError
 
 from bus.errors import PlanUnverifiedError, UsageError
-from bus.settings import BusSettings
+from bus.settings import BusSettings, TopologySettings
+from bus.topology import LoadedTopology, load_topology
 
 if TYPE_CHECKING:
     from bus.broker.plan import Plan
 
-__all__ = ["broker_settings", "plan_exit_code", "settings_problems"]
+__all__ = [
+    "broker_settings",
+    "file_option",
+    "load",
+    "plan_exit_code",
+    "settings_problems",
+    "topology_path",
+    "write_output",
+]
+
+file_option = click.option(
+    "-f",
+    "--file",
+    "file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Topology file (default: $BUS_TOPOLOGY, then ./topology.yaml).",
+)
+
+
+def topology_path(file: Path | None) -> Path:
+    """The topology file a command reads: ``-f FILE``, else ``$BUS_TOPOLOGY``, else the default."""
+    return file if file is not None else TopologySettings().topology
+
+
+def load(file: Path | None) -> LoadedTopology:
+    return load_topology(topology_path(file))
 
 
 def settings_problems(exc: ValidationError) -> str:

@@ -19,7 +19,7 @@ import pika
 from bus.topology import LoadedTopology, load_topology
 from consumers import ConsumerApp, Message
 from producers.events import OrderCreated
-from tests.helpers import declare_with_pika, drain
+from tests.support.amqp import declare_with_pika, drain
 
 __all__ = [
     "drain",
@@ -99,7 +99,7 @@ async def wait_until(condition: Callable[[], bool], seconds: float = 20.0) -> No
 
 
 # -- an app for the subprocess tests:
-#    bus consume --app tests.integration.test_consumer_support:slow_app
+#    bus consume --app tests.support.consumer:slow_app
 # Each handler call appends "started <id>" and, once its sleep is over, "finished <id>" to the
 # file named by $CONSUMER_TEST_LOG; the sleep is $CONSUMER_TEST_DELAY seconds.
 slow_app = ConsumerApp("slow")

@@ -10,15 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from bus.cli.support import broker_settings, load
 from bus.errors import BusError, TopologyError
 from bus.settings import BusSettings, with_vhost
-from bus.topology import load_topology
 
 if TYPE_CHECKING:  # the broker clients load only when a dlq command runs
     from bus.broker.management import ManagementClient
     from bus.dlq_replay import ReplayReport
 
-__all__ = ["dlq"]
+__all__ = ["COMMANDS", "dlq"]
 
 UNHEALTHY = 4  # as `bus status`: a dead-letter queue holds messages
 
@@ -51,10 +51,10 @@ def _filters(func: Any) -> Any:
 
 
 def _settings(file: Path | None, vhost: str | None) -> BusSettings:
-    settings = BusSettings()
+    settings = broker_settings()
     if vhost is None:
         try:
-            model = load_topology(file).model
+            model = load(file).model
             vhost = model.vhost.name if model.vhost else None
         except TopologyError:
             if file is not None:
@@ -97,7 +97,7 @@ def list_command(file: Path | None, vhost: str | None, as_json: bool, scan: int)
     settings = _settings(file, vhost)
     management = _management(settings)
     try:
-        report = list_dead_letters(load_topology(file).expanded, settings, management, scan=scan)
+        report = list_dead_letters(load(file).expanded, settings, management, scan=scan)
     finally:
         if management is not None:
             management.close()
@@ -270,3 +270,6 @@ def purge_command(
         if management is not None:
             management.close()
     return _finish(report, as_json)
+
+
+COMMANDS: tuple[click.Command, ...] = (dlq,)

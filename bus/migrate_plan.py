@@ -200,6 +200,8 @@ def annotate_migrations(
             how = "a migration is in progress: " if m.in_progress else ""
             note = f"{how}bus apply --migrate (or bus migrate {m.queue}) changes it live"
             remarks = (*item.remarks, *m.warnings)
+        # dict.fromkeys: annotating twice (plan() and then migrate) repeats no line.
+        remarks = tuple(dict.fromkeys(remarks))
         items.append(replace(item, action=target, note=note, remarks=remarks))
     plan.items = items
     return plan

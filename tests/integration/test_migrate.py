@@ -16,6 +16,7 @@ import pytest
 
 from bus.broker import plan
 from bus.migrate import migrate
+from bus.migrate_plan import annotate_migrations
 from bus.settings import BusSettings
 from tests.integration.test_consumer_support import queue_depth, wait_until
 from tests.integration.test_migrate_support import new_topology, run_scenario
@@ -74,7 +75,9 @@ async def test_migration_killed_mid_move_and_run_again_loses_nothing(
                 first.kill()
             first.communicate()
         # Half-done: the temporary queue shows it, and plan names it.
-        half = plan(new_topology(tmp_path), BusSettings(amqp_url=url))
+        loaded = new_topology(tmp_path)
+        # plan() itself calls annotate_migrations once the lead wires it in (idempotent).
+        half = annotate_migrations(plan(loaded, BusSettings(amqp_url=url)), loaded.expanded)
         assert any(i.name == "orders.q.migrating" for i in half.conflicts), half.render()
         again = await asyncio.to_thread(
             subprocess.run, command, env=env, cwd=ROOT, capture_output=True, text=True,

@@ -290,7 +290,7 @@ def migrate(
         raise PlanConflicts(replace(the_plan, items=others), "they cannot be migrated")
     run = MigrationRun(the_plan, chosen, dry_run=dry_run)
     if dry_run:
-        for m in chosen:
+        for m in chosen if on_plan is None else ():  # a rendered plan lists the steps already
             say(f"{m.queue} -> {m.temp} -> {m.queue}:")
             for line in (*m.steps(), *m.warnings):
                 say(f"  {line}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections import deque
@@ -26,6 +27,10 @@ __all__ = ["QueueConsumer", "delivery_tag"]
 # The runtime's logger: operators filter on it, whichever module writes the line.
 log = logging.getLogger("consumers.runtime")
 
+# How long a consumer whose queue was deleted waits for it to be declared again (a live
+# migration, docs/queue-migration.md, deletes and redeclares within moments) before it stops.
+REATTACH_TIMEOUT = 120.0
+
 
 class QueueConsumer:
     """One handler consuming one queue on its own robust channel."""
@@ -45,8 +50,11 @@ class QueueConsumer:
         self.stopping = False
         self.ack_batch = max(1, spec.options.prefetch // 4)
         self.quorum = runtime.topology.queues[spec.queue].type == "quorum"
+        self.connection: AbstractRobustConnection | None = None
+        self.reattaching: asyncio.Task[None] | None = None
 
     async def start(self, connection: AbstractRobustConnection) -> None:
+        self.connection = connection
         channel = await connection.channel(publisher_confirms=False)
         self.channel = channel
         # global_=False: per-consumer prefetch; quorum queues refuse global QoS.
@@ -75,7 +83,7 @@ class QueueConsumer:
             ) from None  # fmt: skip
 
     async def _on_reopen(self, channel: AbstractRobustChannel | None) -> None:
-        if self.stopping or channel is None:
+        if self.stopping or channel is None or self._reattach_pending():
             return
         try:
             await self._consume(await channel.get_underlay_channel())
@@ -93,13 +101,60 @@ class QueueConsumer:
         log.info("consumer of %r resumed after reconnect", self.queue)
 
     def _on_broker_cancel(self, frame: aiormq.spec.Basic.Cancel) -> None:
-        if frame.consumer_tag == self.consumer_tag and not self.stopping:
-            self.runtime.fail(
-                BrokerError(
-                    f"the broker cancelled the consumer of queue {self.queue!r} "
-                    "(queue deleted?): stopping"
+        if frame.consumer_tag != self.consumer_tag or self.stopping or self._reattach_pending():
+            return
+        # The queue was deleted (a live migration deletes and redeclares it): wait for it.
+        log.warning(
+            "consumer of %r: cancelled by the broker (queue deleted?); waiting up to %.0f s "
+            "for the queue to be declared again",
+            self.queue,
+            REATTACH_TIMEOUT,
+        )
+        self.reattaching = asyncio.get_running_loop().create_task(self._reattach())
+
+    def _reattach_pending(self) -> bool:
+        return self.reattaching is not None and not self.reattaching.done()
+
+    async def _reattach(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REATTACH_TIMEOUT
+        while not self.stopping:
+            if await self._queue_exists() and self.channel is not None:
+                try:
+                    await self._consume(await self.channel.get_underlay_channel())
+                except Exception as exc:  # deleted again meanwhile, or the channel died
+                    log.warning("consumer of %r: re-attaching failed: %s", self.queue, exc)
+                else:
+                    log.info("consumer of %r attached again to the new queue", self.queue)
+                    return
+            if loop.time() > deadline:
+                self.runtime.fail(
+                    BrokerError(
+                        f"the broker cancelled the consumer of queue {self.queue!r} (queue "
+                        f"deleted?) and it did not come back within {REATTACH_TIMEOUT:.0f} s"
+                    )
                 )
-            )
+                return
+            await asyncio.sleep(0.5)
+
+    async def _queue_exists(self) -> bool:
+        # A throwaway plain channel: a 404 closes it, and a robust channel would reopen.
+        transport = self.connection.transport if self.connection is not None else None
+        if transport is None:
+            return False
+        try:
+            probe = await transport.connection.channel()
+        except Exception:
+            return False
+        try:
+            await probe.queue_declare(self.queue, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return False
+        except Exception:
+            return False
+        with contextlib.suppress(Exception):
+            await probe.close()
+        return True
 
     async def _on_delivery(self, session: ChannelSession, delivered: DeliveredMessage) -> None:
         # Runs in the client's per-delivery task: only bookkeeping here, handlers run in the
@@ -159,6 +214,8 @@ class QueueConsumer:
     async def stop_consuming(self) -> None:
         """Cancel at the broker and hand back deliveries that never started."""
         self.stopping = True
+        if self.reattaching is not None:
+            self.reattaching.cancel()
         session = self.session
         if session is not None and session.alive:
             try:

@@ -1,0 +1,121 @@
+"""Live migration of a ``celery: true`` queue under a running ``bus worker`` (issue 21):
+every task published before and during the migration runs at least once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pika
+import pytest
+
+from bus.celery_message import build_task_message
+from bus.migrate import migrate
+from bus.settings import BusSettings
+from bus.topology import load_topology
+from tests.helpers import declare_with_pika
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+TOPOLOGY = """\
+version: 1
+exchanges:
+  tasks: {{type: topic}}
+queues:
+  reports.build:
+    type: {type}
+{extra}    celery: true
+    bindings: [{{exchange: tasks, routing_key: reports.build}}]
+  email.send:
+    celery: true
+    bindings: [{{exchange: tasks, routing_key: email.send}}]
+"""
+OLD = TOPOLOGY.format(type="classic", extra="")
+NEW = TOPOLOGY.format(type="quorum", extra="    delivery_limit: 5\n    dead_letter: true\n")
+
+
+def _publish(url: str, path: Path, tokens: list[str], pause: float = 0.0) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        for token in tokens:
+            raw = build_task_message("consumers.tasks.record", [str(path), token])
+            channel.basic_publish(
+                "tasks", "reports.build", raw.body, raw.pika_properties(), mandatory=True
+            )
+            if pause:
+                time.sleep(pause)
+    finally:
+        connection.close()
+
+
+def _tokens(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    return {json.loads(line)["token"] for line in path.read_text().splitlines() if line}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bus worker (Celery 5 on py-amqp) treats the broker's consumer cancel as a lost "
+    "connection, consumes again at once and dies on 404 NOT_FOUND while the queue is being "
+    "redeclared (step 4); it does not wait for the queue: restart it after the migration",
+)
+def test_celery_queue_migrated_under_a_running_worker_runs_every_task(
+    bus_vhost_url: str, tmp_path: Path
+) -> None:
+    old_file, new_file = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old_file.write_text(OLD)
+    new_file.write_text(NEW)
+    declare_with_pika(bus_vhost_url, load_topology(old_file).expanded)
+    out = tmp_path / "records.jsonl"
+    before = [f"pre-{i}" for i in range(200)]
+    during = [f"live-{i}" for i in range(200)]
+    _publish(bus_vhost_url, out, before)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BUS_", "CELERY_"))}
+    env.update(BUS_AMQP_URL=bus_vhost_url, BUS_TOPOLOGY=str(old_file))
+    env["PYTHONWARNINGS"] = "ignore:You're running the worker with superuser privileges"
+    argv = [str(BIN / "bus"), "worker", "-Q", "reports.build", "--pool", "threads", "-c", "2"]
+    worker = subprocess.Popen(
+        argv, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(
+        target=lambda: lines.extend(worker.stdout or []), daemon=True
+    )  # collects the worker's output for the failure message
+    reader.start()
+    try:
+        ready = time.monotonic() + 60
+        while not any(line.rstrip().endswith(" ready.") for line in lines):
+            assert worker.poll() is None, "".join(lines)
+            assert time.monotonic() < ready, "".join(lines)
+            time.sleep(0.1)
+        publisher = threading.Thread(
+            target=_publish, args=(bus_vhost_url, out, during, 0.01), daemon=True
+        )
+        publisher.start()
+        migrate(load_topology(new_file), BusSettings(amqp_url=bus_vhost_url))
+        publisher.join(60)
+        wanted = set(before) | set(during)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not wanted <= _tokens(out) and worker.poll() is None:
+            time.sleep(0.2)
+        missing = wanted - _tokens(out)
+        assert not missing, f"{len(missing)} tasks never ran; worker said:\n{''.join(lines)}"
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()

@@ -23,13 +23,14 @@ from dataclasses import dataclass, field, replace
 from typing import cast
 
 from bus.broker import apply as apply_plan
-from bus.broker.inspect import LiveBinding, LiveQueue, read_live_state
+from bus.broker.inspect import read_live_state
+from bus.broker.live import LiveBinding, LiveQueue
 from bus.broker.management import ManagementClient
 from bus.broker.plan import Plan, PlanConflicts, expanded_of, plan, queue_differences
+from bus.broker.plan_migrations import Migration, annotate_migrations, find_migrations
 from bus.broker.session import AmqpSession, ChannelRefused
 from bus.errors import BrokerError, ManagementAPIError
 from bus.migrate_move import MoveReport, move_messages
-from bus.migrate_plan import Migration, annotate_migrations, find_migrations
 from bus.settings import BusSettings
 from bus.topology.expand import BindingSpec, ExpandedTopology, QueueSpec
 from bus.topology.load import LoadedTopology
@@ -191,10 +192,10 @@ class _Mover:
         """
         deadline = time.monotonic() + UNACKED_TIMEOUT
         while True:
-            ready, consumers = self.session.passive_queue(name)
-            if ready:
+            usage = self.session.passive_queue(name)
+            if usage.messages:
                 return False
-            if not consumers:
+            if not usage.consumers:
                 return True
             info = self.http.queue(self.vhost, name) or {}
             if info.get("messages") == 0 and info.get("messages_unacknowledged") == 0:
@@ -216,8 +217,7 @@ class _Mover:
                 return False  # a message arrived since the check: move it first
             # Quorum queues refuse if-empty (3.10): check, then delete. The queue is unbound
             # and drained; only a publish naming it on the default exchange could slip in.
-            ready, _ = self.session.passive_queue(name)
-            if ready:
+            if self.session.passive_queue(name).messages:
                 return False
             self.session.delete_queue(name)
         return True
@@ -274,32 +274,32 @@ def migrate(
     """
     expanded = expanded_of(topology)
     settings = settings or BusSettings()
-    the_plan = annotate_migrations(plan(expanded, settings, vhost=vhost, prune=prune), expanded,
+    planned = annotate_migrations(plan(expanded, settings, vhost=vhost, prune=prune), expanded,
                                    migrate=True)  # fmt: skip
-    all_migrations = find_migrations(the_plan, expanded)
-    chosen = find_migrations(the_plan, expanded, queues) if queues is not None else all_migrations
+    all_migrations = find_migrations(planned, expanded)
+    chosen = find_migrations(planned, expanded, queues) if queues is not None else all_migrations
     if queues is not None:
         missing = [q for q in queues if q not in expanded.queues]
         if missing:
             raise BrokerError(f"not in the topology: {', '.join(missing)}")
     if on_plan is not None:
-        on_plan(the_plan)
+        on_plan(planned)
     migrating = {m.queue for m in all_migrations} | {m.temp for m in all_migrations}
-    others = [i for i in the_plan.conflicts if i.name not in migrating]
+    others = [i for i in planned.conflicts if i.name not in migrating]
     if others:
-        raise PlanConflicts(replace(the_plan, items=others), "they cannot be migrated")
-    run = MigrationRun(the_plan, chosen, dry_run=dry_run)
+        raise PlanConflicts(replace(planned, items=others), "they cannot be migrated")
+    run = MigrationRun(planned, chosen, dry_run=dry_run)
     if dry_run:
         for m in chosen if on_plan is None else ():  # a rendered plan lists the steps already
             say(f"{m.queue} -> {m.temp} -> {m.queue}:")
             for line in (*m.steps(), *m.warnings):
                 say(f"  {line}")
         return run
-    name = the_plan.vhost
+    name = planned.vhost
     for m in chosen:
         if m.in_progress:
             run.reports.append(migrate_queue(settings, name, m, say))
-    if queues is None or the_plan.has_changes:
+    if queues is None or planned.has_changes:
         finished = {m.queue for m in chosen if m.in_progress}
         pinned = [m for m in all_migrations if m.queue not in finished]
         apply_plan(_pinned(expanded, pinned), settings, vhost=name, prune=prune)

@@ -25,6 +25,7 @@ from bus.broker.fallback import probe_state, refusal_difference
 from bus.broker.inspect import queue_usage, read_live_state
 from bus.broker.live import LiveState, QueueUsage
 from bus.broker.management import ManagementClient
+from bus.broker.plan_migrations import annotate_migrations
 from bus.broker.plan_model import (
     CHANGES,
     Action,
@@ -139,4 +140,7 @@ def plan(
     if live.source == "management":
         # What the broker's version changes (4.x: delivery limits, refused policy keys).
         result = annotate_plan(result, expanded, read_version(settings))
+        # Queue conflicts a live migration can resolve name the command; a half-done
+        # migration (its QUEUE.migrating) shows as such.
+        result = annotate_migrations(result, expanded)
     return result

@@ -53,10 +53,13 @@ class Action(StrEnum):
     UNCHANGED = "unchanged"
     UNMANAGED = "unmanaged"
     UNVERIFIED = "unverified"
+    MIGRATE = "migrate"  # bus apply --migrate: a blue/green move (bus.migrate)
 
 
 # The actions apply carries out; the others are shown and left alone.
-CHANGES = frozenset({Action.CREATE, Action.UPDATE, Action.RECREATE, Action.DELETE})
+CHANGES = frozenset(
+    {Action.CREATE, Action.UPDATE, Action.RECREATE, Action.DELETE, Action.MIGRATE}
+)
 Kind = Literal["vhost", "policy", "exchange", "queue", "binding"]
 _SYMBOL = {
     Action.CREATE: "+",
@@ -67,6 +70,7 @@ _SYMBOL = {
     Action.UNCHANGED: "=",
     Action.UNMANAGED: ".",
     Action.UNVERIFIED: "?",
+    Action.MIGRATE: ">",
 }
 
 
@@ -151,6 +155,7 @@ class PlanOptions:
     prune: bool = False
     recreate_empty: bool = False
     allow_data_loss: bool = False
+    migrate: bool = False
 
 
 @dataclass
@@ -200,6 +205,8 @@ class Plan:
             f"{counts[Action.CONFLICT]} conflict{'s' if counts[Action.CONFLICT] != 1 else ''}",
             f"{counts[Action.UNMANAGED]} unmanaged",
         ]
+        if counts[Action.MIGRATE]:
+            parts.insert(3, f"{counts[Action.MIGRATE]} to migrate")
         if counts[Action.UNVERIFIED]:
             parts.append(f"{counts[Action.UNVERIFIED]} unverified")
         return "Plan: " + ", ".join(parts) + "."

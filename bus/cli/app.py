@@ -24,6 +24,7 @@ __all__ = ["COMMAND_MODULES", "cli", "main", "run"]
 COMMAND_MODULES = (
     "topology",
     "broker",
+    "migrate",
     "publish",
     "consume",
     "demo",

@@ -40,16 +40,33 @@ def plan_command(file: Path | None, prune: bool, detailed_exitcode: bool) -> int
     "--allow-data-loss", is_flag=True, help="With --prune: delete queues holding messages too."
 )
 @click.option("--dry-run", is_flag=True, help="Plan and stop: change nothing.")
+@click.option(
+    "--migrate",
+    is_flag=True,
+    help="Move conflicting queues that hold messages live (docs/queue-migration.md).",
+)
 def apply_command(
-    file: Path | None, prune: bool, recreate_empty: bool, allow_data_loss: bool, dry_run: bool
+    file: Path | None,
+    prune: bool,
+    recreate_empty: bool,
+    allow_data_loss: bool,
+    dry_run: bool,
+    migrate: bool,
 ) -> None:
     """Apply the plan; nothing changes while a conflict exists. Exit 0, 1, 2."""
     from bus.broker import apply
+    from bus.cli.migrate import apply_migrate
     from bus.errors import UsageError
 
     if allow_data_loss and not prune:
         raise UsageError("--allow-data-loss only applies with --prune")
     loaded = load(file)
+    if migrate:
+        apply_migrate(
+            loaded, broker_settings(), prune=prune, recreate_empty=recreate_empty,
+            allow_data_loss=allow_data_loss, dry_run=dry_run,
+        )  # fmt: skip
+        return
     result = apply(
         loaded, broker_settings(), prune=prune, recreate_empty=recreate_empty,
         allow_data_loss=allow_data_loss, dry_run=dry_run,

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from bus.broker import plan
+from bus.broker.plan_migrations import annotate_migrations
 from bus.migrate import migrate
-from bus.migrate_plan import annotate_migrations
 from bus.settings import BusSettings
-from tests.integration.test_consumer_support import queue_depth, wait_until
-from tests.integration.test_migrate_support import new_topology, run_scenario
+from tests.support.consumer import queue_depth, wait_until
+from tests.support.migrate import new_topology, run_scenario
 
 ROOT = Path(__file__).parents[2]
 
@@ -55,7 +55,7 @@ async def test_migration_killed_mid_move_and_run_again_loses_nothing(
 
     async def run(new_file: Path, url: str) -> None:
         env = {**os.environ, "BUS_AMQP_URL": url, "PYTHONUNBUFFERED": "1"}
-        command = [sys.executable, "-m", "bus.migrate_cli", "-f", str(new_file), "orders.q"]
+        command = [sys.executable, "-m", "bus", "migrate", "-f", str(new_file), "orders.q"]
         first = subprocess.Popen(  # noqa: ASYNC220
             command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True,

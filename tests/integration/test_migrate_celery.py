@@ -19,7 +19,7 @@ from bus.celery_message import build_task_message
 from bus.migrate import migrate
 from bus.settings import BusSettings
 from bus.topology import load_topology
-from tests.helpers import declare_with_pika
+from tests.support.amqp import declare_with_pika
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bus.broker.inspect import LiveBinding, LiveExchange, LiveQueue, LiveState, LiveVhost
 from bus.broker.plan import Action, diff
-from bus.migrate_plan import (
+from bus.broker.plan_migrations import (
     annotate_migrations,
     find_migrations,
     original_of,

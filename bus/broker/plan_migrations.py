@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from bus.broker.inspect import LiveQueue
-from bus.broker.plan import Action, Plan, PlanItem
+from bus.broker.live import LiveQueue
+from bus.broker.plan_model import Action, Plan, PlanItem
 from bus.topology.expand import BindingSpec, ExpandedTopology, QueueSpec
 
 __all__ = [
@@ -77,7 +77,7 @@ class Migration:
 
 def migratable(item: PlanItem) -> bool:
     """A queue conflict that delete + declare resolves (not an exclusive queue)."""
-    if item.kind != "queue" or item.action is not Action.CONFLICT:
+    if item.kind != "queue" or item.action not in (Action.CONFLICT, Action.MIGRATE):
         return False
     if not isinstance(item.live, LiveQueue) or item.live.exclusive:
         return False
@@ -167,15 +167,14 @@ def annotate_migrations(
 ) -> Plan:
     """Mark migratable queue conflicts (and migrations in progress) in ``plan``.
 
-    With ``migrate`` (default: ``plan.options.migrate`` when the options have it) a
-    migratable conflict becomes a ``MIGRATE`` item (``CONFLICT`` where ``Action`` has no
-    ``MIGRATE`` yet) listing the steps; without, it stays a conflict that names the command.
+    With ``migrate`` (default: ``plan.options.migrate``) a migratable conflict becomes a
+    ``MIGRATE`` item listing the steps; without, it stays a conflict that names the command.
     A temporary queue of an unfinished migration is always a conflict without ``migrate``:
     ``bus apply`` must not go on as if nothing happened.
     """
     if migrate is None:
-        migrate = bool(getattr(plan.options, "migrate", False))
-    target = getattr(Action, "MIGRATE", Action.CONFLICT) if migrate else Action.CONFLICT
+        migrate = plan.options.migrate
+    target = Action.MIGRATE if migrate else Action.CONFLICT
     by_name = {m.queue: m for m in find_migrations(plan, expanded)}
     items: list[PlanItem] = []
     for item in plan.items:
@@ -198,7 +197,12 @@ def annotate_migrations(
             remarks = (*item.remarks, *m.steps(), *m.warnings)
         else:
             how = "a migration is in progress: " if m.in_progress else ""
-            note = f"{how}bus apply --migrate (or bus migrate {m.queue}) changes it live"
+            hint = f"{how}bus apply --migrate (or bus migrate {m.queue}) changes it live"
+            # The differ's own note (e.g. why --recreate-empty refused) stays first.
+            if item.note and hint in item.note:
+                note = item.note
+            else:
+                note = f"{item.note}; {hint}" if item.note else hint
             remarks = (*item.remarks, *m.warnings)
         # dict.fromkeys: annotating twice (plan() and then migrate) repeats no line.
         remarks = tuple(dict.fromkeys(remarks))

@@ -23,7 +23,7 @@ from bus.settings import BusSettings
 from bus.topology import LoadedTopology, load_topology
 from consumers import ConsumerApp, Message
 from producers.events import OrderCreated
-from tests.integration.test_consumer_support import drain, load_declared, queue_depth, wait_until
+from tests.support.consumer import drain, load_declared, queue_depth, wait_until
 
 __all__ = ["NEW", "OLD", "Outcome", "migration_n", "run_scenario"]
 

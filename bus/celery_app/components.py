@@ -13,10 +13,12 @@ from collections.abc import Mapping
 from contextlib import suppress
 from typing import Any, ClassVar
 
+from amqp.exceptions import NotFound
 from celery.app.control import Control
 from celery.app.events import Events
 from celery.events.dispatcher import EventDispatcher
 from celery.worker.consumer import Consumer
+from celery.worker.consumer.tasks import Tasks
 from kombu.exceptions import InconsistencyError
 from kombu.pidbox import Mailbox
 
@@ -34,11 +36,22 @@ __all__ = [
 log = logging.getLogger("bus.celery_app")
 
 
+def _per_consumer_qos(consumer: Any) -> bool:
+    return False
+
+
 class TopologyConsumer(Consumer):  # type: ignore[misc]
     """A worker consumer that declares nothing on the broker.
 
     - no ``DelayedDelivery`` bootstep (it declares the ``celery_delayed_*`` ladder even with
       ``no_declare=True`` queues);
+    - the prefetch set per consumer (``basic.qos`` with ``global=False``). Celery sets it per
+      channel unless its own queue list names a quorum queue; quorum queues refuse that (540
+      NOT_IMPLEMENTED on ``basic.consume``), and a queue migrated to quorum under a running
+      worker (``bus migrate``) is still classic in that list, so the worker would never
+      consume it again. Global QoS only lets Celery raise the prefetch for ETA tasks at run
+      time, and the bus refuses to send those;
+    - a queue missing when it consumes (404) is waited for, like a lost connection;
     - gossip and mingle always off (they exist to coordinate workers and would need event
       receiver queues and broadcast replies at every start), heartbeat off unless monitoring
       is on, so ``celery -A ... worker`` without the ``--without-*`` flags stays passive too;
@@ -63,6 +76,15 @@ class TopologyConsumer(Consumer):  # type: ignore[misc]
         if app is None or not app.conf.get("bus_monitoring", False):
             options.update(without_heartbeat=True)
         super().__init__(*args, worker_options=options, **kw)
+        for step in self.blueprint.steps.values():
+            if isinstance(step, Tasks):
+                step.qos_global = _per_consumer_qos
+        # A queue deleted under the worker (bus migrate's step 4) cancels its consumer; the
+        # reconnect's basic.consume then meets 404 until the queue is declared again. Celery
+        # ends the worker on a channel error unless every channel error is retried (which
+        # would retry ACCESS_REFUSED forever too): retry just this one, as a lost connection.
+        errors: tuple[type[BaseException], ...] = getattr(self, "connection_errors", ())
+        self.connection_errors = (*errors, NotFound)
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
         return guard_task_handler(self, super().create_task_handler(*args, **kwargs))

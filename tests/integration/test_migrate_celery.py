@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pika
-import pytest
 
 from bus.celery_message import build_task_message
 from bus.migrate import migrate
@@ -63,12 +62,6 @@ def _tokens(path: Path) -> set[str]:
     return {json.loads(line)["token"] for line in path.read_text().splitlines() if line}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bus worker (Celery 5 on py-amqp) treats the broker's consumer cancel as a lost "
-    "connection, consumes again at once and dies on 404 NOT_FOUND while the queue is being "
-    "redeclared (step 4); it does not wait for the queue: restart it after the migration",
-)
 def test_celery_queue_migrated_under_a_running_worker_runs_every_task(
     bus_vhost_url: str, tmp_path: Path
 ) -> None:
@@ -119,3 +112,6 @@ def test_celery_queue_migrated_under_a_running_worker_runs_every_task(
             except subprocess.TimeoutExpired:
                 os.killpg(worker.pid, signal.SIGKILL)
                 worker.wait()
+        reader.join(10)
+        if worker.stdout is not None:
+            worker.stdout.close()

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence, Sized
+from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator, Sized
 from datetime import UTC, datetime
 from typing import Any, Generic, Self, TypeVar, Unpack, cast
 
@@ -40,12 +40,8 @@ from bus.errors import AccessRefusedError, BrokerError, PublishTimeoutError
 from bus.publish.base import PublisherBase, PublisherOptions, as_datetime
 from bus.publish.lane import ClosedOverAnother, Discarded, Lane
 from bus.publish.message import (
-    CONTENT_TYPE,
-    Body,
     Outgoing,
-    PublishOptions,
     Resolved,
-    TaskOptions,
     TopologyLike,
 )
 from bus.publish.outcomes import (
@@ -69,7 +65,7 @@ _REOPEN_PAUSE = 0.1
 _LOST = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, ConnectionError)
 
 
-class AsyncPublisher(PublisherBase):
+class AsyncPublisher(PublisherBase[Coroutine[Any, Any, str]]):
     """Confirmed publishing on one robust aio-pika connection (see the module docstring)."""
 
     def __init__(
@@ -167,47 +163,9 @@ class AsyncPublisher(PublisherBase):
             raise exchanges_missing(missing, self.settings.vhost)
 
     # -- publishing -----------------------------------------------------------------------
-    async def publish(
-        self,
-        target: BaseModel | str,
-        routing_key: str | None = None,
-        body: Body | None = None,
-        /,
-        *,
-        confirm_timeout: float | None = None,
-        **options: Unpack[PublishOptions],
-    ) -> str:
-        """Publish one message and wait for its confirm; returns its ``message_id``.
-
-        ``publish(event)`` takes exchange, routing key and headers from the event's contract;
-        ``publish(exchange, routing_key, body)`` publishes bytes, plain JSON data or a model.
-        """
-        message = self.resolve(target, routing_key, body, options)
-        await self._send_in_turn(message, self.seconds(confirm_timeout))
-        return message.message_id
-
-    async def send_task(
-        self,
-        queue: str,
-        task: str,
-        args: Sequence[Any] = (),
-        kwargs: Mapping[str, Any] | None = None,
-        *,
-        confirm_timeout: float | None = None,
-        **options: Unpack[TaskOptions],
-    ) -> str:
-        """Enqueue a Celery task on a topology queue as plain AMQP; returns the task id.
-
-        Confirmed and mandatory like every publish; no Celery import needed.
-        """
-        message = self.resolve_task(queue, task, args, kwargs, **options)
-        await self._send_in_turn(message, self.seconds(confirm_timeout))
-        return message.message_id
-
-    async def publish_resolved(
-        self, message: Resolved, *, confirm_timeout: float | None = None
-    ) -> str:
-        """Send a message resolved by the caller (a copy with :class:`KeptProperties`)."""
+    async def _deliver(self, resolve: Callable[[], Resolved], confirm_timeout: float | None) -> str:
+        # A coroutine: a message that cannot be resolved raises when awaited, like a send.
+        message = resolve()
         await self._send_in_turn(message, self.seconds(confirm_timeout))
         return message.message_id
 
@@ -351,40 +309,13 @@ class AsyncPublisher(PublisherBase):
             close_later(channel.close, self.confirm_timeout, self._retiring)
 
     def _properties(self, message: Resolved) -> Basic.Properties:
-        kept = message.kept
-        if kept is not None:
-            return Basic.Properties(
-                content_type=kept.content_type,
-                content_encoding=kept.content_encoding,
-                headers=message.headers,
-                delivery_mode=kept.delivery_mode,
-                priority=kept.priority,
-                correlation_id=kept.correlation_id,
-                reply_to=kept.reply_to,
-                expiration=kept.expiration,
-                message_id=message.message_id,
-                timestamp=as_datetime(kept.timestamp),
-                message_type=kept.type,
-                user_id=self.kept_user_id(kept),
-                app_id=kept.app_id,
-                cluster_id=kept.cluster_id or "",  # pamqp's "absent"
-            )
         second = int(time.time())
         if second != self._second:
             # The AMQP timestamp has one-second resolution: one datetime per second will do.
             self._second = second
             self._timestamp = datetime.fromtimestamp(second, UTC)
         return Basic.Properties(
-            content_type=CONTENT_TYPE,
-            delivery_mode=2 if message.persistent else 1,
-            headers=message.headers,
-            message_id=message.message_id,
-            correlation_id=message.correlation_id,
-            timestamp=self._timestamp,
-            message_type=message.event_type,
-            app_id=self.app_id,
-            content_encoding=message.content_encoding,
-            reply_to=message.reply_to,
+            **self.wire_properties(message, self._timestamp, as_datetime, "message_type")
         )
 
     async def _send(self, message: Resolved, seconds: float) -> None:
@@ -436,7 +367,7 @@ class AsyncPublisher(PublisherBase):
 
 
 def _channel_error(
-    exc: aiormq.exceptions.ChannelClosed, message: Resolved, publisher: PublisherBase
+    exc: aiormq.exceptions.ChannelClosed, message: Resolved, publisher: PublisherBase[Any]
 ) -> Exception:
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):

@@ -9,16 +9,16 @@ properties each message carries. The flavours add the I/O only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypedDict, Unpack
+from typing import Any, Generic, TypedDict, TypeVar, Unpack
 
 from pydantic import BaseModel
 
 from bus.publish.message import (
+    CONTENT_TYPE,
     DEFAULT_MAX_MESSAGE_SIZE,
     Body,
-    KeptProperties,
     Outgoing,
     PublishOptions,
     Resolved,
@@ -45,8 +45,13 @@ class PublisherOptions(TypedDict, total=False):
     resolver: Resolver | None
 
 
-class PublisherBase:
-    """Settings, resolver and defaults of one publisher; see the module docstring.
+# What a publish returns: the message_id (pika), or a coroutine that gives it (aio-pika).
+R = TypeVar("R")
+
+
+class PublisherBase(Generic[R]):
+    """Settings, resolver, defaults and the publish calls of one publisher; see the module
+    docstring. A flavour implements :meth:`_deliver` (and ``publish_many``).
 
     ``resolver`` replaces the one built from ``topology`` (a public hook: the DLQ replay's
     resolver keeps a dead letter's properties, see :class:`~bus.publish.message.KeptProperties`).
@@ -87,7 +92,6 @@ class PublisherBase:
         self.window = window
         self.connection_name = connection_name or self.default_connection_name
         self._exchanges = list(exchanges)
-        # The broker refuses a user_id other than the connection's user (406).
         self._user = settings.credentials()[0]
 
     def seconds(self, confirm_timeout: float | None) -> float:
@@ -98,15 +102,53 @@ class PublisherBase:
         """Every exchange the start-up check covers: the contracts' and ``exchanges=``."""
         return self.resolver.exchanges(self._exchanges)
 
-    def resolve(
+    # -- publishing -----------------------------------------------------------------------
+    def publish(
         self,
         target: BaseModel | str,
-        routing_key: str | None,
-        body: Body | None,
-        options: PublishOptions,
-    ) -> Resolved:
-        """The wire message of one ``publish`` call."""
-        return self.resolver.call(target, routing_key, body, **options)
+        routing_key: str | None = None,
+        body: Body | None = None,
+        /,
+        *,
+        confirm_timeout: float | None = None,
+        **options: Unpack[PublishOptions],
+    ) -> R:
+        """Publish one message and wait for its confirm; returns its ``message_id``.
+
+        ``publish(event)`` takes exchange, routing key and headers from the event's contract;
+        ``publish(exchange, routing_key, body)`` publishes bytes, plain JSON data or a model.
+        """
+        return self._deliver(
+            lambda: self.resolver.call(target, routing_key, body, **options), confirm_timeout
+        )
+
+    def send_task(
+        self,
+        queue: str,
+        task: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        confirm_timeout: float | None = None,
+        **options: Unpack[TaskOptions],
+    ) -> R:
+        """Enqueue a Celery task on a topology queue as plain AMQP; returns the task id.
+
+        Confirmed and mandatory like every publish; no Celery import needed.
+        """
+        return self._deliver(
+            lambda: self.resolve_task(queue, task, args, kwargs, **options), confirm_timeout
+        )
+
+    def publish_resolved(self, message: Resolved, *, confirm_timeout: float | None = None) -> R:
+        """Send a message resolved by the caller (a copy with :class:`KeptProperties`, say)
+        and wait for its confirm; returns its ``message_id``."""
+        return self._deliver(lambda: message, confirm_timeout)
+
+    def _deliver(self, resolve: Callable[[], Resolved], confirm_timeout: float | None) -> R:
+        """Resolve (errors are the caller's, nothing sent) and send one message, waiting for
+        its confirm: the flavour's I/O."""
+        raise NotImplementedError
 
     def resolve_item(self, item: Outgoing | BaseModel) -> Resolved:
         """The wire message of one ``publish_many`` item."""
@@ -133,9 +175,50 @@ class PublisherBase:
             expires=options.get("expires"),
         )
 
-    def kept_user_id(self, kept: KeptProperties) -> str | None:
-        """A kept ``user_id`` goes out only when it is the connection's user (else 406)."""
-        return kept.user_id if kept.user_id == self._user else None
+    def wire_properties(
+        self,
+        message: Resolved,
+        now: object,
+        stamp: Callable[[datetime | int | None], object],
+        type_key: str,
+    ) -> dict[str, Any]:
+        """The AMQP properties of ``message``, as keywords of the client's properties class:
+        ``now`` is the timestamp in the client's form, ``stamp`` converts a kept one, and
+        ``type_key`` is the client's name of the ``type`` property."""
+        kept = message.kept
+        if kept is None:
+            return {
+                "content_type": CONTENT_TYPE,
+                "delivery_mode": 2 if message.persistent else 1,
+                "headers": message.headers,
+                "message_id": message.message_id,
+                "correlation_id": message.correlation_id,
+                "timestamp": now,
+                type_key: message.event_type,
+                "app_id": self.app_id,
+                "content_encoding": message.content_encoding,
+                "reply_to": message.reply_to,
+            }
+        # A copy keeps every property but its headers and message_id; a user_id goes out only
+        # when it is the connection's user (the broker refuses another with 406).
+        fields = {
+            "content_type": kept.content_type,
+            "content_encoding": kept.content_encoding,
+            "headers": message.headers,
+            "delivery_mode": kept.delivery_mode,
+            "priority": kept.priority,
+            "correlation_id": kept.correlation_id,
+            "reply_to": kept.reply_to,
+            "expiration": kept.expiration,
+            "message_id": message.message_id,
+            "timestamp": stamp(kept.timestamp),
+            type_key: kept.type,
+            "user_id": kept.user_id if kept.user_id == self._user else None,
+            "app_id": kept.app_id,
+        }
+        if kept.cluster_id:  # deprecated in AMQP 0-9-1: pamqp refuses any but the empty one
+            fields["cluster_id"] = kept.cluster_id
+        return fields
 
 
 def item_id(item: object) -> str | None:

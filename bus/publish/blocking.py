@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any, Self, Unpack
 
@@ -25,26 +25,14 @@ from pydantic import BaseModel
 
 from bus.broker.connect import pika_parameters_all, translate_error
 from bus.errors import AccessRefusedError, BrokerError, BusError, NotSentError, PublishError
+from bus.publish import outcomes
 from bus.publish.base import PublisherBase, PublisherOptions, as_seconds, item_id
 from bus.publish.message import (
-    CONTENT_TYPE,
-    Body,
     Outgoing,
-    PublishOptions,
     Resolved,
-    TaskOptions,
     TopologyLike,
 )
-from bus.publish.outcomes import (
-    PublishResult,
-    channel_error,
-    connection_lost,
-    exchanges_missing,
-    nacked,
-    timed_out,
-    unroutable,
-    where,
-)
+from bus.publish.outcomes import PublishResult
 from bus.publish.pipeline import ConfirmPipeline
 from bus.settings import BusSettings, mask_urls
 
@@ -59,7 +47,7 @@ class _DeadlineExpired(Exception):
     """Ends pika's wait for a confirm; never leaves this module."""
 
 
-class BlockingPublisher(PublisherBase):
+class BlockingPublisher(PublisherBase[str]):
     """Confirmed publishing on one pika ``BlockingConnection``.
 
     After a connection-level failure (timeout, lost connection) the next publish reconnects;
@@ -126,40 +114,11 @@ class BlockingPublisher(PublisherBase):
             if probe is not None and probe.is_open:
                 probe.close()
         if missing:
-            raise exchanges_missing(missing, self.settings.vhost)
+            raise outcomes.exchanges_missing(missing, self.settings.vhost)
 
     # -- publishing -----------------------------------------------------------------------
-    def publish(
-        self,
-        target: BaseModel | str,
-        routing_key: str | None = None,
-        body: Body | None = None,
-        /,
-        *,
-        confirm_timeout: float | None = None,
-        **options: Unpack[PublishOptions],
-    ) -> str:
-        """Publish one message and wait for its confirm; returns its ``message_id``."""
-        return self.publish_resolved(
-            self.resolve(target, routing_key, body, options), confirm_timeout=confirm_timeout
-        )
-
-    def send_task(
-        self,
-        queue: str,
-        task: str,
-        args: Sequence[Any] = (),
-        kwargs: Mapping[str, Any] | None = None,
-        *,
-        confirm_timeout: float | None = None,
-        **options: Unpack[TaskOptions],
-    ) -> str:
-        """Enqueue a Celery task on a topology queue as plain AMQP; returns the task id."""
-        message = self.resolve_task(queue, task, args, kwargs, **options)
-        return self.publish_resolved(message, confirm_timeout=confirm_timeout)
-
-    def publish_resolved(self, message: Resolved, *, confirm_timeout: float | None = None) -> str:
-        """Send a message resolved by the caller and wait for its confirm."""
+    def _deliver(self, resolve: Callable[[], Resolved], confirm_timeout: float | None) -> str:
+        message = resolve()
         self._send(message, self.seconds(confirm_timeout))
         return message.message_id
 
@@ -317,35 +276,8 @@ class BlockingPublisher(PublisherBase):
         return channel
 
     def _properties(self, message: Resolved) -> pika.BasicProperties:
-        kept = message.kept
-        if kept is not None:
-            return pika.BasicProperties(
-                content_type=kept.content_type,
-                content_encoding=kept.content_encoding,
-                headers=message.headers,
-                delivery_mode=kept.delivery_mode,
-                priority=kept.priority,
-                correlation_id=kept.correlation_id,
-                reply_to=kept.reply_to,
-                expiration=kept.expiration,
-                message_id=message.message_id,
-                timestamp=as_seconds(kept.timestamp),
-                type=kept.type,
-                user_id=self.kept_user_id(kept),
-                app_id=kept.app_id,
-                cluster_id=kept.cluster_id,
-            )
         return pika.BasicProperties(
-            content_type=CONTENT_TYPE,
-            delivery_mode=2 if message.persistent else 1,
-            headers=message.headers,
-            message_id=message.message_id,
-            correlation_id=message.correlation_id,
-            timestamp=int(time.time()),
-            type=message.event_type,
-            app_id=self.app_id,
-            content_encoding=message.content_encoding,
-            reply_to=message.reply_to,
+            **self.wire_properties(message, int(time.time()), as_seconds, "type")
         )
 
     def _send(self, message: Resolved, seconds: float) -> None:
@@ -356,7 +288,7 @@ class BlockingPublisher(PublisherBase):
         except (pika.exceptions.AMQPError, OSError) as exc:
             self._drop()
             raise PublishError(
-                f"cannot open a channel to publish to {where(message)}: {exc}"
+                f"cannot open a channel to publish to {outcomes.where(message)}: {exc}"
             ) from None
         connection = self._connection
         # BlockingChannel waits for the confirm with no deadline of its own. When ours
@@ -378,20 +310,22 @@ class BlockingPublisher(PublisherBase):
                 mandatory=True,
             )
         except pika.exceptions.UnroutableError as exc:
-            raise unroutable(exc.messages[0].method if exc.messages else None, message) from None
+            raise outcomes.unroutable(
+                exc.messages[0].method if exc.messages else None, message
+            ) from None
         except pika.exceptions.NackError:
             self._renew_channel(channel)
-            raise nacked(message) from None
+            raise outcomes.nacked(message) from None
         except (_DeadlineExpired, pika.exceptions.ConnectionBlockedTimeout) as exc:
             self._drop()
             blocked = isinstance(exc, pika.exceptions.ConnectionBlockedTimeout)
-            raise timed_out(message, seconds, blocked=blocked) from None
+            raise outcomes.timed_out(message, seconds, blocked=blocked) from None
         except pika.exceptions.ChannelClosedByBroker as exc:
             self._channel = None
             raise _channel_error(exc, message, self) from None
         except (pika.exceptions.AMQPError, OSError) as exc:
             self._drop()
-            raise connection_lost(message, repr(exc)) from None
+            raise outcomes.connection_lost(message, repr(exc)) from None
         finally:
             if expired and self._connection is connection:
                 # The confirm won the race against the deadline, but the stream is already
@@ -439,7 +373,7 @@ def _missing_or_raise(
 
 
 def _channel_error(
-    exc: pika.exceptions.ChannelClosedByBroker, message: Resolved, publisher: PublisherBase
+    exc: pika.exceptions.ChannelClosedByBroker, message: Resolved, publisher: PublisherBase[Any]
 ) -> BusError:
     text = f"{exc.reply_code} {exc.reply_text}"
-    return channel_error(exc.reply_code, text, exc.reply_text, message, publisher.settings)
+    return outcomes.channel_error(exc.reply_code, text, exc.reply_text, message, publisher.settings)

@@ -41,6 +41,7 @@ __all__ = [
     "ManagementAPIError",
     "MessageTooLargeError",
     "NotFoundError",
+    "NotSentError",
     "PlanConflictError",
     "PlanUnverifiedError",
     "PublishError",
@@ -222,6 +223,11 @@ class PublishNackedError(PublishError):
 
 class PublishTimeoutError(PublishError):
     """No confirm arrived within the deadline (e.g. a blocked connection)."""
+
+
+class NotSentError(PublishError):
+    """Never written: an earlier message of an in-order batch lost its channel or connection,
+    so this one was held back (sending it on a new channel could overtake an unconfirmed one)."""
 
 
 class MessageTooLargeError(PublishError):

@@ -27,13 +27,13 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Unpack
 
 from pydantic import BaseModel
 
 from bus.contracts import ContractRegistry
 from bus.errors import AccessRefusedError, ContractError, NotFoundError, UnroutableError
-from bus.outgoing import CONTENT_TYPE, Body, Resolver
+from bus.publish.message import CONTENT_TYPE, Body, PublishOptions, Resolver
 from bus.routing import DeadLetterReason, Route, Router
 from bus.topology.expand import ExpandedTopology
 from bus.topology.load import LoadedTopology
@@ -92,23 +92,12 @@ class FakeBus:
         routing_key: str | None = None,
         body: Body | None = None,
         /,
-        *,
-        event_name: str | None = None,
-        event_type: str | None = None,
-        headers: Mapping[str, Any] | None = None,
-        message_id: str | None = None,
-        correlation_id: str | None = None,
-        traceparent: str | None = None,
-        persistent: bool = True,
+        **options: Unpack[PublishOptions],
     ) -> str:
         """``publish(event)`` through its contract, or ``publish(exchange, key, body)``;
         returns the ``message_id``, like the real publisher."""
         # The real publishers' resolution: same contracts, body, ids, headers and size limit.
-        resolved = self.resolver.call(
-            target, routing_key, body, event_name=event_name, event_type=event_type,
-            headers=headers, message_id=message_id, correlation_id=correlation_id,
-            traceparent=traceparent, persistent=persistent,
-        )  # fmt: skip
+        resolved = self.resolver.call(target, routing_key, body, **options)
         exchange, key, table = resolved.exchange, resolved.routing_key, resolved.headers or {}
         message = FakeMessage(
             queue="",
@@ -232,6 +221,6 @@ class AsyncFakePublisher:
         routing_key: str | None = None,
         body: Body | None = None,
         /,
-        **options: Any,
+        **options: Unpack[PublishOptions],
     ) -> str:
         return self.bus.publish(target, routing_key, body, **options)

@@ -8,24 +8,14 @@ The decision is :func:`consumers.policy.decide`; this is its execution, mixed in
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections import Counter, OrderedDict
 from typing import TYPE_CHECKING, Any
 
-import aio_pika
-import aiormq
-from aio_pika.abc import (
-    AbstractExchange,
-    AbstractRobustChannel,
-    AbstractRobustConnection,
-    DeliveryMode,
-)
-
-from bus.broker.connect import close_later
-from bus.errors import AccessRefusedError, BrokerError
+from bus.errors import PublishNackedError
 from bus.headers import safe_headers
+from bus.publish import AsyncPublisher, KeptProperties, Resolved
 from bus.settings import BusSettings
 from bus.topology import ExpandedTopology
 from consumers.decode import Decoder
@@ -76,14 +66,11 @@ class FailureHandling:
     topology: ExpandedTopology
     metrics: ConsumerMetrics | None
     backoff: Backoff
-    connection: AbstractRobustConnection | None
-    publish_channel: AbstractRobustChannel | None
-    exchanges: dict[str, AbstractExchange]
+    publisher: AsyncPublisher
     decoder: Decoder
     dropped: Counter[str]
     """Messages rejected without a dead-letter exchange (rule 5), per queue."""
     _requeues: OrderedDict[str, int]
-    _retired: set[asyncio.Handle | asyncio.Task[None]]
 
     def _attempts(self, consumer: QueueConsumer, message: Message) -> int:
         """Requeues seen by this process (the broker counts none on classic queues).
@@ -216,21 +203,12 @@ class FailureHandling:
         key = spec.arguments.get("x-dead-letter-routing-key")
         return key if isinstance(key, str) else message.routing_key
 
-    async def _exchange(self, name: str) -> AbstractExchange:
-        channel = self.publish_channel
-        if channel is None:
-            raise BrokerError("not started")
-        if name == "":
-            return channel.default_exchange
-        exchange = self.exchanges.get(name)
-        if exchange is None:
-            exchange = self.exchanges[name] = await channel.get_exchange(name, ensure=False)
-        return exchange
-
     async def _republish(
         self, message: Message, exchange: str, routing_key: str, extra: dict[str, Any]
     ) -> None:
-        """A confirmed, persistent, mandatory copy of ``message`` (raises when not confirmed)."""
+        """A confirmed, persistent, mandatory copy of ``message`` (raises when not confirmed),
+        through the publishing core: after a nack it publishes on a new channel (the rule of
+        :meth:`bus.publish.AsyncPublisher._retire`)."""
         props = message.delivered.header.properties
         # Broker-owned headers are never forwarded as a publisher wrote them: a forged x-death
         # crashes the broker's dead-lettering when the copy expires from a delay queue.
@@ -248,69 +226,27 @@ class FailureHandling:
         name = self.decoder.event_name(
             props.message_type, message.original_exchange, message.original_routing_key, headers
         )
-        copy = aio_pika.Message(
-            message.body,
-            headers=headers,
+        kept = KeptProperties(
             content_type=props.content_type,
             content_encoding=props.content_encoding,
-            delivery_mode=DeliveryMode.PERSISTENT,
+            delivery_mode=2,  # persistent, whatever the original was
             priority=props.priority,
             correlation_id=props.correlation_id,
             reply_to=props.reply_to,
-            # Returned messages are matched by id: never publish a copy without one.
-            message_id=props.message_id or str(uuid.uuid4()),
             timestamp=props.timestamp,
             type=name,
             app_id=props.app_id,
         )
-        channel = self.publish_channel
-        target = await self._exchange(exchange)
+        # Returned messages are matched by id: never publish a copy without one.
+        message_id = props.message_id or str(uuid.uuid4())
+        copy = Resolved(
+            exchange, routing_key, message.body, name, headers, message_id,
+            props.correlation_id or "", True, kept=kept,
+        )  # fmt: skip
+        # Retries go through the default exchange: write on 'amq.default' is needed (the
+        # core's AccessRefusedError says so).
         try:
-            async with asyncio.timeout(self.app.publish_timeout):
-                await target.publish(copy, routing_key, mandatory=True)
-        except aiormq.exceptions.PublishError:
-            raise  # returned unroutable: the channel is fine
-        except aiormq.exceptions.DeliveryError:
-            await self._renew_publish_channel(channel)
+            await self.publisher.publish_resolved(copy)
+        except PublishNackedError:
+            log.info("broker nacked a copy: publishing retries and dead letters on a new channel")
             raise
-        except aiormq.exceptions.ChannelAccessRefused as exc:
-            # Retries go through the default exchange: write on 'amq.default' is needed.
-            raise AccessRefusedError.from_reply(
-                str(exc), "write", kind="exchange", name=exchange or "amq.default",
-                vhost=self.settings.vhost, user=self.settings.credentials()[0],
-            ) from None  # fmt: skip
-        except asyncio.CancelledError:
-            # aiormq rejects pending confirms with CancelledError when it drops a link it
-            # found stuck (no frame within the heartbeat grace). This worker was not
-            # cancelled: report a lost connection (the delivery is redelivered) instead of
-            # letting the worker task end, which would leave the consumer holding its
-            # prefetched deliveries with nobody to handle them.
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise
-            raise BrokerError(
-                f"connection lost before the broker confirmed the copy to {exchange!r}"
-            ) from None
-
-    async def _renew_publish_channel(self, nacked: AbstractRobustChannel | None) -> None:
-        """Republish on a fresh channel once the broker nacked a copy on ``nacked``.
-
-        RabbitMQ 3.10.8 can keep nacking every publish on a channel whose first publish to a
-        quorum queue met its leader just killed, while a new channel is accepted (see
-        ``producers.publisher.Publisher._retire``). Copies still awaiting their confirm on
-        the old channel keep it until the publish timeout has passed.
-        """
-        connection = self.connection
-        if nacked is None or nacked is not self.publish_channel or connection is None:
-            return  # already replaced after another nack
-        try:
-            fresh = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        except Exception as exc:
-            log.warning("could not open a new publishing channel after a nack (%s)", exc)
-            return
-        if self.publish_channel is not nacked:
-            await fresh.close()  # another worker replaced it while this one was opening
-            return
-        self.publish_channel, self.exchanges = fresh, {}
-        log.info("broker nacked a copy: publishing retries and dead letters on a new channel")
-        close_later(nacked.close, self.app.publish_timeout, self._retired)

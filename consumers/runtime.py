@@ -85,12 +85,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import aiormq
-from aio_pika.abc import (
-    AbstractExchange,
-    AbstractRobustChannel,
-    AbstractRobustConnection,
-)
+from aio_pika.abc import AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 
 from bus import lenient
@@ -98,6 +95,7 @@ from bus.broker.connect import connect_async
 from bus.contracts import ContractRegistry
 from bus.errors import AccessRefusedError, BrokerError, NotFoundError, UsageError
 from bus.lenient import UNDECODABLE_HEADER
+from bus.publish import AsyncPublisher
 from bus.settings import BusSettings, mask_url
 from bus.topology import ExpandedTopology, LoadedTopology, load_topology
 from consumers.decode import Decoder, InvalidMessageError
@@ -241,8 +239,8 @@ class Runtime(FailureHandling):
         self.decoder = Decoder(ContractRegistry.of(self.topology))
         self.consumers = self._select(queues)
         self.connection: AbstractRobustConnection | None = None
-        self.publish_channel: AbstractRobustChannel | None = None
-        self.exchanges: dict[str, AbstractExchange] = {}
+        # Retry and dead-letter copies go out through the publishing core, on this connection.
+        self.publisher = AsyncPublisher(settings, confirm_timeout=app.publish_timeout)
         self.background: set[asyncio.Task[Any]] = set()
         self.fatal: BrokerError | None = None
         self._stop = asyncio.Event()
@@ -252,7 +250,11 @@ class Runtime(FailureHandling):
         self._requeues: OrderedDict[str, int] = OrderedDict()
         self.dropped: Counter[str] = Counter()
         """Messages rejected without a dead-letter exchange (rule 5), per queue."""
-        self._retired: set[asyncio.Handle | asyncio.Task[None]] = set()
+
+    @property
+    def publish_channel(self) -> aio_pika.Channel | None:
+        """The channel copies go out on now (a new one after the broker nacked a copy)."""
+        return self.publisher.channel
 
     def _select(self, queues: Iterable[str] | None) -> list[QueueConsumer]:
         wanted = list(self.app.handlers) if queues is None else list(dict.fromkeys(queues))
@@ -284,9 +286,7 @@ class Runtime(FailureHandling):
         self.connection = connection
         try:
             await self._check_topology(connection)
-            self.publish_channel = await connection.channel(
-                publisher_confirms=True, on_return_raises=True
-            )
+            await self.publisher.start_on(connection)
             for consumer in self.consumers:
                 await consumer.start(connection)
         except BaseException:
@@ -394,8 +394,7 @@ class Runtime(FailureHandling):
             for task in list(self.background):
                 with contextlib.suppress(Exception):
                     await task
-            for pending in self._retired:
-                pending.cancel()  # closing the connection closes the retired channels too
+            await self.publisher.close()  # the connection's close closes its channels
             if self.connection is not None:
                 await self.connection.close()
         dropped = sum(c.session.dropped for c in self.consumers if c.session is not None)

@@ -1,7 +1,8 @@
 """The relay: publishes committed outbox rows with confirms, then deletes them.
 
-One cycle claims a batch, publishes it with :meth:`producers.SyncPublisher.publish_many`
-(pipelined, confirms and ``mandatory`` on), and deletes each row only after its confirm.
+One cycle claims a batch, publishes it through the publishing core
+(:meth:`bus.publish.BlockingPublisher.publish_many`,
+pipelined, confirms and ``mandatory`` on), and deletes each row only after its confirm.
 
 *Claiming.* A claim is one ``UPDATE ... RETURNING`` that puts this relay's id and a lease end
 on up to ``batch_size`` rows, in ``seq`` order; on PostgreSQL the candidate rows are locked
@@ -41,8 +42,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from bus.errors import BusError
 from bus.outbox.add import outgoing_from_row
 from bus.outbox.table import OutboxError, make_engine, notify_channel, outbox_table
+from bus.publish import BlockingPublisher, PublishResult
 from bus.settings import BusSettings
-from producers import PublishResult, SyncPublisher
 
 __all__ = ["Backlog", "Relay", "RelayStats", "backlog", "outbox_backlog"]
 
@@ -126,7 +127,7 @@ class Relay:
     def __init__(
         self,
         engine: Engine,
-        publisher: SyncPublisher,
+        publisher: BlockingPublisher,
         *,
         table: Table | None = None,
         batch_size: int = DEFAULT_BATCH,
@@ -159,7 +160,7 @@ class Relay:
     @classmethod
     def connect(cls, db_url: str, settings: BusSettings, **options: Any) -> Relay:
         """A relay with its own engine and publisher (connected now; :meth:`close` them)."""
-        publisher = SyncPublisher(settings, connection_name="amqp-bus-outbox-relay").start()
+        publisher = BlockingPublisher(settings, connection_name="amqp-bus-outbox-relay").start()
         relay = cls(make_engine(db_url), publisher, **options)
         relay._owned = True
         return relay

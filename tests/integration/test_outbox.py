@@ -26,8 +26,8 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from bus.outbox import Outbox, Relay, backlog, create_outbox, make_engine, outbox_table
-from bus.outgoing import Outgoing
 from bus.provision import ProvidedBroker
+from bus.publish import Outgoing
 from bus.settings import BusSettings
 from bus.topology import LoadedTopology, parse_topology
 from producers import SyncPublisher

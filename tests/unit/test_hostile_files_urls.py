@@ -16,8 +16,8 @@ import pytest
 
 from bus.cli import main
 from bus.files import MAX_TOPOLOGY_BYTES
-from bus.outgoing import DEFAULT_MAX_MESSAGE_SIZE
 from bus.patterns import compile_name_pattern
+from bus.publish import DEFAULT_MAX_MESSAGE_SIZE
 from bus.settings import BusSettings, mask_url, redact, url_problem
 
 SHIPPED = Path(__file__).resolve().parents[2] / "topology.yaml"

@@ -12,7 +12,7 @@ from sqlalchemy import insert, select
 from bus.errors import ContractError
 from bus.outbox import Outbox, RelayStats, create_outbox, make_engine, outbox_table
 from bus.outbox.add import outgoing_from_row
-from bus.outgoing import Outgoing, Resolver
+from bus.publish import Outgoing, Resolver
 from bus.topology import parse_topology
 from producers.events import CancelOrder, OrderCreated
 

@@ -1,4 +1,4 @@
-"""The one pre-send check both publishers and the test double share (``bus.outgoing``).
+"""The one pre-send check both publishers and the test double share (``bus.publish.wire``).
 
 The broker-facing proof is tests/security/test_hostile_publish.py; here the rule itself, with
 the edges a real publish would hit: multibyte names, nesting, types, 64-bit integers.
@@ -14,7 +14,8 @@ import pytest
 
 from bus.errors import PublishError, UnsendableMessageError
 from bus.fake import FakeBus
-from bus.outgoing import MAX_HEADER_DEPTH, Resolver
+from bus.publish import Resolver
+from bus.publish.wire import MAX_HEADER_DEPTH
 from bus.topology import parse_topology
 
 TOPOLOGY = """\

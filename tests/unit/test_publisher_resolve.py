@@ -11,7 +11,7 @@ import pytest
 from pydantic import BaseModel
 
 from bus.errors import ContractError, MessageTooLargeError
-from bus.outgoing import Resolved, Resolver
+from bus.publish import Resolved, Resolver
 from bus.topology import parse_topology
 from producers import Outgoing
 from producers.events import CancelOrder, EmailRequested, OrderCreated, OrderPaid

@@ -1,4 +1,5 @@
-"""Pipelined confirmed publishing on a pika ``BlockingConnection`` (``SyncPublisher.publish_many``).
+"""Pipelined confirmed publishing on a pika ``BlockingConnection`` (``publish_many`` of
+:class:`bus.publish.blocking.BlockingPublisher`).
 
 pika's ``BlockingChannel`` waits for each confirm inside ``basic_publish``: one message per
 round trip. A :class:`ConfirmPipeline` keeps up to ``window`` publishes unconfirmed on a
@@ -6,7 +7,7 @@ channel of its own instead: the channel's underlying ``pika.channel.Channel`` ge
 pipeline's confirm, return and close callbacks, each publish is written without waiting, and
 the connection's I/O loop runs until the window has room. pika's blocking adapter has no
 public "run the I/O loop until this holds"; the pipeline uses the one ``BlockingChannel``
-itself uses (``BlockingConnection._flush_output``), as ``SyncPublisher`` already uses the
+itself uses (``BlockingConnection._flush_output``), as the publisher already uses the
 adapter's I/O loop for its deadlines.
 
 Outcomes follow the broker's rules: an ack or nack covers every tag up to its own when
@@ -27,15 +28,17 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from bus.errors import (
-    BusError,
-    PublishError,
-    PublishNackedError,
-    PublishTimeoutError,
-    UnroutableError,
+from bus.errors import BusError, PublishError, UnroutableError
+from bus.publish.message import Resolved
+from bus.publish.outcomes import (
+    closed_over_another,
+    connection_lost,
+    first_refused,
+    nacked,
+    timed_out,
+    unroutable,
+    where,
 )
-from bus.outgoing import Resolved
-from producers._common import closed_over_another, first_refused, where
 
 __all__ = ["ConfirmPipeline"]
 
@@ -132,13 +135,7 @@ class ConfirmPipeline:
                 return  # nothing unconfirmed: whatever was awaited cannot change
             self._run_until(ready, oldest.deadline)
             if not self.dead and time.monotonic() >= oldest.deadline and not ready():
-                self._fail_all(
-                    lambda m: PublishTimeoutError(
-                        f"no confirm within the deadline for {where(m)} (broker blocked by a "
-                        "resource alarm, overloaded or unreachable); the message may or may "
-                        "not have been delivered"
-                    )
-                )
+                self._fail_all(lambda m: timed_out(m, None))
 
     def _run_until(self, ready: Callable[[], bool], deadline: float | None) -> None:
         connection = self.connection
@@ -164,7 +161,7 @@ class ConfirmPipeline:
     # -- broker callbacks -----------------------------------------------------------------
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
-        tag, nacked = method.delivery_tag, isinstance(method, pika.spec.Basic.Nack)
+        tag, is_nack = method.delivery_tag, isinstance(method, pika.spec.Basic.Nack)
         if method.multiple:
             tags = []
             for pending in self._unconfirmed:
@@ -175,11 +172,8 @@ class ConfirmPipeline:
             tags = [tag] if tag in self._unconfirmed else []
         for settled in tags:
             entry = self._forget(settled)
-            if nacked:
-                self.failed[entry.index] = PublishNackedError(
-                    f"broker nacked the message to {where(entry.message)} "
-                    "(e.g. a full queue with overflow reject-publish)"
-                )
+            if is_nack:
+                self.failed[entry.index] = nacked(entry.message)
             elif entry.returned is not None:
                 self.failed[entry.index] = entry.returned
 
@@ -187,9 +181,7 @@ class ConfirmPipeline:
         tag = self._tag_of.get(properties.message_id)
         entry = self._unconfirmed.get(tag) if tag is not None else None
         if entry is not None:
-            entry.returned = UnroutableError(
-                method.exchange, method.routing_key, f"{method.reply_code} {method.reply_text}"
-            )
+            entry.returned = unroutable(method, entry.message)
 
     def _on_close(self, _channel: Any, reason: Exception) -> None:
         if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
@@ -222,19 +214,9 @@ class ConfirmPipeline:
 
     def _connection_lost(self, exc: BaseException) -> None:
         if isinstance(exc, pika.exceptions.ConnectionBlockedTimeout):
-            self._fail_all(
-                lambda m: PublishTimeoutError(
-                    f"no confirm for {where(m)}: connection blocked by a broker resource "
-                    "alarm; the message may or may not have been delivered"
-                )
-            )
+            self._fail_all(lambda m: timed_out(m, None, blocked=True))
         else:
-            self._fail_all(
-                lambda m: PublishError(
-                    f"connection to the broker lost before the confirm for {where(m)}: "
-                    f"{exc!r}; the message may or may not have been delivered"
-                )
-            )
+            self._fail_all(lambda m: connection_lost(m, repr(exc)))
 
     def _fail_all(self, error: Callable[[Resolved], Exception]) -> None:
         """Every unconfirmed message failed; the pipeline takes no more (its tags are void)."""

@@ -1,0 +1,395 @@
+"""From a publish call to the wire message: contracts, bodies, ids and headers, once.
+
+Resolving (an event to its contract's exchange, routing key and headers) and encoding (the
+body) for the async and the sync publisher, the outbox and the in-memory
+:class:`~bus.fake.FakeBus`: each turns a call into the same message (README, "Publishing from
+another service", on the wire) through :class:`Resolver`, which also applies the pre-send wire
+check (:mod:`bus.publish.wire`). The keywords of a publish call are defined here once
+(:class:`PublishOptions`, :class:`TaskOptions`) and every ``publish``/``send_task`` takes them.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypedDict, Unpack
+
+from pydantic import BaseModel
+
+from bus.celery_message import build_task_message, celery_route
+from bus.contracts import Contract, ContractRegistry
+from bus.errors import ContractError, UsageError
+from bus.publish.wire import check_short_string, check_size, check_wire
+from bus.topology import ExpandedTopology, LoadedTopology
+
+__all__ = [
+    "CONTENT_TYPE",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "Body",
+    "KeptProperties",
+    "Outgoing",
+    "PublishOptions",
+    "Resolved",
+    "Resolver",
+    "TaskOptions",
+    "TopologyLike",
+    "encode_body",
+    "new_message_id",
+]
+
+CONTENT_TYPE = "application/json"
+
+# RabbitMQ 4.x lowered its own max_message_size default to 16 MiB (3.10 allows 128 MiB):
+# larger messages stall the connection and the queue, so refuse them before they are sent.
+DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+
+Body = bytes | bytearray | memoryview | Mapping[str, Any] | list[Any] | BaseModel
+TopologyLike = LoadedTopology | ExpandedTopology
+
+
+class PublishOptions(TypedDict, total=False):
+    """The keywords of ``publish`` (both publishers and the fake bus), defined once.
+
+    ``event_name`` picks the contract of a typed event; ``event_type`` sets the AMQP ``type``
+    of an explicit ``(exchange, routing_key, body)`` message.
+    """
+
+    event_name: str | None
+    event_type: str | None
+    headers: Mapping[str, Any] | None
+    message_id: str | None
+    correlation_id: str | None
+    traceparent: str | None
+    persistent: bool
+
+
+class TaskOptions(TypedDict, total=False):
+    """The keywords of ``send_task`` (a Celery task as plain AMQP), defined once."""
+
+    task_id: str | None
+    ignore_result: bool
+    reply_to: str | None
+    expires: datetime | None
+
+
+_PUBLISH_OPTIONS = frozenset(PublishOptions.__annotations__)
+
+
+def new_message_id() -> str:
+    return str(uuid.uuid4())
+
+
+def encode_body(body: Body) -> bytes:
+    """The wire body: the model's JSON, JSON of plain data, or bytes as given."""
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, BaseModel):
+        # to_json gives bytes directly; model_dump_json would decode and we would re-encode.
+        return type(body).__pydantic_serializer__.to_json(body)
+    if isinstance(body, bytearray | memoryview):
+        return bytes(body)
+    try:
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"message body is not JSON-serialisable: {exc}") from None
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """One explicit message for :meth:`publish_many` (typed events are passed as models)."""
+
+    exchange: str
+    routing_key: str
+    body: Body
+    headers: Mapping[str, Any] | None = None
+    event_type: str | None = None
+    message_id: str | None = None
+    correlation_id: str | None = None
+    traceparent: str | None = None
+    persistent: bool = True
+    # Set for a message stored earlier (a Celery task kept in the transactional outbox).
+    content_encoding: str | None = None
+    reply_to: str | None = None
+
+
+@dataclass(slots=True)
+class KeptProperties:
+    """The properties of a message sent again as it was received (a retry or dead-letter copy
+    of the consumer runtime, a DLQ replay): put on the wire as they are, instead of the ones a
+    publisher builds (``timestamp`` now, its ``app_id``, ``application/json``)."""
+
+    content_type: str | None = None
+    content_encoding: str | None = None
+    delivery_mode: int | None = None
+    priority: int | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    expiration: str | None = None
+    # pika gives seconds since the epoch, aiormq a datetime: each publisher takes either.
+    timestamp: datetime | int | None = None
+    type: str | None = None
+    user_id: str | None = None
+    app_id: str | None = None
+    cluster_id: str | None = None
+
+
+@dataclass(slots=True)
+class Resolved:
+    """A message ready for the wire; ``kept`` replaces every property but the headers and
+    the ``message_id`` (see :class:`KeptProperties`)."""
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    event_type: str | None
+    headers: dict[str, Any] | None
+    message_id: str
+    correlation_id: str
+    persistent: bool
+    content_encoding: str | None = None
+    reply_to: str | None = None
+    kept: KeptProperties | None = None
+
+
+class Resolver:
+    """Contracts of a topology and the mapping of publish calls onto wire messages."""
+
+    def __init__(
+        self,
+        topology: TopologyLike | None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        *,
+        contracts: ContractRegistry | None = None,
+    ) -> None:
+        if max_message_size <= 0:
+            raise ValueError("max_message_size must be positive")
+        expanded = topology.expanded if isinstance(topology, LoadedTopology) else topology
+        self.expanded = expanded
+        if contracts is None:
+            contracts = ContractRegistry(expanded.events if expanded is not None else {})
+        self.contracts = contracts
+        self.max_message_size = max_message_size
+        self._by_type: dict[type[BaseModel], Contract] = {}
+
+    def contract_for(self, event: BaseModel, name: str | None = None) -> Contract:
+        if name is not None:
+            contract = self.contracts.by_name(name)
+            if not isinstance(event, contract.model):
+                raise ContractError(
+                    f"event {name!r} expects {contract.model.__qualname__}, "
+                    f"got {type(event).__qualname__}"
+                )
+            return contract
+        cls = type(event)
+        cached = self._by_type.get(cls)
+        if cached is None:
+            cached = self._by_type[cls] = self.contracts.for_model(cls)
+        return cached
+
+    def exchanges(self, extra: Iterable[str] = ()) -> list[str]:
+        """Every exchange a start-up check covers: the contracts' and ``extra`` (not ``""``)."""
+        extra = list(extra)
+        for name in extra:
+            check_short_string(name, "exchange name")
+        names = {c.exchange for c in self.contracts} | set(extra)
+        names.discard("")
+        return sorted(names)
+
+    def event(
+        self,
+        event: BaseModel,
+        *,
+        name: str | None,
+        headers: Mapping[str, Any] | None,
+        message_id: str | None,
+        correlation_id: str | None,
+        traceparent: str | None,
+        persistent: bool,
+    ) -> Resolved:
+        contract = self.contract_for(event, name)
+        return self._finish(
+            contract.exchange,
+            contract.routing_key,
+            encode_body(event),
+            contract.name,
+            _merge(contract.headers, headers, traceparent),
+            message_id,
+            correlation_id,
+            persistent,
+        )
+
+    def call(
+        self,
+        target: BaseModel | str,
+        routing_key: str | None = None,
+        body: Body | None = None,
+        /,
+        **options: Unpack[PublishOptions],
+    ) -> Resolved:
+        """One ``publish`` call of either publisher: ``(event)`` or ``(exchange, key, body)``."""
+        if not _PUBLISH_OPTIONS.issuperset(options):
+            unknown = ", ".join(sorted(set(options) - _PUBLISH_OPTIONS))
+            raise TypeError(f"publish() got unexpected keyword argument(s): {unknown}")
+        if isinstance(target, BaseModel):
+            return self.event(
+                target,
+                name=options.get("event_name"),
+                headers=options.get("headers"),
+                message_id=options.get("message_id"),
+                correlation_id=options.get("correlation_id"),
+                traceparent=options.get("traceparent"),
+                persistent=options.get("persistent", True),
+            )
+        if routing_key is None or body is None:
+            raise TypeError("publish(exchange, routing_key, body) needs all three")
+        return self.explicit(
+            target,
+            routing_key,
+            body,
+            event_type=options.get("event_type"),
+            headers=options.get("headers"),
+            message_id=options.get("message_id"),
+            correlation_id=options.get("correlation_id"),
+            traceparent=options.get("traceparent"),
+            persistent=options.get("persistent", True),
+        )
+
+    def explicit(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: Body,
+        *,
+        event_type: str | None,
+        headers: Mapping[str, Any] | None,
+        message_id: str | None,
+        correlation_id: str | None,
+        traceparent: str | None,
+        persistent: bool,
+    ) -> Resolved:
+        if event_type is None and isinstance(body, BaseModel):
+            # A model body still says what it is when the topology knows the model.
+            try:
+                event_type = self.contract_for(body).name
+            except ContractError:
+                event_type = None
+        return self._finish(
+            exchange,
+            routing_key,
+            encode_body(body),
+            event_type,
+            _merge(None, headers, traceparent),
+            message_id,
+            correlation_id,
+            persistent,
+        )
+
+    def task(
+        self,
+        queue: str,
+        task: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any] | None,
+        *,
+        task_id: str | None,
+        origin: str,
+        ignore_result: bool,
+        reply_to: str | None,
+        expires: datetime | None,
+    ) -> Resolved:
+        """A Celery protocol-2 task message for a topology queue marked ``celery:``."""
+        if self.expanded is None:
+            raise UsageError("send_task needs the topology (to find the Celery queue's route)")
+        route = celery_route(self.expanded, queue)
+        message = build_task_message(
+            task,
+            args,
+            kwargs,
+            task_id=task_id,
+            origin=origin,
+            ignore_result=ignore_result,
+            reply_to=reply_to,
+            expires=expires,
+        )
+        check_size(message.body, self.max_message_size, route.exchange, route.routing_key)
+        # Celery reads the task id from correlation_id; message_id carries it too so the
+        # id a caller logs is the one it sees on the wire.
+        resolved = Resolved(
+            route.exchange,
+            route.routing_key,
+            message.body,
+            None,
+            message.headers,
+            message.task_id,
+            message.task_id,
+            True,
+            content_encoding=message.content_encoding,
+            reply_to=message.reply_to,
+        )
+        check_wire(resolved)
+        return resolved
+
+    def item(self, item: Outgoing | BaseModel) -> Resolved:
+        if isinstance(item, BaseModel):
+            return self.event(
+                item,
+                name=None,
+                headers=None,
+                message_id=None,
+                correlation_id=None,
+                traceparent=None,
+                persistent=True,
+            )
+        resolved = self.explicit(
+            item.exchange,
+            item.routing_key,
+            item.body,
+            event_type=item.event_type,
+            headers=item.headers,
+            message_id=item.message_id,
+            correlation_id=item.correlation_id,
+            traceparent=item.traceparent,
+            persistent=item.persistent,
+        )
+        resolved.content_encoding = item.content_encoding
+        resolved.reply_to = item.reply_to
+        return resolved
+
+    def _finish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        event_type: str | None,
+        headers: dict[str, Any] | None,
+        message_id: str | None,
+        correlation_id: str | None,
+        persistent: bool,
+    ) -> Resolved:
+        check_size(body, self.max_message_size, exchange, routing_key)
+        mid = message_id or new_message_id()
+        # A message that starts a conversation correlates with itself; replies and
+        # follow-ups pass the correlation_id on.
+        resolved = Resolved(
+            exchange, routing_key, body, event_type, headers, mid, correlation_id or mid, persistent
+        )
+        check_wire(resolved)
+        return resolved
+
+
+def _merge(
+    contract_headers: Mapping[str, Any] | None,
+    headers: Mapping[str, Any] | None,
+    traceparent: str | None,
+) -> dict[str, Any] | None:
+    if not contract_headers and not headers and traceparent is None:
+        return None
+    merged: dict[str, Any] = dict(contract_headers or {})
+    if headers:
+        merged.update(headers)
+    if traceparent is not None:
+        merged["traceparent"] = traceparent
+    return merged

@@ -19,12 +19,6 @@ PACKAGES = ("bus", "producers", "consumers")
 TOP = ("bus.cli", "bus.demo", "bus.__main__")
 MIDDLE = ("producers", "consumers")
 
-# Bottom modules that still import a middle layer, being moved by other work of issue 18 (the
-# one publishing core): drop an entry when its import goes; the test fails on a stale one.
-KNOWN_UPWARD = {
-    ("bus.dlq_publish", "producers"),  # republishes through SyncPublisher/ConfirmPipeline
-    ("bus.outbox.relay", "producers"),  # relays through SyncPublisher
-}
 
 
 def _within(name: str, roots: tuple[str, ...]) -> bool:
@@ -81,14 +75,8 @@ def _upward_imports() -> set[tuple[str, str]]:
 
 
 def test_no_module_imports_a_layer_above_its_own() -> None:
-    upward = _upward_imports() - KNOWN_UPWARD
+    upward = _upward_imports()
     assert not upward, "\n".join(f"{module} imports {target}" for module, target in sorted(upward))
-
-
-def test_the_known_exceptions_are_still_there() -> None:
-    # An exception that no longer holds is removed here, so it cannot come back unnoticed.
-    stale = KNOWN_UPWARD - _upward_imports()
-    assert not stale, f"no longer imported upward, remove from KNOWN_UPWARD: {sorted(stale)}"
 
 
 @pytest.mark.parametrize(

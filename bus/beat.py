@@ -20,9 +20,8 @@ from celery import Celery
 from celery.schedules import crontab
 
 from bus.celery_app import build_app, start_celery
-from bus.celery_app.config import DEFAULT_TOPOLOGY_FILE
 from bus.errors import UsageError
-from bus.settings import BusSettings, CeleryFileSettings
+from bus.settings import BeatSettings, BusSettings, TopologySettings
 from bus.topology import ExpandedTopology, LoadedTopology, load_topology
 from bus.topology.model import Schedule
 
@@ -39,9 +38,9 @@ __all__ = [
 DEFAULT_SCHEDULE_FILE = "celerybeat-schedule"
 
 
-def default_schedule_file(files: CeleryFileSettings | None = None) -> Path:
+def default_schedule_file(files: BeatSettings | None = None) -> Path:
     """``$BUS_BEAT_SCHEDULE_FILE``, else ``./celerybeat-schedule``."""
-    files = files or CeleryFileSettings()
+    files = files or BeatSettings()
     return files.beat_schedule_file or Path(DEFAULT_SCHEDULE_FILE)
 
 
@@ -92,14 +91,14 @@ def run_beat(
     loglevel: str = "INFO",
     *,
     settings: BusSettings | None = None,
-    files: CeleryFileSettings | None = None,
+    files: BeatSettings | None = None,
 ) -> int:
     """Run beat in the foreground until SIGTERM/SIGINT; returns Celery's exit code.
 
     ``settings`` and ``files`` default to the environment's (``BUS_*``), read here once.
     """
-    files = files or CeleryFileSettings()
-    loaded = load_topology(topology_file or files.topology or DEFAULT_TOPOLOGY_FILE)
+    files = files or BeatSettings()
+    loaded = load_topology(topology_file or TopologySettings().topology)
     app = build_beat_app(loaded, settings or BusSettings())
     target = schedule_file if schedule_file is not None else default_schedule_file(files)
     if not target.parent.is_dir():

@@ -4,7 +4,7 @@ Code under test publishes to a :class:`FakeBus` exactly as to the real publisher
 (``publish(event)`` or ``publish(exchange, routing_key, body)``; ``fake.aio`` for async code)
 and the test looks at what each queue would hold::
 
-    fake = FakeBus(load_topology())
+    fake = FakeBus(load_topology("topology.yaml"))
     fake.publish(OrderCreated(order_id="o-1"))
     assert fake.events("billing.orders") == [OrderCreated(order_id="o-1")]
     fake.reject("billing.orders")               # dead-letters as the broker would

@@ -314,25 +314,18 @@ class BrokerChoiceSettings(BaseSettings):
         return None if isinstance(value, str) and not value.strip() else value
 
 
-class CeleryFileSettings(BaseSettings):
-    """The files the Celery app and ``bus beat`` fall back to when none is passed.
-
-    - ``BUS_TOPOLOGY``: the topology an app from ``build_app()`` / ``configure_app()`` without
-      a topology reads (unset: ``./topology.yaml``).
-    - ``BUS_BEAT_SCHEDULE_FILE``: beat's state file (unset: ``./celerybeat-schedule``).
-
-    An empty value counts as unset, as it always has for these two variables.
-    """
+class BeatSettings(BaseSettings):
+    """``BUS_BEAT_SCHEDULE_FILE``: ``bus beat``'s state file when none is passed (unset or
+    empty: ``./celerybeat-schedule``). The topology file is :class:`TopologySettings`'."""
 
     model_config = SettingsConfigDict(env_prefix="BUS_", extra="ignore")
 
-    topology: Path | None = None
     beat_schedule_file: Path | None = None
 
-    @field_validator("topology", "beat_schedule_file", mode="before")
+    @field_validator("beat_schedule_file", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value else value
 
 
-__all__ += ["CeleryFileSettings"]  # appended here: the list above is edited on another branch
+__all__ += ["BeatSettings"]

@@ -13,6 +13,7 @@ import uuid
 from collections import Counter, OrderedDict
 from typing import TYPE_CHECKING, Any
 
+from bus import tracing
 from bus.errors import PublishNackedError
 from bus.headers import safe_headers
 from bus.publish import AsyncPublisher, KeptProperties, Resolved
@@ -96,6 +97,7 @@ class FailureHandling:
         reason: str,
     ) -> None:
         queue, tag = consumer.queue, message.delivery_tag
+        tracing.mark_current_failed(f"{reason}: {type(exc).__name__}")
         if not session.alive:
             # The broker redelivers it; acting on it now would duplicate the message.
             session.dropped += 1

@@ -13,6 +13,8 @@ from typing import Any
 
 from aiormq.abc import DeliveredMessage
 
+from bus.tracing import MessageTrace
+
 __all__ = [
     "ORIGINAL_EXCHANGE_HEADER",
     "ORIGINAL_ROUTING_KEY_HEADER",
@@ -92,6 +94,18 @@ class Message:
     @property
     def delivery_mode(self) -> int | None:
         return self._delivered.header.properties.delivery_mode
+
+    def trace(self) -> MessageTrace:
+        """What the ``process`` span of this delivery says about it (:mod:`bus.tracing`)."""
+        return MessageTrace(
+            self.exchange,
+            self.routing_key,
+            message_id=self.message_id,
+            queue=self.queue,
+            delivery_tag=self.delivery_tag,
+            correlation_id=self.correlation_id,
+            body_size=len(self.body),
+        )
 
     @property
     def exchange(self) -> str:

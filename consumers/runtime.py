@@ -90,14 +90,14 @@ import aiormq
 from aio_pika.abc import AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 
-from bus import lenient
+from bus import lenient, tracing
 from bus.broker.connect import connect_async
 from bus.contracts import ContractRegistry
 from bus.errors import AccessRefusedError, BrokerError, NotFoundError, UsageError
 from bus.lenient import UNDECODABLE_HEADER
 from bus.publish import AsyncPublisher
 from bus.settings import BusSettings, mask_url
-from bus.topology import ExpandedTopology, LoadedTopology, load_topology
+from bus.topology import ExpandedTopology, LoadedTopology, expanded_topology
 from consumers.decode import Decoder, InvalidMessageError
 from consumers.failures import FailureHandling
 from consumers.handlers import HandlerFunc, HandlerOptions, HandlerSpec, inspect_handler
@@ -235,7 +235,7 @@ class Runtime(FailureHandling):
         self.settings = settings
         self.metrics = app.metrics
         self.backoff = app.backoff
-        self.topology = _expanded(topology)
+        self.topology = expanded_topology(topology)
         self.decoder = Decoder(ContractRegistry.of(self.topology))
         self.consumers = self._select(queues)
         self.connection: AbstractRobustConnection | None = None
@@ -404,9 +404,20 @@ class Runtime(FailureHandling):
     async def process(
         self, consumer: QueueConsumer, session: ChannelSession, delivered: DeliveredMessage
     ) -> None:
+        message = Message(delivered, consumer.queue)
+        with tracing.processing(message.trace(), message.headers) as traced:
+            await self._process(consumer, session, delivered, message, traced)
+
+    async def _process(
+        self,
+        consumer: QueueConsumer,
+        session: ChannelSession,
+        delivered: DeliveredMessage,
+        message: Message,
+        traced: tracing.Processing,
+    ) -> None:
         spec = consumer.spec
         tag = delivery_tag(delivered)
-        message = Message(delivered, consumer.queue)
         args: tuple[Any, ...]
         try:
             undecodable = (delivered.header.properties.headers or {}).get(UNDECODABLE_HEADER)
@@ -430,7 +441,8 @@ class Runtime(FailureHandling):
                 if not await self._run_once(consumer, message.message_id, args):
                     if self.metrics is not None:
                         self.metrics.duplicate(consumer.queue)
-                    session.done(tag)
+                    with traced.settling("ack"):
+                        session.done(tag)
                     return
             elif self.metrics is not None:
                 await self._timed(consumer, args)
@@ -443,7 +455,8 @@ class Runtime(FailureHandling):
         except Exception as exc:
             await self._failed(consumer, session, message, exc, permanent=False, reason="handler")
         else:
-            session.done(tag)
+            with traced.settling("ack"):
+                session.done(tag)
 
     async def _run_once(
         self, consumer: QueueConsumer, message_id: str, args: tuple[Any, ...]
@@ -478,11 +491,3 @@ class Runtime(FailureHandling):
         finally:
             if self.metrics is not None:
                 self.metrics.handler_seconds(consumer.queue, time.perf_counter() - started)
-
-
-def _expanded(topology: LoadedTopology | ExpandedTopology | Path | None) -> ExpandedTopology:
-    if isinstance(topology, ExpandedTopology):
-        return topology
-    if isinstance(topology, LoadedTopology):
-        return topology.expanded
-    return load_topology(topology).expanded

@@ -14,12 +14,12 @@ from celery import Celery
 
 from bus import _pyamqp_guard
 from bus.celery_app.app_settings import record_settings
-from bus.celery_app.config import TopologySource, celery_config, resolve_topology
+from bus.celery_app.config import celery_config, resolve_topology
 from bus.celery_app.preflight import TopologyPreflight
 from bus.celery_tracing import install_worker_tracing
 from bus.errors import PublishError
 from bus.settings import BusSettings
-from bus.topology import ExpandedTopology
+from bus.topology import ExpandedTopology, TopologySource
 
 __all__ = ["build_app", "configure_app"]
 

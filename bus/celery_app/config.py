@@ -17,8 +17,8 @@ from kombu import entity as _kombu_entity
 
 from bus.celery_message import celery_routes
 from bus.errors import UsageError
-from bus.settings import BusSettings, CeleryFileSettings
-from bus.topology import ExpandedTopology, LoadedTopology, load_topology
+from bus.settings import BusSettings, TopologySettings
+from bus.topology import ExpandedTopology, TopologySource, expanded_topology
 
 __all__ = [
     "KombuQueue",
@@ -35,9 +35,6 @@ __all__ = [
 KombuQueue: Any = _kombu_entity.Queue
 _Exchange: Any = _kombu_entity.Exchange
 
-TopologySource = LoadedTopology | ExpandedTopology | Path | str | None
-
-DEFAULT_TOPOLOGY_FILE = Path("topology.yaml")
 
 # Set by ``bus worker -f FILE`` before it imports the app module: an app built without a
 # topology then reads that file. Process state, not $BUS_TOPOLOGY: the worker runs in this
@@ -53,16 +50,11 @@ def use_topology_file(path: Path | None) -> None:
 
 def default_topology_file() -> Path:
     """The file of :func:`use_topology_file`, else ``$BUS_TOPOLOGY``, else ``./topology.yaml``."""
-    return _topology_file or CeleryFileSettings().topology or DEFAULT_TOPOLOGY_FILE
+    return _topology_file or TopologySettings().topology
 
 
 def resolve_topology(topology: TopologySource) -> ExpandedTopology:
-    if isinstance(topology, ExpandedTopology):
-        return topology
-    if isinstance(topology, LoadedTopology):
-        return topology.expanded
-    file = Path(topology) if topology is not None else default_topology_file()
-    return load_topology(file).expanded
+    return expanded_topology(topology if topology is not None else default_topology_file())
 
 
 def celery_queues(topology: ExpandedTopology) -> dict[str, KombuQueue]:

@@ -15,6 +15,7 @@ from typing import Any, Generic, TypedDict, TypeVar, Unpack
 
 from pydantic import BaseModel
 
+from bus import tracing
 from bus.publish.message import (
     CONTENT_TYPE,
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -29,6 +30,7 @@ from bus.publish.message import (
 from bus.publish.outcomes import DEFAULT_CONFIRM_TIMEOUT, DEFAULT_WINDOW, default_app_id
 from bus.publish.wire import check_short_string
 from bus.settings import BusSettings
+from bus.tracing import MessageTrace
 
 __all__ = ["PublisherBase", "PublisherOptions", "as_datetime", "as_seconds", "item_id"]
 
@@ -186,11 +188,12 @@ class PublisherBase(Generic[R]):
         ``now`` is the timestamp in the client's form, ``stamp`` converts a kept one, and
         ``type_key`` is the client's name of the ``type`` property."""
         kept = message.kept
+        headers = traced_headers(message)
         if kept is None:
             return {
                 "content_type": CONTENT_TYPE,
                 "delivery_mode": 2 if message.persistent else 1,
-                "headers": message.headers,
+                "headers": headers,
                 "message_id": message.message_id,
                 "correlation_id": message.correlation_id,
                 "timestamp": now,
@@ -204,7 +207,7 @@ class PublisherBase(Generic[R]):
         fields = {
             "content_type": kept.content_type,
             "content_encoding": kept.content_encoding,
-            "headers": message.headers,
+            "headers": headers,
             "delivery_mode": kept.delivery_mode,
             "priority": kept.priority,
             "correlation_id": kept.correlation_id,
@@ -219,6 +222,28 @@ class PublisherBase(Generic[R]):
         if kept.cluster_id:  # deprecated in AMQP 0-9-1: pamqp refuses any but the empty one
             fields["cluster_id"] = kept.cluster_id
         return fields
+
+
+def traced_headers(message: Resolved) -> dict[str, Any] | None:
+    """The headers to send, with the context of a ``publish`` span when tracing is on.
+
+    Properties are built right before the write, by every path (one publish, a batch, a
+    copy), so each message gets its span here: it marks the send (its parent is the current
+    span, else the context the headers carry), not the wait for the confirm.
+    """
+    if not tracing.tracing_enabled():
+        return message.headers
+    headers = dict(message.headers or {})
+    trace = MessageTrace(
+        message.exchange,
+        message.routing_key,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        body_size=len(message.body),
+    )
+    with tracing.publishing(trace, headers):
+        pass
+    return headers or None
 
 
 def item_id(item: object) -> str | None:

@@ -9,7 +9,13 @@ from bus.topology.expand import (
     RetryStep,
     expand,
 )
-from bus.topology.load import LoadedTopology, load_topology, parse_topology
+from bus.topology.load import (
+    LoadedTopology,
+    TopologySource,
+    expanded_topology,
+    load_topology,
+    parse_topology,
+)
 from bus.topology.model import (
     Binding,
     EventContract,
@@ -35,7 +41,9 @@ __all__ = [
     "QueueSpec",
     "RetryStep",
     "Topology",
+    "TopologySource",
     "expand",
+    "expanded_topology",
     "load_topology",
     "parse_topology",
 ]

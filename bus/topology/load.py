@@ -30,7 +30,13 @@ from bus.topology.model import (
 )
 from bus.topology.source import Path, SourceMap, parse_yaml
 
-__all__ = ["LoadedTopology", "load_topology", "parse_topology"]
+__all__ = [
+    "LoadedTopology",
+    "TopologySource",
+    "expanded_topology",
+    "load_topology",
+    "parse_topology",
+]
 
 
 @dataclass
@@ -245,14 +251,12 @@ def parse_topology(text: str, file: str = "topology.yaml") -> LoadedTopology:
     return LoadedTopology(topology, expand(topology), source)
 
 
-def load_topology(path: str | os.PathLike[str] | None) -> LoadedTopology:
+def load_topology(path: str | os.PathLike[str]) -> LoadedTopology:
     """Read and validate the topology file at ``path``.
 
-    Callers resolve the default file from :class:`bus.settings.TopologySettings` at the edge
-    (the CLI command). ``None`` still means that default for the callers not yet given a path
-    (``bus.celery_app``, ``consumers.runtime``); it goes once they pass one.
+    Callers resolve the default file (:class:`bus.settings.TopologySettings`) at the edge.
     """
-    file = FilePath(path) if path is not None else TopologySettings().topology
+    file = FilePath(path)
     raw = read_bounded(file, MAX_TOPOLOGY_BYTES, "topology file")
     try:
         text = raw.decode("utf-8")
@@ -261,3 +265,18 @@ def load_topology(path: str | os.PathLike[str] | None) -> LoadedTopology:
             [TopologyIssue(str(file), 1, 1, "", f"the file is not UTF-8 text ({exc.reason})")]
         ) from None
     return parse_topology(text, str(file))
+
+
+TopologySource = LoadedTopology | ExpandedTopology | str | os.PathLike[str] | None
+"""What a library entry point takes as its topology: loaded, expanded, or a file (None: the
+default file of :class:`bus.settings.TopologySettings`, ``$BUS_TOPOLOGY`` or
+``./topology.yaml``)."""
+
+
+def expanded_topology(topology: TopologySource) -> ExpandedTopology:
+    """The expansion of ``topology`` (a file is read and validated)."""
+    if isinstance(topology, ExpandedTopology):
+        return topology
+    if isinstance(topology, LoadedTopology):
+        return topology.expanded
+    return load_topology(topology if topology is not None else TopologySettings().topology).expanded

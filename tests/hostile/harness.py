@@ -43,7 +43,7 @@ def demo_vhost(node: LocalNode) -> Iterator[tuple[str, ManagementClient, LoadedT
     """A fresh vhost on ``node`` with the shipped topology applied: (url, management, topology)."""
     management = ManagementClient(node.management_url, "guest", "guest")
     name = make_vhost(management, "guest", prefix="hostile")
-    topology = load_topology(None)
+    topology = load_topology("topology.yaml")
     try:
         apply(topology, BusSettings(amqp_url=node.amqp_url, management_url=node.management_url),
               vhost=name)  # fmt: skip

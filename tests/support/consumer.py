@@ -16,6 +16,7 @@ from typing import Any
 import aio_pika
 import pika
 
+from bus.settings import TopologySettings
 from bus.topology import LoadedTopology, load_topology
 from consumers import ConsumerApp, Message
 from producers.events import OrderCreated
@@ -34,7 +35,7 @@ __all__ = [
 
 def load_declared(url: str, tmp_path: Path, text: str | None = None) -> LoadedTopology:
     """Load ``text`` (or the shipped topology.yaml) and declare it in the vhost of ``url``."""
-    path = None
+    path = TopologySettings().topology
     if text is not None:
         path = tmp_path / "topology.yaml"
         path.write_text(text)

@@ -78,7 +78,7 @@ class TestFailureRules:
         assert rule(policy, delivery_count=0, attempts=5) == Requeue(1.0, final=False)
 
     def test_shipped_topology_policies(self) -> None:
-        failure = load_topology(None).expanded.failure
+        failure = load_topology("topology.yaml").expanded.failure
         assert rule(failure["billing.orders"], retry_count=0).step.queue == (
             "billing.orders.retry.1s"
         )
@@ -201,7 +201,7 @@ class TestHandlerSignatures:
 
 
 class TestDecode:
-    decoder = Decoder(ContractRegistry(load_topology(None).expanded.events))
+    decoder = Decoder(ContractRegistry(load_topology("topology.yaml").expanded.events))
     body = OrderCreated(order_id="o", customer_id="c", total=1).model_dump_json().encode()
 
     def reason(self, *args: Any) -> str:
@@ -306,19 +306,20 @@ class TestAppSelection:
         return app
 
     def test_celery_queues_are_refused(self) -> None:
+        topology = load_topology("topology.yaml")
         with pytest.raises(UsageError, match="served by Celery"):
-            Runtime(self.app_with("email.send"), BusSettings(), load_topology(None), None)
+            Runtime(self.app_with("email.send"), BusSettings(), topology, None)
 
     def test_generated_and_unknown_queues_are_refused(self) -> None:
         for queue in ("billing.orders.dlq", "no.such.queue"):
             with pytest.raises(UsageError, match="is not a queue of the topology"):
-                Runtime(self.app_with(queue), BusSettings(), load_topology(None), None)
+                Runtime(self.app_with(queue), BusSettings(), load_topology("topology.yaml"), None)
 
     def test_selected_queue_needs_a_handler(self) -> None:
         app = self.app_with("audit.log")
         with pytest.raises(UsageError, match=r"no handler for queue 'cache\.web'"):
-            Runtime(app, BusSettings(), load_topology(None), ["cache.web"])
-        runtime = Runtime(app, BusSettings(), load_topology(None), ["audit.log"])
+            Runtime(app, BusSettings(), load_topology("topology.yaml"), ["cache.web"])
+        runtime = Runtime(app, BusSettings(), load_topology("topology.yaml"), ["audit.log"])
         assert [c.queue for c in runtime.consumers] == ["audit.log"]
 
     def test_one_handler_per_queue(self) -> None:
@@ -328,7 +329,7 @@ class TestAppSelection:
     def test_demo_app_serves_every_non_celery_queue_of_the_topology(self) -> None:
         from consumers.demo import app
 
-        topology = load_topology(None)
+        topology = load_topology("topology.yaml")
         wanted = {
             name
             for name, queue in topology.expanded.queues.items()

@@ -18,6 +18,7 @@ __all__ = [
     "BrokerMode",
     "BusSettings",
     "TopologySettings",
+    "TracingSettings",
     "install_log_redaction",
     "mask_url",
     "mask_urls",
@@ -167,6 +168,15 @@ class TopologySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BUS_", extra="ignore", env_ignore_empty=True)
 
     topology: Path = Path("topology.yaml")
+
+
+class TracingSettings(BaseSettings):
+    """``BUS_TRACING=true``: the ``bus`` commands make OpenTelemetry spans (:mod:`bus.tracing`;
+    needs the ``otel`` extra). Off by default."""
+
+    model_config = SettingsConfigDict(env_prefix="BUS_", extra="ignore", env_ignore_empty=True)
+
+    tracing: bool = False
 
 
 class BusSettings(BaseSettings):

@@ -1,8 +1,11 @@
 """OpenTelemetry spans for the bus, after the messaging semantic conventions for RabbitMQ.
 
-Optional: the spans exist only when the ``otel`` extra (``opentelemetry-api``) is installed and
-tracing is on. Without it every function here returns a context manager that does nothing and
-touches no header, so a bus without the extra pays one attribute lookup per message.
+Optional and off by default: spans exist only when the ``otel`` extra (``opentelemetry-api``)
+is installed and tracing is switched on, by ``BUS_TRACING=true`` for the ``bus`` commands or
+:func:`set_tracing` in a service. Off, every function here returns a context manager that
+does nothing and touches no header (a ``traceparent`` the caller set passes through as given),
+so the bus pays one flag test per message. Spans go to the tracer provider the service
+configures (the OpenTelemetry SDK and its exporter); without one they are not recorded.
 
 The trace travels in the message's AMQP headers as W3C Trace Context (``traceparent``,
 ``tracestate``), which any client in any language can read and write:
@@ -61,7 +64,7 @@ except ImportError:  # pragma: no cover - exercised by an install without the ex
 else:
     _OTEL = True
 
-_enabled = _OTEL
+_enabled = False
 
 
 def otel_available() -> bool:
@@ -75,7 +78,7 @@ def tracing_enabled() -> bool:
 
 
 def set_tracing(enabled: bool) -> None:
-    """Switch spans on or off for this process (on by default when the extra is installed).
+    """Switch spans on or off for this process (off by default).
 
     Switching on without the extra installed is refused: a silent no-op would hide a missing
     dependency.

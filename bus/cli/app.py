@@ -16,7 +16,8 @@ from pydantic import ValidationError
 
 from bus.cli.support import settings_problems
 from bus.errors import BusError, TopologyError
-from bus.settings import install_log_redaction, redact
+from bus.settings import TracingSettings, install_log_redaction, redact
+from bus.tracing import set_tracing
 
 __all__ = ["COMMAND_MODULES", "cli", "main", "run"]
 
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     # Passwords never reach a log line or an error line, whatever library wrote it.
     install_log_redaction()
     try:
+        if TracingSettings().tracing:
+            set_tracing(True)
         result: Any = cli.main(args=argv, prog_name="bus", standalone_mode=False)
     except TopologyError as exc:
         for issue in exc.issues:

@@ -22,10 +22,14 @@ UPSTREAM = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 def test_task_span_is_a_child_of_the_publishers_context(
-    amqp_url: str, bus_applied_vhost: str, bus_topology: LoadedTopology
+    amqp_url: str,
+    bus_applied_vhost: str,
+    bus_topology: LoadedTopology,
+    request: pytest.FixtureRequest,
 ) -> None:
     span_exporter().clear()
     tracing.set_tracing(True)
+    request.addfinalizer(lambda: tracing.set_tracing(False))
     settings = BusSettings(amqp_url=with_vhost(amqp_url, bus_applied_vhost))
     app: Celery = build_app(
         bus_topology.expanded, settings=settings, routes={"traced.work": "reports.build"}

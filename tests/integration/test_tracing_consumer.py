@@ -42,10 +42,11 @@ class Boom(Exception):
 
 
 async def test_fail_retry_dead_letter_replay_succeed_is_one_trace(
-    bus_vhost_url: str, tmp_path: Path
+    bus_vhost_url: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     span_exporter().clear()
     tracing.set_tracing(True)
+    request.addfinalizer(lambda: tracing.set_tracing(False))
     topology = load_declared(bus_vhost_url, tmp_path, TOPOLOGY)
     settings = BusSettings(amqp_url=bus_vhost_url)
     app = ConsumerApp("traced", backoff=Backoff(base=0.05, cap=0.2), grace=5)

@@ -22,6 +22,7 @@ def _fresh_exporter() -> Iterator[None]:
     span_exporter().clear()
     tracing.set_tracing(True)
     yield
+    tracing.set_tracing(False)  # off by default: other tests see headers as given
     span_exporter().clear()
 
 
@@ -174,3 +175,18 @@ def test_an_outbox_row_keeps_the_context_of_the_transaction_that_wrote_it() -> N
     assert headers["traceparent"].split("-")[2] == format(span.get_span_context().span_id, "016x")
     # Outside any span, a row carries no invented context.
     assert "traceparent" not in json.loads(str(outbox.event_row(event)["headers"] or "{}"))
+
+
+def test_off_by_default_and_switched_on_by_bus_tracing_for_commands(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bus.cli import main
+
+    tracing.set_tracing(False)
+    monkeypatch.delenv("BUS_TRACING", raising=False)
+    assert main(["validate", "-f", "topology.yaml"]) == 0
+    assert not tracing.tracing_enabled()
+    monkeypatch.setenv("BUS_TRACING", "true")
+    assert main(["validate", "-f", "topology.yaml"]) == 0
+    assert tracing.tracing_enabled()
+    capsys.readouterr()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -18,7 +17,7 @@ from consumers import Backoff, ConsumerApp, Message
 from producers import Publisher
 from producers.events import OrderCreated
 from tests.support.consumer import load_declared, wait_until
-from tests.support.spans import finished_spans, span_exporter
+from tests.support.spans import finished_spans, span_exporter, span_path
 
 pytestmark = pytest.mark.integration
 
@@ -71,17 +70,9 @@ async def test_fail_retry_dead_letter_replay_succeed_is_one_trace(
 
     spans = finished_spans()
     assert len({span.context.trace_id for span in spans}) == 1, [s.name for s in spans]
-    by_id = {span.context.span_id: span for span in spans}
-
-    def path(span: Any) -> list[str]:
-        names = []
-        while span is not None:
-            names.append(span.name)
-            span = by_id.get(span.parent.span_id) if span.parent else None
-        return names[::-1]
 
     (settled,) = [span for span in spans if span.name == "ack traced.q"]
-    assert path(settled) == [
+    assert span_path(settled, spans) == [
         "publish events",  # the producer
         "process traced.q",  # attempt 1 fails
         "publish amq.default",  # its retry copy, to traced.q.retry.200ms by queue name

@@ -7,7 +7,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-__all__ = ["finished_spans", "span_exporter"]
+__all__ = ["finished_spans", "span_exporter", "span_path"]
 
 _exporter: InMemorySpanExporter | None = None
 
@@ -25,3 +25,15 @@ def span_exporter() -> InMemorySpanExporter:
 
 def finished_spans() -> list[ReadableSpan]:
     return list(span_exporter().get_finished_spans())
+
+
+def span_path(span: ReadableSpan, spans: list[ReadableSpan]) -> list[str]:
+    """The names from the root of ``span``'s trace down to ``span`` (among ``spans``)."""
+    by_id = {each.context.span_id: each for each in spans if each.context is not None}
+    names: list[str] = []
+    current: ReadableSpan | None = span
+    while current is not None:
+        names.append(current.name)
+        parent = current.parent
+        current = by_id.get(parent.span_id) if parent is not None else None
+    return names[::-1]

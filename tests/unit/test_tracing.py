@@ -14,7 +14,7 @@ import pytest
 
 from bus import tracing
 from bus.tracing import MessageTrace
-from tests.support.spans import finished_spans, span_exporter
+from tests.support.spans import finished_spans, span_exporter, span_path
 
 
 @pytest.fixture(autouse=True)
@@ -116,17 +116,9 @@ def test_fail_retry_dead_letter_replay_succeed_is_one_trace() -> None:
 
     spans = finished_spans()
     assert len({span.context.trace_id for span in spans}) == 1
-    by_id = {span.context.span_id: span for span in spans}
-
-    def path(span: Any) -> list[str]:
-        names = []
-        while span is not None:
-            names.append(span.name)
-            span = by_id.get(span.parent.span_id) if span.parent else None
-        return names[::-1]
 
     leaf = [span for span in spans if span.name == "process billing"][-1]
-    assert path(leaf) == [
+    assert span_path(leaf, spans) == [
         "publish events",
         "process billing",
         "publish billing.retry",
@@ -136,7 +128,7 @@ def test_fail_retry_dead_letter_replay_succeed_is_one_trace() -> None:
         "process billing",
     ]
     settle = next(span for span in spans if span.name == "ack billing")
-    assert path(settle) == ["publish events", "process billing", "ack billing"]
+    assert span_path(settle, spans) == ["publish events", "process billing", "ack billing"]
     assert settle.kind.name == "CLIENT"
     # Each attempt links to the publish that carried it.
     for process in (span for span in spans if span.name == "process billing"):

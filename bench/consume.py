@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Any
 
-from bench._harness import CONTENT_TYPE, cpu_seconds, prepare_queue, queue_depth
+from bench._harness import CONTENT_TYPE, cpu_seconds, prepare_queue, queue_depth, record_spans
 from producers.events import OrderCreated
 
 QUEUE = "bench.consume"
@@ -137,10 +137,15 @@ def raw_pika(url: str, messages: int, prefetch: int) -> dict[str, Any]:
     return _result("raw pika", url, messages, elapsed, cpu)
 
 
-async def ours(url: str, messages: int, prefetch: int, loop: str) -> dict[str, Any]:
+async def ours(
+    url: str, messages: int, prefetch: int, loop: str, traced: bool = False
+) -> dict[str, Any]:
     from bus.settings import BusSettings
     from bus.topology import parse_topology
     from consumers import ConsumerApp
+
+    if traced:
+        record_spans()  # a process and an ack span per message
 
     fill(url, messages)
     app = ConsumerApp("bench", grace=10)

@@ -24,7 +24,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench._harness import BODY, CONTENT_TYPE, WARMUP, cpu_seconds, prepare_queue, until
+from bench._harness import (
+    BODY,
+    CONTENT_TYPE,
+    WARMUP,
+    cpu_seconds,
+    prepare_queue,
+    record_spans,
+    until,
+)
 
 QUEUE = "bench.publish"
 
@@ -88,12 +96,16 @@ async def raw_aio_pika(url: str, seconds: float, window: int, loop: str) -> dict
 
 
 async def ours(
-    url: str, seconds: float, window: int, loop: str, publishers: int = 1
+    url: str, seconds: float, window: int, loop: str, publishers: int = 1, traced: bool = False
 ) -> dict[str, Any]:
     """``publishers`` > 1: that many Publishers (one connection each) publish side by side,
-    each with ``window``; shows how far the broker goes past one publisher's rate."""
+    each with ``window``; shows how far the broker goes past one publisher's rate.
+    ``traced``: with a recorded span per message (``bus.tracing``)."""
     from bus.settings import BusSettings
     from producers import Outgoing, Publisher
+
+    if traced:
+        record_spans()
 
     prepare_queue(url, QUEUE)
     message = Outgoing("", QUEUE, BODY)

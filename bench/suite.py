@@ -101,6 +101,7 @@ def groups(opts: argparse.Namespace) -> dict[str, Group]:
                     ("ours-sync", "raw-aio-pika"),
                     ("ours", "java"),
                     ("ours-sync", "java"),
+                    ("ours-traced", "ours"),
                     *publisher_ratios,
                 ),
             ),
@@ -111,7 +112,12 @@ def groups(opts: argparse.Namespace) -> dict[str, Group]:
                 "every message with pydantic)",
                 "msg_s",
                 "msg/s",
-                ratios=(*ASYNC_RATIOS, ("ours", "raw-pika"), ("ours", "java")),
+                ratios=(
+                    *ASYNC_RATIOS,
+                    ("ours", "raw-pika"),
+                    ("ours", "java"),
+                    ("ours-traced", "ours"),
+                ),
             ),
             Group(
                 "latency",
@@ -194,6 +200,11 @@ def catalogue(opts: argparse.Namespace) -> list[Case]:
         cases.append(Case("publish", f"w{window}", "ours-sync", "bench.publish:ours_sync", params))
         if java:
             cases.append(Case("publish", f"w{window}", "java", "bench.java_client:publish", params))
+        if window == max(opts.windows):
+            cases.append(
+                Case("publish", f"w{window}", "ours-traced", "bench.publish:ours",
+                     {**params, "loop": "asyncio", "traced": True})
+            )  # fmt: skip
         if opts.publishers > 1 and window == max(opts.windows):
             cases.append(
                 Case("publish", f"w{window}", f"ours-x{opts.publishers}", "bench.publish:ours",
@@ -203,6 +214,11 @@ def catalogue(opts: argparse.Namespace) -> list[Case]:
         params = {"messages": opts.messages, "prefetch": prefetch}
         impls("consume", f"p{prefetch}", "uv" if prefetch == 100 else "", params)
         cases.append(Case("consume", f"p{prefetch}", "raw-pika", "bench.consume:raw_pika", params))
+        if prefetch == 100:
+            cases.append(
+                Case("consume", "p100", "ours-traced", "bench.consume:ours",
+                     {**params, "loop": "asyncio", "traced": True})
+            )  # fmt: skip
         if java:
             cases.append(
                 Case("consume", f"p{prefetch}", "java", "bench.java_client:consume", params)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from bus.cli.support import load
+from bus.cli.support import file_option, load
 from bus.contract_history import (
     ContractSnapshot,
     current_snapshots,
@@ -91,14 +91,6 @@ def contracts() -> None:
     """Event contracts over time: freeze their schemas, check changes against history."""
 
 
-_file_option = click.option(
-    "-f",
-    "--file",
-    "file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="Topology file (default: $BUS_TOPOLOGY, then ./topology.yaml).",
-)
 _folder_option = click.option(
     "--contracts",
     "folder",
@@ -109,7 +101,7 @@ _folder_option = click.option(
 
 
 @contracts.command()
-@_file_option
+@file_option
 @_folder_option
 @click.option(
     "--against",
@@ -173,7 +165,7 @@ def check(file: Path | None, folder: Path | None, against: str | None, mode: str
 
 
 @contracts.command(name="freeze")
-@_file_option
+@file_option
 @_folder_option
 def freeze_command(file: Path | None, folder: Path | None) -> int:
     """Write each event's schema to contracts/<event>/<version>.json (history in the repo)."""

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from bus.cli.support import broker_settings, load
+from bus.cli.support import broker_settings, file_option, load
 from bus.errors import BusError, TopologyError
 from bus.settings import BusSettings, with_vhost
 
@@ -22,14 +22,6 @@ __all__ = ["COMMANDS", "dlq"]
 
 UNHEALTHY = 4  # as `bus status`: a dead-letter queue holds messages
 
-_file_option = click.option(
-    "-f",
-    "--file",
-    "file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="Topology file (default: $BUS_TOPOLOGY, then ./topology.yaml).",
-)
 _vhost_option = click.option(
     "--vhost", default=None, help="Vhost (default: the topology's, then the URL's)."
 )
@@ -83,7 +75,7 @@ def dlq() -> None:
 
 
 @dlq.command("list")
-@_file_option
+@file_option
 @_vhost_option
 @_json_option
 @click.option("--scan", type=click.IntRange(min=0), default=10_000, show_default=True,
@@ -112,7 +104,7 @@ def list_command(file: Path | None, vhost: str | None, as_json: bool, scan: int)
 
 @dlq.command("show")
 @click.argument("queue")
-@_file_option
+@file_option
 @_vhost_option
 @click.option("-n", "count", type=click.IntRange(min=1), default=10, show_default=True)
 @_filters
@@ -198,7 +190,7 @@ def _finish(report: ReplayReport, as_json: bool) -> int:
 
 @dlq.command("replay")
 @click.argument("queue")
-@_file_option
+@file_option
 @_vhost_option
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most N messages.")
 @_filters
@@ -243,7 +235,7 @@ def replay_command(
 
 @dlq.command("purge")
 @click.argument("queue")
-@_file_option
+@file_option
 @_vhost_option
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most N messages.")
 @_filters

@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeAlias, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, TypeAlias, Unpack
 
 from pydantic import BaseModel
 from sqlalchemy import Connection, Table, insert
@@ -20,6 +19,8 @@ from sqlalchemy.orm import Session
 
 from bus.outbox.table import outbox_table
 from bus.outgoing import DEFAULT_MAX_MESSAGE_SIZE, Outgoing, Resolved, Resolver, TopologyLike
+from bus.publish.message import MessageOptions
+from bus.publish.message import TaskOptions as SendTaskOptions
 from bus.tracing import current_traceparent
 
 if TYPE_CHECKING:  # the asyncio extension needs greenlet: only async callers import it
@@ -31,33 +32,24 @@ SyncBind: TypeAlias = Session | Connection
 AsyncBind: TypeAlias = "AsyncSession | AsyncConnection"
 
 
-class EventOptions(TypedDict, total=False):
+class EventOptions(MessageOptions, total=False):
     """The keywords of :meth:`Outbox.add`, :meth:`~Outbox.add_async` and
-    :meth:`~Outbox.event_row`, written once for the three: the publishers' publish keywords
-    and ``ordering_key``. Absent means None, except ``persistent`` (True)."""
+    :meth:`~Outbox.event_row`: an event's message keywords (those of ``publish``) and
+    ``ordering_key``. Absent means None, except ``persistent`` (True)."""
 
     ordering_key: str | None
-    event_name: str | None
-    headers: Mapping[str, Any] | None
-    message_id: str | None
-    correlation_id: str | None
-    traceparent: str | None
-    persistent: bool
 
 
-class TaskOptions(TypedDict, total=False):
+class TaskOptions(SendTaskOptions, total=False):
     """The keywords of :meth:`Outbox.add_task`, :meth:`~Outbox.add_task_async` and
-    :meth:`~Outbox.task_row`. Absent means None, except ``ignore_result`` (True)."""
+    :meth:`~Outbox.task_row`: those of ``send_task`` and ``ordering_key``. Absent means None,
+    except ``ignore_result`` (True)."""
 
-    task_id: str | None
-    ignore_result: bool
-    reply_to: str | None
-    expires: datetime | None
     ordering_key: str | None
 
 
-_EVENT_KEYWORDS = frozenset(EventOptions.__annotations__)
-_TASK_KEYWORDS = frozenset(TaskOptions.__annotations__)
+_EVENT_KEYWORDS = frozenset(EventOptions.__optional_keys__)
+_TASK_KEYWORDS = frozenset(TaskOptions.__optional_keys__)
 
 
 class Outbox:
@@ -110,17 +102,7 @@ class Outbox:
     ) -> dict[str, Any]:
         """The row of a Celery task for a topology queue marked ``celery:``."""
         _refuse_unknown(options, _TASK_KEYWORDS)
-        resolved = self.resolver.task(
-            queue,
-            task,
-            args,
-            kwargs,
-            task_id=options.get("task_id"),
-            origin=self.app_id,
-            ignore_result=options.get("ignore_result", True),
-            reply_to=options.get("reply_to"),
-            expires=options.get("expires"),
-        )
+        resolved = self.resolver.task_with(queue, task, args, kwargs, self.app_id, options)
         return _row(resolved, options.get("ordering_key"))
 
     # -- sync sessions ----------------------------------------------------------------------

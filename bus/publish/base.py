@@ -165,17 +165,7 @@ class PublisherBase(Generic[R]):
         **options: Unpack[TaskOptions],
     ) -> Resolved:
         """The wire message of one ``send_task`` call (Celery protocol 2, plain AMQP)."""
-        return self.resolver.task(
-            queue,
-            task,
-            args,
-            kwargs,
-            task_id=options.get("task_id"),
-            origin=self.app_id,
-            ignore_result=options.get("ignore_result", True),
-            reply_to=options.get("reply_to"),
-            expires=options.get("expires"),
-        )
+        return self.resolver.task_with(queue, task, args, kwargs, self.app_id, options)
 
     def wire_properties(
         self,

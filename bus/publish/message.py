@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "Body",
     "KeptProperties",
+    "MessageOptions",
     "Outgoing",
     "PublishOptions",
     "Resolved",
@@ -50,20 +51,24 @@ Body = bytes | bytearray | memoryview | Mapping[str, Any] | list[Any] | BaseMode
 TopologyLike = LoadedTopology | ExpandedTopology
 
 
-class PublishOptions(TypedDict, total=False):
-    """The keywords of ``publish`` (both publishers and the fake bus), defined once.
-
-    ``event_name`` picks the contract of a typed event; ``event_type`` sets the AMQP ``type``
-    of an explicit ``(exchange, routing_key, body)`` message.
-    """
+class MessageOptions(TypedDict, total=False):
+    """The keywords of one typed event's message, shared by ``publish`` and the outbox's
+    ``add``: ``event_name`` picks the event's contract."""
 
     event_name: str | None
-    event_type: str | None
     headers: Mapping[str, Any] | None
     message_id: str | None
     correlation_id: str | None
     traceparent: str | None
     persistent: bool
+
+
+class PublishOptions(MessageOptions, total=False):
+    """The keywords of ``publish`` (both publishers and the fake bus), defined once:
+    :class:`MessageOptions`, and ``event_type``, the AMQP ``type`` of an explicit
+    ``(exchange, routing_key, body)`` message."""
+
+    event_type: str | None
 
 
 class TaskOptions(TypedDict, total=False):
@@ -75,7 +80,7 @@ class TaskOptions(TypedDict, total=False):
     expires: datetime | None
 
 
-_PUBLISH_OPTIONS = frozenset(PublishOptions.__annotations__)
+_PUBLISH_OPTIONS = frozenset(PublishOptions.__optional_keys__)
 
 
 def new_message_id() -> str:
@@ -285,6 +290,28 @@ class Resolver:
             message_id,
             correlation_id,
             persistent,
+        )
+
+    def task_with(
+        self,
+        queue: str,
+        task: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any] | None,
+        origin: str,
+        options: TaskOptions,
+    ) -> Resolved:
+        """:meth:`task` with the ``send_task`` keywords as given (absent: their defaults)."""
+        return self.task(
+            queue,
+            task,
+            args,
+            kwargs,
+            task_id=options.get("task_id"),
+            origin=origin,
+            ignore_result=options.get("ignore_result", True),
+            reply_to=options.get("reply_to"),
+            expires=options.get("expires"),
         )
 
     def task(

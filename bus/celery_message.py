@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CONTENT_ENCODING",
     "CONTENT_TYPE",
+    "SAFE_TASK_SETTINGS",
     "CeleryRoute",
     "TaskMessage",
     "binding_routes",
@@ -45,6 +46,20 @@ CONTENT_ENCODING = "utf-8"
 _REPR_MAX = 1024
 _EMBED: dict[str, None] = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
+
+# The Celery settings every app on the bus runs with, ours and a plain one: JSON only (a
+# pickle is never accepted), acks after the task, a task that fails for good or whose worker
+# was lost rejected (so it dead-letters) instead of acknowledged away.
+SAFE_TASK_SETTINGS: Mapping[str, Any] = {
+    "accept_content": ["json"],
+    "result_accept_content": ["json"],
+    "task_serializer": "json",
+    "result_serializer": "json",
+    "event_serializer": "json",
+    "task_acks_late": True,
+    "task_reject_on_worker_lost": True,
+    "task_acks_on_failure": False,
+}
 
 @dataclass(frozen=True)
 class TaskMessage:

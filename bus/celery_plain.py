@@ -26,7 +26,7 @@ from __future__ import annotations
 from pprint import pformat
 from typing import Any
 
-from bus.celery_message import celery_routes
+from bus.celery_message import SAFE_TASK_SETTINGS, celery_routes
 from bus.errors import UsageError
 from bus.topology.expand import ExpandedTopology
 
@@ -119,14 +119,7 @@ def plain_celery_config(
         "task_routes": {},
         "broker_transport_options": {"confirm_publish": True},
         "broker_connection_retry_on_startup": True,
-        "accept_content": ["json"],
-        "result_accept_content": ["json"],
-        "task_serializer": "json",
-        "result_serializer": "json",
-        "event_serializer": "json",
-        "task_acks_late": True,
-        "task_reject_on_worker_lost": True,
-        "task_acks_on_failure": False,
+        **SAFE_TASK_SETTINGS,
         "worker_prefetch_multiplier": topology.celery.prefetch_multiplier,
         "worker_detect_quorum_queues": True,
         "worker_cancel_long_running_tasks_on_connection_loss": True,

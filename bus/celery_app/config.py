@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from kombu import entity as _kombu_entity
 
-from bus.celery_message import celery_routes
+from bus.celery_message import SAFE_TASK_SETTINGS, celery_routes
 from bus.errors import UsageError
 from bus.settings import BusSettings, TopologySettings
 from bus.topology import ExpandedTopology, TopologySource, expanded_topology
@@ -170,17 +170,9 @@ def celery_config(
         "task_default_routing_key": default_q.routing_key,
         "task_routes": task_routes,
         "task_create_missing_queues": False,
-        "accept_content": ["json"],
-        "result_accept_content": ["json"],
-        "task_serializer": "json",
-        "result_serializer": "json",
-        "event_serializer": "json",
-        "task_acks_late": True,
-        "task_reject_on_worker_lost": True,
-        # A task that fails for good is rejected without requeue, so it dead-letters instead of
-        # being acknowledged away. Time limits keep Celery's default (ack): a requeue there
-        # would loop forever on a classic queue.
-        "task_acks_on_failure": False,
+        # Time limits keep Celery's default (ack): a requeue there would loop forever on a
+        # classic queue.
+        **SAFE_TASK_SETTINGS,
         "worker_prefetch_multiplier": prefetch_multiplier,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "worker_enable_remote_control": monitoring,

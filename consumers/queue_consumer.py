@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections import deque
@@ -14,6 +13,7 @@ import aiormq
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aiormq.abc import AbstractChannel, DeliveredMessage
 
+from bus.broker.passive import missing_async
 from bus.errors import AccessRefusedError, BrokerError, NotFoundError
 from bus.topology import FailurePolicy
 from consumers.handlers import HandlerSpec
@@ -138,23 +138,15 @@ class QueueConsumer:
             await asyncio.sleep(0.5)
 
     async def _queue_exists(self) -> bool:
-        # A throwaway plain channel: a 404 closes it, and a robust channel would reopen.
+        # On plain channels of the raw connection: a 404 closes the channel, and a robust
+        # channel would reopen it. Any error (the connection is being replaced) means "not yet".
         transport = self.connection.transport if self.connection is not None else None
         if transport is None:
             return False
         try:
-            probe = await transport.connection.channel()
+            return not await missing_async(transport.connection, [("queue", self.queue)])
         except Exception:
             return False
-        try:
-            await probe.queue_declare(self.queue, passive=True)
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            return False
-        except Exception:
-            return False
-        with contextlib.suppress(Exception):
-            await probe.close()
-        return True
 
     async def _on_delivery(self, session: ChannelSession, delivered: DeliveredMessage) -> None:
         # Runs in the client's per-delivery task: only bookkeeping here, handlers run in the

@@ -83,17 +83,17 @@ from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aio_pika
-import aiormq
 from aio_pika.abc import AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 
 from bus import lenient, tracing
 from bus.broker.connect import connect_async
+from bus.broker.passive import missing_async
 from bus.contracts import ContractRegistry
-from bus.errors import AccessRefusedError, BrokerError, NotFoundError, UsageError
+from bus.errors import BrokerError, NotFoundError, UsageError
 from bus.lenient import UNDECODABLE_HEADER
 from bus.publish import AsyncPublisher
 from bus.settings import BusSettings, mask_url
@@ -195,7 +195,8 @@ class ConsumerApp:
         """Consume until SIGTERM/SIGINT (or :meth:`stop`), then shut down gracefully.
 
         Raises :class:`~bus.errors.BrokerError` when consuming cannot go on (e.g. the broker
-        cancelled a consumer because its queue was deleted).
+        cancelled a consumer because its queue was deleted, and the queue was not declared
+        again within ``consumers.queue_consumer.REATTACH_TIMEOUT``).
         """
         runtime = Runtime(self, settings or BusSettings(), topology, queues)
         loop = asyncio.get_running_loop()
@@ -307,8 +308,8 @@ class Runtime(FailureHandling):
             mask_url(self.settings.amqp_url),
         )
 
-    def _needed(self) -> list[tuple[str, str]]:
-        needed: list[tuple[str, str]] = []
+    def _needed(self) -> list[tuple[Literal["exchange", "queue"], str]]:
+        needed: list[tuple[Literal["exchange", "queue"], str]] = []
         for consumer in self.consumers:
             policy = consumer.policy
             needed.append(("queue", consumer.queue))
@@ -324,24 +325,7 @@ class Runtime(FailureHandling):
         transport = connection.transport
         if transport is None:
             raise BrokerError("connection closed during start-up")
-        raw = transport.connection
-        missing: list[str] = []
-        channel = await raw.channel(publisher_confirms=False)
-        try:
-            for kind, name in self._needed():
-                try:
-                    if kind == "queue":
-                        await channel.queue_declare(name, passive=True)
-                    else:
-                        await channel.exchange_declare(name, passive=True)
-                except aiormq.exceptions.ChannelNotFoundEntity:
-                    missing.append(f"{kind} {name!r}")
-                    channel = await raw.channel(publisher_confirms=False)
-                except aiormq.exceptions.ChannelAccessRefused as exc:
-                    raise AccessRefusedError(f"{kind} {name!r}: {exc}") from None
-        finally:
-            if not channel.is_closed:
-                await channel.close()
+        missing = await missing_async(transport.connection, self._needed())
         if missing:
             raise NotFoundError(
                 f"{', '.join(missing)} not found in vhost {self.settings.vhost!r}: "

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pika
 
+from bus.broker.management import ManagementClient
 from bus.celery_message import build_task_message
 from bus.migrate import migrate
-from bus.settings import BusSettings
 from bus.topology import load_topology
 from tests.support.amqp import declare_with_pika
+from tests.support.plan import settings_for
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -63,7 +64,7 @@ def _tokens(path: Path) -> set[str]:
 
 
 def test_celery_queue_migrated_under_a_running_worker_runs_every_task(
-    bus_vhost_url: str, tmp_path: Path
+    bus_vhost_url: str, bus_management: ManagementClient, tmp_path: Path
 ) -> None:
     old_file, new_file = tmp_path / "old.yaml", tmp_path / "new.yaml"
     old_file.write_text(OLD)
@@ -74,7 +75,11 @@ def test_celery_queue_migrated_under_a_running_worker_runs_every_task(
     during = [f"live-{i}" for i in range(200)]
     _publish(bus_vhost_url, out, before)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BUS_", "CELERY_"))}
-    env.update(BUS_AMQP_URL=bus_vhost_url, BUS_TOPOLOGY=str(old_file))
+    env.update(
+        BUS_AMQP_URL=bus_vhost_url,
+        BUS_MANAGEMENT_URL=bus_management.base_url,
+        BUS_TOPOLOGY=str(old_file),
+    )
     env["PYTHONWARNINGS"] = "ignore:You're running the worker with superuser privileges"
     argv = [str(BIN / "bus"), "worker", "-Q", "reports.build", "--pool", "threads", "-c", "2"]
     worker = subprocess.Popen(
@@ -96,7 +101,7 @@ def test_celery_queue_migrated_under_a_running_worker_runs_every_task(
             target=_publish, args=(bus_vhost_url, out, during, 0.01), daemon=True
         )
         publisher.start()
-        migrate(load_topology(new_file), BusSettings(amqp_url=bus_vhost_url))
+        migrate(load_topology(new_file), settings_for(bus_vhost_url, bus_management))
         publisher.join(60)
         wanted = set(before) | set(during)
         deadline = time.monotonic() + 90

@@ -11,9 +11,11 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
 from bus import tracing
+from bus.broker.management import ManagementClient
 from bus.celery_app import build_app
-from bus.settings import BusSettings, with_vhost
+from bus.settings import with_vhost
 from bus.topology import LoadedTopology
+from tests.support.plan import settings_for
 from tests.support.spans import finished_spans, span_exporter
 
 pytestmark = pytest.mark.integration
@@ -23,6 +25,7 @@ UPSTREAM = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 def test_task_span_is_a_child_of_the_publishers_context(
     amqp_url: str,
+    bus_management: ManagementClient,
     bus_applied_vhost: str,
     bus_topology: LoadedTopology,
     request: pytest.FixtureRequest,
@@ -30,7 +33,7 @@ def test_task_span_is_a_child_of_the_publishers_context(
     span_exporter().clear()
     tracing.set_tracing(True)
     request.addfinalizer(lambda: tracing.set_tracing(False))
-    settings = BusSettings(amqp_url=with_vhost(amqp_url, bus_applied_vhost))
+    settings = settings_for(with_vhost(amqp_url, bus_applied_vhost), bus_management)
     app: Celery = build_app(
         bus_topology.expanded, settings=settings, routes={"traced.work": "reports.build"}
     )

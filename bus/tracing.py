@@ -41,6 +41,7 @@ __all__ = [
     "TRACE_HEADERS",
     "MessageTrace",
     "Processing",
+    "current_trace_headers",
     "current_traceparent",
     "mark_current_failed",
     "otel_available",
@@ -195,10 +196,31 @@ class Processing:
         ):
             yield
 
+    def trace_headers(self) -> dict[str, str]:
+        """The W3C headers naming this process span (empty with tracing off or no SDK)."""
+        if self._context is None:
+            return {}
+        carrier: dict[str, str] = {}
+        _otel_propagate.inject(carrier, context=self._context)
+        return {name: carrier[name] for name in TRACE_HEADERS if name in carrier}
+
+    def fail(self, description: str) -> None:
+        """Set this process span's status to ERROR (whether or not it is the current span)."""
+        if self._context is not None:
+            span = _otel_trace.get_current_span(self._context)
+            span.set_status(_otel_trace.StatusCode.ERROR, description)
+
 
 @contextlib.contextmanager
-def processing(message: MessageTrace, headers: Mapping[str, Any] | None) -> Iterator[Processing]:
-    """A CONSUMER span around one handler call, child of and linked to the message's context."""
+def processing(
+    message: MessageTrace, headers: Mapping[str, Any] | None, *, current: bool = True
+) -> Iterator[Processing]:
+    """A CONSUMER span around one handler call, child of and linked to the message's context.
+
+    ``current=False`` opens the span without making it the current one: for a caller whose
+    child span (Celery's instrumentation) attaches itself and detaches in an order we do not
+    control, where a context we attached could outlive the task.
+    """
     if not _enabled:
         yield Processing(message, None)
         return
@@ -210,23 +232,35 @@ def processing(message: MessageTrace, headers: Mapping[str, Any] | None) -> Iter
         if creation.is_valid:
             links.append(_otel_trace.Link(creation))
     tracer = _otel_trace.get_tracer(_INSTRUMENTATION)
-    with tracer.start_as_current_span(
+    span = tracer.start_span(
         f"process {message.queue or message.exchange or 'amq.default'}",
         context=parent if parent is not None else _otel_context.Context(),
         kind=_otel_trace.SpanKind.CONSUMER,
         links=links,
         attributes=message.attributes("process", "process"),
-    ) as span:
-        yield Processing(message, _otel_trace.set_span_in_context(span))
+    )
+    processing_ = Processing(message, _otel_trace.set_span_in_context(span))
+    if not current:
+        with contextlib.ExitStack() as ending:
+            ending.callback(span.end)
+            yield processing_
+        return
+    with _otel_trace.use_span(span, end_on_exit=True):
+        yield processing_
+
+
+def current_trace_headers() -> dict[str, str]:
+    """The W3C headers (``traceparent``, ``tracestate``) of the current span; empty outside one."""
+    if not _enabled or not _otel_trace.get_current_span().get_span_context().is_valid:
+        return {}
+    carrier: dict[str, str] = {}
+    _otel_propagate.inject(carrier)
+    return {name: carrier[name] for name in TRACE_HEADERS if name in carrier}
 
 
 def current_traceparent() -> str | None:
     """The W3C ``traceparent`` of the current span (to store with an outbox row), if any."""
-    if not _enabled or not _otel_trace.get_current_span().get_span_context().is_valid:
-        return None
-    carrier: dict[str, str] = {}
-    _otel_propagate.inject(carrier)
-    return carrier.get("traceparent")
+    return current_trace_headers().get("traceparent")
 
 
 def mark_current_failed(description: str) -> None:

@@ -182,3 +182,49 @@ def test_off_by_default_and_switched_on_by_bus_tracing_for_commands(
     assert main(["validate", "-f", "topology.yaml"]) == 0
     assert tracing.tracing_enabled()
     capsys.readouterr()
+
+
+WITHOUT_THE_EXTRA = """
+import sys
+sys.modules["opentelemetry"] = None  # as if the otel extra were not installed
+from bus import tracing
+from bus.cli import main
+from bus.errors import UsageError
+from bus.tracing import MessageTrace
+
+assert not tracing.otel_available() and not tracing.tracing_enabled()
+headers = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+with tracing.publishing(MessageTrace("events", "order.created"), headers):
+    pass
+with tracing.processing(MessageTrace("events", "order.created"), headers) as span:
+    assert span.trace_headers() == {}
+assert headers == {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+assert tracing.current_traceparent() is None
+try:
+    tracing.set_tracing(True)
+except UsageError as exc:
+    assert "otel extra" in str(exc), exc
+else:
+    raise AssertionError("switching tracing on without the extra was accepted")
+sys.exit(main(["validate", "-f", "topology.yaml"]))
+"""
+
+
+def test_without_the_extra_nothing_is_traced_and_bus_tracing_is_a_clear_error() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "BUS_TRACING": "true"}
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_THE_EXTRA],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    # The command refuses with the extra's name, as a one-line usage error (exit 2).
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "otel extra" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from bus.errors import BrokerUnavailableError
+from bus.node import LoopbackBroker
 from bus.settings import OFFICIAL_RABBITMQ_IMAGE
 from bus.watchdog import Watchdog
 
@@ -130,7 +131,7 @@ def _published(container: Any, port: int) -> int:
     raise ConnectionError(f"port {port} is not published on {LOOPBACK}")
 
 
-class RabbitContainer:
+class RabbitContainer(LoopbackBroker):
     """A running container: URLs on 127.0.0.1 and ``rabbitmqctl`` through ``docker exec``."""
 
     def __init__(self, container: Any, image: str) -> None:
@@ -142,14 +143,6 @@ class RabbitContainer:
     @property
     def id(self) -> str:
         return str(self._container.get_container_id())
-
-    @property
-    def amqp_url(self) -> str:
-        return f"amqp://{USER}:{PASSWORD}@{LOOPBACK}:{self.amqp_port}/"
-
-    @property
-    def management_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.management_port}"
 
     def ctl(self, *args: str, timeout: float = 60.0, check: bool = True) -> str:
         """Run ``rabbitmqctl ...`` in the container and return its output."""

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -35,6 +34,7 @@ from bus.broker.connect import connect_sync
 from bus.broker.management import ManagementClient
 from bus.dlq import DeadLetterQueue, list_dead_letters, render_dead_letters
 from bus.errors import BrokerError, BusError
+from bus.node import stop_process_group
 from bus.provision import ProvidedBroker, provide_broker
 from bus.routing import Router
 from bus.settings import BrokerChoiceSettings, BusSettings, mask_url, with_vhost
@@ -145,15 +145,7 @@ class _Worker:
         return None
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=5)
+        stop_process_group(self.process, 15, 5)
         self._reader.join(timeout=5)
         if self.process.stdout is not None:
             self.process.stdout.close()

@@ -16,7 +16,7 @@ public hooks, with no confirm loop of its own:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import pika
 from pydantic import BaseModel
@@ -64,21 +64,9 @@ class CopyItem(Outgoing):
 
 
 def kept(properties: pika.BasicProperties) -> KeptProperties:
-    """A dead letter's properties, to go out again as they were."""
-    return KeptProperties(
-        content_type=properties.content_type,
-        content_encoding=properties.content_encoding,
-        delivery_mode=properties.delivery_mode,
-        priority=properties.priority,
-        correlation_id=properties.correlation_id,
-        reply_to=properties.reply_to,
-        expiration=properties.expiration,
-        timestamp=properties.timestamp,
-        type=properties.type,
-        user_id=properties.user_id,
-        app_id=properties.app_id,
-        cluster_id=properties.cluster_id,
-    )
+    """A dead letter's properties, to go out again as they were (pika names each property as
+    :class:`KeptProperties` does)."""
+    return KeptProperties(**{f.name: getattr(properties, f.name) for f in fields(KeptProperties)})
 
 
 class CopyResolver(Resolver):

@@ -125,35 +125,13 @@ class BrokerUnavailableError(BrokerError):
 class AccessRefusedError(BrokerError):
     """The broker refused an operation for lack of permission.
 
-    Built with :meth:`missing`, the message names the permission and the object:
+    Built with :meth:`from_reply`, the message names the permission and the object:
     ``access refused: write permission on exchange 'events' in vhost 'v' for user 'u'``.
     """
 
     permission: str | None = None
     kind: str | None = None
     name: str | None = None
-
-    @classmethod
-    def missing(
-        cls,
-        permission: str,
-        kind: str,
-        name: str,
-        *,
-        vhost: str,
-        user: str,
-        detail: str = "",
-    ) -> AccessRefusedError:
-        what = f"{kind} {name!r}"
-        if kind == "exchange" and name == "amq.default":
-            what += " (the default exchange)"
-        text = (
-            f"access refused: {permission} permission on {what} in vhost {vhost!r} "
-            f"for user {user!r}"
-        )
-        error = cls(f"{text}; {detail}" if detail else text)
-        error.permission, error.kind, error.name = permission, kind, name
-        return error
 
     @classmethod
     def from_reply(
@@ -171,7 +149,16 @@ class AccessRefusedError(BrokerError):
         refused = parse_access_refused(reply_text)
         if refused is not None:
             kind, name, vhost, user = refused
-        return cls.missing(permission, kind, name, vhost=vhost, user=user, detail=detail)
+        what = f"{kind} {name!r}"
+        if kind == "exchange" and name == "amq.default":
+            what += " (the default exchange)"
+        text = (
+            f"access refused: {permission} permission on {what} in vhost {vhost!r} "
+            f"for user {user!r}"
+        )
+        error = cls(f"{text}; {detail}" if detail else text)
+        error.permission, error.kind, error.name = permission, kind, name
+        return error
 
 
 # RabbitMQ's 403 text: "ACCESS_REFUSED - access to exchange 'x' in vhost 'v' refused for user 'u'"

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Unpack
 
@@ -132,18 +132,12 @@ class FakeBus:
         # A dead-lettered copy arrives from the DLX with the DL key and the x-death headers.
         headers = dict(route.headers)
         for queue in sorted(route.queues):
-            copy = FakeMessage(
+            copy = replace(
+                message,
                 queue=queue,
                 exchange=route.exchange,
                 routing_key=route.routing_key,
-                body=message.body,
                 headers=headers,
-                message_id=message.message_id,
-                type=message.type,
-                correlation_id=message.correlation_id,
-                content_type=message.content_type,
-                persistent=message.persistent,
-                timestamp=message.timestamp,
             )
             self._queues[queue].append(copy)
 

@@ -17,6 +17,7 @@ missing (inside step 4) or has its new ones (step 5).
 
 from __future__ import annotations
 
+import difflib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -29,7 +30,7 @@ from bus.broker.management import ManagementClient
 from bus.broker.plan import Plan, PlanConflicts, expanded_of, plan, queue_differences
 from bus.broker.plan_migrations import Migration, annotate_migrations, find_migrations
 from bus.broker.session import AmqpSession, ChannelRefused
-from bus.errors import BrokerError, ManagementAPIError
+from bus.errors import BrokerError, ManagementAPIError, UsageError
 from bus.migrate_move import MoveReport, move_messages
 from bus.settings import BusSettings
 from bus.topology.expand import BindingSpec, ExpandedTopology, QueueSpec
@@ -255,6 +256,17 @@ def _pinned(expanded: ExpandedTopology, migrations: list[Migration]) -> Expanded
     return replace(expanded, queues=queues)
 
 
+def _check_queue_names(expanded: ExpandedTopology, queues: list[str]) -> None:
+    """Refuse, before any broker is contacted, a queue name the topology does not declare."""
+    unknown = [q for q in queues if q not in expanded.queues]
+    if not unknown:
+        return
+    known = sorted(expanded.queues)
+    nearest = sorted({n for q in unknown for n in difflib.get_close_matches(q, known, n=3)})
+    hint = f"; nearest known: {', '.join(nearest)}" if nearest else ""
+    raise UsageError(f"queue not in the topology: {', '.join(unknown)}{hint}")
+
+
 def migrate(
     topology: LoadedTopology | ExpandedTopology,
     settings: BusSettings | None = None,
@@ -273,15 +285,13 @@ def migrate(
     them); then each queue is migrated; then the vhost is planned again.
     """
     expanded = expanded_of(topology)
+    if queues is not None:
+        _check_queue_names(expanded, queues)
     settings = settings or BusSettings()
     planned = annotate_migrations(plan(expanded, settings, vhost=vhost, prune=prune), expanded,
                                    migrate=True)  # fmt: skip
     all_migrations = find_migrations(planned, expanded)
     chosen = find_migrations(planned, expanded, queues) if queues is not None else all_migrations
-    if queues is not None:
-        missing = [q for q in queues if q not in expanded.queues]
-        if missing:
-            raise BrokerError(f"not in the topology: {', '.join(missing)}")
     if on_plan is not None:
         on_plan(planned)
     migrating = {m.queue for m in all_migrations} | {m.temp for m in all_migrations}

@@ -18,11 +18,18 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from bus.errors import BrokerUnavailableError
 from bus.watchdog import Watchdog
 
-__all__ = ["LocalNode", "free_port_pair", "rabbitmq_installed"]
+__all__ = [
+    "LocalNode",
+    "LoopbackBroker",
+    "free_port_pair",
+    "rabbitmq_installed",
+    "stop_process_group",
+]
 
 _DIST_OFFSET = 20000
 
@@ -50,7 +57,37 @@ def free_port_pair(count: int = 1) -> int:
     raise BrokerUnavailableError("no free port pair for a throwaway RabbitMQ node")
 
 
-class LocalNode:
+def stop_process_group(process: subprocess.Popen[Any], grace: float, after_kill: float) -> None:
+    """End ``process`` and its group: SIGTERM, SIGKILL when it has not exited after ``grace``
+    seconds; the process is reaped either way."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=after_kill)
+
+
+class LoopbackBroker:
+    """The URLs of a broker of our own on 127.0.0.1, reached as guest: a throwaway node, or a
+    container whose ports are published there."""
+
+    amqp_port: int
+    management_port: int
+
+    @property
+    def amqp_url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self.management_port}"
+
+
+class LocalNode(LoopbackBroker):
     """One throwaway ``rabbitmq-server`` process.
 
     ``config`` is appended to the node's own rabbitmq.conf (never the shared broker's); in it,
@@ -92,14 +129,6 @@ class LocalNode:
         self._wrapper: subprocess.Popen[bytes] | None = None
         self._watchdog: Watchdog | None = None
         self.node_pid: int | None = None
-
-    @property
-    def amqp_url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/"
-
-    @property
-    def management_url(self) -> str:
-        return f"http://127.0.0.1:{self.management_port}"
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -226,15 +255,7 @@ class LocalNode:
                 self._wait_gone(self.node_pid, 10)
             self.node_pid = None
         if self._wrapper is not None:
-            if self._wrapper.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self._wrapper.pid, signal.SIGTERM)
-            try:
-                self._wrapper.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self._wrapper.pid, signal.SIGKILL)
-                self._wrapper.wait(timeout=10)
+            stop_process_group(self._wrapper, 30, 10)
             self._wrapper = None
         if not keep_data:
             shutil.rmtree(self.dir, ignore_errors=True)

@@ -44,6 +44,24 @@ def _prometheus() -> Any:
         ) from None
 
 
+# name -> (help, labels) of each ``bus_consumer_*`` counter.
+_COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "messages_consumed": ("Deliveries received.", ("queue",)),
+    "messages_acked": ("Deliveries acked.", ("queue",)),
+    "messages_retried": ("Deliveries sent to a retry delay queue.", ("queue",)),
+    "messages_dead_lettered": (
+        "Deliveries dead-lettered (republished to the DLX or rejected to it).",
+        ("queue", "reason"),
+    ),
+    "messages_requeued": ("Deliveries requeued (no dead-letter exchange).", ("queue",)),
+    "messages_dropped": (
+        "Deliveries rejected without a dead-letter exchange (the broker drops them).",
+        ("queue", "reason"),
+    ),
+    "messages_duplicate": ("Deliveries skipped by the idempotency hook.", ("queue",)),
+}
+
+
 class PrometheusMetrics:
     """``bus_consumer_*`` counters and a handler-duration histogram, labelled by queue."""
 
@@ -52,55 +70,35 @@ class PrometheusMetrics:
         kwargs: dict[str, Any] = {"namespace": namespace, "subsystem": "consumer"}
         if registry is not None:
             kwargs["registry"] = registry
-        self._consumed = prom.Counter(
-            "messages_consumed", "Deliveries received.", ["queue"], **kwargs
-        )
-        self._acked = prom.Counter("messages_acked", "Deliveries acked.", ["queue"], **kwargs)
-        self._retried = prom.Counter(
-            "messages_retried", "Deliveries sent to a retry delay queue.", ["queue"], **kwargs
-        )
-        self._dead = prom.Counter(
-            "messages_dead_lettered",
-            "Deliveries dead-lettered (republished to the DLX or rejected to it).",
-            ["queue", "reason"],
-            **kwargs,
-        )
-        self._requeued = prom.Counter(
-            "messages_requeued", "Deliveries requeued (no dead-letter exchange).", ["queue"],
-            **kwargs,
-        )  # fmt: skip
-        self._dropped = prom.Counter(
-            "messages_dropped",
-            "Deliveries rejected without a dead-letter exchange (the broker drops them).",
-            ["queue", "reason"],
-            **kwargs,
-        )
-        self._duplicates = prom.Counter(
-            "messages_duplicate", "Deliveries skipped by the idempotency hook.", ["queue"],
-            **kwargs,
-        )  # fmt: skip
+        self._counters = {
+            name: prom.Counter(name, text, list(labels), **kwargs)
+            for name, (text, labels) in _COUNTERS.items()
+        }
         self._seconds = prom.Histogram("handler_seconds", "Handler run time.", ["queue"], **kwargs)
 
+    def _count(self, name: str, *labels: str, amount: int = 1) -> None:
+        self._counters[name].labels(*labels).inc(amount)
+
     def consumed(self, queue: str) -> None:
-        self._consumed.labels(queue).inc()
+        self._count("messages_consumed", queue)
 
     def acked(self, queue: str, count: int) -> None:
-        self._acked.labels(queue).inc(count)
+        self._count("messages_acked", queue, amount=count)
 
     def retried(self, queue: str) -> None:
-        self._retried.labels(queue).inc()
+        self._count("messages_retried", queue)
 
     def dead_lettered(self, queue: str, reason: str) -> None:
-        self._dead.labels(queue, reason).inc()
+        self._count("messages_dead_lettered", queue, reason)
 
     def requeued(self, queue: str) -> None:
-        self._requeued.labels(queue).inc()
+        self._count("messages_requeued", queue)
 
     def dropped(self, queue: str, reason: str) -> None:
-        self._dropped.labels(queue, reason).inc()
+        self._count("messages_dropped", queue, reason)
 
     def duplicate(self, queue: str) -> None:
-        self._duplicates.labels(queue).inc()
+        self._count("messages_duplicate", queue)
 
     def handler_seconds(self, queue: str, seconds: float) -> None:
         self._seconds.labels(queue).observe(seconds)

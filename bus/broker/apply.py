@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Unpack
 
 from bus.broker.live import LiveBinding, LivePolicy, LiveQueue
 from bus.broker.management import ManagementClient
@@ -23,10 +24,10 @@ from bus.broker.plan import (
     Plan,
     PlanConflicts,
     PlanItem,
+    PlanKeywords,
     PolicySpec,
     expanded_of,
     plan,
-    resolve_vhost,
 )
 from bus.broker.session import AmqpSession, ChannelRefused
 from bus.errors import (
@@ -330,31 +331,27 @@ def apply(
     topology: LoadedTopology | ExpandedTopology,
     settings: BusSettings | None = None,
     *,
-    vhost: str | None = None,
-    prune: bool = False,
-    recreate_empty: bool = False,
-    allow_data_loss: bool = False,
     dry_run: bool = False,
     on_plan: Callable[[Plan], None] | None = None,
+    **planning: Unpack[PlanKeywords],
 ) -> ApplyResult:
     """Plan, then apply every change; raise :class:`PlanConflicts` (nothing applied) on conflict.
 
-    The vhost is created only when the topology names it (``vhost: {name: ...}``); the
-    connecting user then gets full permissions on it. ``on_plan`` sees the plan before any
-    change (the CLI prints it there).
+    ``planning`` are the keywords of :func:`~bus.broker.plan.plan` (``vhost``, ``prune``,
+    ``recreate_empty``, ``allow_data_loss``). The vhost is created only when the topology
+    names it (``vhost: {name: ...}``); the connecting user then gets full permissions on it.
+    ``on_plan`` sees the plan before any change (the CLI prints it there).
     """
     expanded = expanded_of(topology)
     settings = settings or BusSettings()
-    name = resolve_vhost(expanded, settings, vhost)
-    options = {"prune": prune, "recreate_empty": recreate_empty, "allow_data_loss": allow_data_loss}
-    planned = plan(expanded, settings, vhost=name, **options)
+    planned = plan(expanded, settings, **planning)
     if on_plan is not None:
         on_plan(planned)
     if planned.conflicts:
         raise PlanConflicts(planned)
     result = ApplyResult(planned, dry_run=dry_run)
     if planned.source == "amqp":
-        if prune:
+        if planned.options.prune:
             raise BrokerError(
                 "--prune needs the management API (AMQP cannot list a vhost): nothing was applied"
             )
@@ -373,7 +370,7 @@ def apply(
     finally:
         executor.close()
     if planned.source == "management":
-        again = plan(expanded, settings, vhost=name, **options)
+        again = plan(expanded, settings, **planning)
         if again.has_changes or again.conflicts:
             pending = "; ".join(
                 f"{i.action} {i.kind} {i.name}" for i in again.changes + again.conflicts

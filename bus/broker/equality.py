@@ -9,7 +9,7 @@ an exchange compares only ``alternate-exchange`` among its arguments.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from bus.broker.live import LiveBinding, LiveExchange, LivePolicy, LiveQueue
 from bus.broker.plan_model import ABSENT, Difference, PolicySpec
@@ -99,57 +99,62 @@ def compared_field(name: str, desired: object, live: object, reason: str) -> lis
     return [] if same_value(desired, live) else [Difference(name, desired, live, reason)]
 
 
+def _compared_fields(
+    names: tuple[str, ...], desired: object, live: object, reason: str
+) -> list[Difference]:
+    """:func:`compared_field` for each attribute in ``names`` of ``desired`` and ``live``."""
+    return [
+        difference
+        for name in names
+        for difference in compared_field(name, getattr(desired, name), getattr(live, name), reason)
+    ]
+
+
+def _compared_entries(
+    prefix: str,
+    desired: Mapping[str, object],
+    live: Mapping[str, object],
+    reason: Callable[[str], str],
+) -> list[Difference]:
+    """A :class:`Difference` ``prefix.key`` for each key whose values differ (sorted by key);
+    ``reason(key)`` says what changing it means."""
+    return [
+        Difference(f"{prefix}.{key}", want, have, reason(key))
+        for key, want, have in argument_differences(desired, live)
+    ]
+
+
 def exchange_differences(
     d: ExchangeSpec, live: LiveExchange, exchange_types: frozenset[str] | None = None
 ) -> list[Difference]:
-    diffs: list[Difference] = []
-    diffs += compared_field("type", d.type, live.type, IMMUTABLE)
-    diffs += compared_field("durable", d.durable, live.durable, IMMUTABLE)
-    diffs += compared_field("auto_delete", d.auto_delete, live.auto_delete, IMMUTABLE)
-    diffs += compared_field("internal", d.internal, live.internal, IMMUTABLE)
-    for key in sorted(set(d.arguments) | set(live.arguments)):
-        reason = IMMUTABLE if key == "alternate-exchange" else INEFFECTIVE
-        diffs += compared_field(
-            f"arguments.{key}",
-            d.arguments.get(key, ABSENT),
-            live.arguments.get(key, ABSENT),
-            reason,
-        )
-    return diffs
+    return [
+        *_compared_fields(("type", "durable", "auto_delete", "internal"), d, live, IMMUTABLE),
+        *_compared_entries(
+            "arguments", d.arguments, live.arguments,
+            lambda key: IMMUTABLE if key == "alternate-exchange" else INEFFECTIVE,
+        ),
+    ]  # fmt: skip
 
 
 def queue_differences(d: QueueSpec, live: LiveQueue) -> list[Difference]:
-    diffs: list[Difference] = []
-    diffs += compared_field("type", d.type, live.type, IMMUTABLE)
-    diffs += compared_field("durable", d.durable, live.durable, IMMUTABLE)
-    diffs += compared_field("auto_delete", d.auto_delete, live.auto_delete, IMMUTABLE)
+    diffs = _compared_fields(("type", "durable", "auto_delete"), d, live, IMMUTABLE)
     if live.exclusive:
         diffs.append(
             Difference("exclusive", False, True, "the queue is exclusive to another connection")
         )
     compared = COMPARED_QUEUE_ARGUMENTS.get(live.type, frozenset())
-    desired_args = {"x-queue-type": d.type, **d.arguments}
-    for key in sorted(set(desired_args) | set(live.arguments)):
-        if key == "x-queue-type":
-            continue  # reported as "type"
-        reason = IMMUTABLE if key in compared else INEFFECTIVE
-        diffs += compared_field(
-            f"arguments.{key}", desired_args.get(key, ABSENT), live.arguments.get(key, ABSENT),
-            reason,
-        )  # fmt: skip
-    return diffs
+
+    def without_type(arguments: Mapping[str, object]) -> dict[str, object]:
+        return {k: v for k, v in arguments.items() if k != "x-queue-type"}  # reported as "type"
+
+    return diffs + _compared_entries(
+        "arguments", without_type(d.arguments), without_type(live.arguments),
+        lambda key: IMMUTABLE if key in compared else INEFFECTIVE,
+    )  # fmt: skip
 
 
 def policy_differences(d: PolicySpec, live: LivePolicy) -> list[Difference]:
-    diffs: list[Difference] = []
-    diffs += compared_field("pattern", d.pattern, live.pattern, MUTABLE)
-    diffs += compared_field("apply_to", d.apply_to, live.apply_to, MUTABLE)
-    diffs += compared_field("priority", d.priority, live.priority, MUTABLE)
-    for key in sorted(set(d.definition) | set(live.definition)):
-        diffs += compared_field(
-            f"definition.{key}",
-            d.definition.get(key, ABSENT),
-            live.definition.get(key, ABSENT),
-            MUTABLE,
-        )
-    return diffs
+    return [
+        *_compared_fields(("pattern", "apply_to", "priority"), d, live, MUTABLE),
+        *_compared_entries("definition", d.definition, live.definition, lambda _: MUTABLE),
+    ]

@@ -17,6 +17,7 @@ __all__ = [
     "LiveQueue",
     "LiveState",
     "LiveVhost",
+    "PolicyFields",
     "Probe",
     "QueueUsage",
     "normalise_queue_type",
@@ -64,12 +65,20 @@ class LiveBinding:
 
 
 @dataclass(frozen=True)
-class LivePolicy:
+class PolicyFields:
+    """What a policy is made of, on the broker (:class:`LivePolicy`) or in the topology
+    (:class:`~bus.broker.plan_model.PolicySpec`): the same fields, compared one to one."""
+
     name: str
     pattern: str
     apply_to: str
     priority: int
     definition: dict[str, Any] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class LivePolicy(PolicyFields):
+    """A policy as the broker holds it."""
 
 
 @dataclass(frozen=True)

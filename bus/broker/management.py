@@ -175,25 +175,33 @@ class ManagementClient:
         self.request("DELETE", f"/users/{quote_name(user)}", allow_404=True)
 
     # -- objects of one vhost ---------------------------------------------------------------
-    def exchanges(self, vhost: str) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self.request("GET", f"/exchanges/{quote_name(vhost)}")
+    def _listing(
+        self, kind: str, vhost: str, params: dict[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """``GET /<kind>/<vhost>``: every exchange, queue, binding or policy of the vhost."""
+        result: list[dict[str, Any]] = self.request(
+            "GET", f"/{kind}/{quote_name(vhost)}", params=params
+        )
         return result
+
+    def _one(self, kind: str, vhost: str, name: str) -> dict[str, Any] | None:
+        """``GET /<kind>/<vhost>/<name>``: one exchange or queue, or None when missing."""
+        result: dict[str, Any] | None = self.request(
+            "GET", f"/{kind}/{quote_name(vhost)}/{quote_name(name)}", allow_404=True
+        )
+        return result
+
+    def exchanges(self, vhost: str) -> list[dict[str, Any]]:
+        return self._listing("exchanges", vhost)
 
     def queues(self, vhost: str) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self.request("GET", f"/queues/{quote_name(vhost)}")
-        return result
+        return self._listing("queues", vhost)
 
     def queue(self, vhost: str, name: str) -> dict[str, Any] | None:
-        result: dict[str, Any] | None = self.request(
-            "GET", f"/queues/{quote_name(vhost)}/{quote_name(name)}", allow_404=True
-        )
-        return result
+        return self._one("queues", vhost, name)
 
     def exchange(self, vhost: str, name: str) -> dict[str, Any] | None:
-        result: dict[str, Any] | None = self.request(
-            "GET", f"/exchanges/{quote_name(vhost)}/{quote_name(name)}", allow_404=True
-        )
-        return result
+        return self._one("exchanges", vhost, name)
 
     def queue_bindings(self, vhost: str, exchange: str, queue: str) -> list[dict[str, Any]]:
         """The bindings from ``exchange`` to ``queue`` (any routing key and arguments)."""
@@ -202,12 +210,10 @@ class ManagementClient:
         return result or []
 
     def bindings(self, vhost: str) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self.request("GET", f"/bindings/{quote_name(vhost)}")
-        return result
+        return self._listing("bindings", vhost)
 
     def policies(self, vhost: str) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self.request("GET", f"/policies/{quote_name(vhost)}")
-        return result
+        return self._listing("policies", vhost)
 
     def definitions(self, vhost: str) -> dict[str, Any]:
         result: dict[str, Any] = self.request("GET", f"/definitions/{quote_name(vhost)}")
@@ -215,25 +221,20 @@ class ManagementClient:
 
     # -- listings for plan/apply: no statistics (they lag and cost time on big vhosts) ------
     def list_exchanges(self, vhost: str) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self.request(
-            "GET", f"/exchanges/{quote_name(vhost)}", params={"disable_stats": "true"}
-        )
-        return result
+        return self._listing("exchanges", vhost, {"disable_stats": "true"})
 
     def list_queues(self, vhost: str) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self.request(
-            "GET",
-            f"/queues/{quote_name(vhost)}",
-            params={
+        return self._listing(
+            "queues",
+            vhost,
+            {
                 "disable_stats": "true",
                 "columns": "name,type,durable,auto_delete,exclusive,arguments,owner_pid_details",
             },
         )
-        return result
 
     def list_bindings(self, vhost: str) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self.request("GET", f"/bindings/{quote_name(vhost)}")
-        return result
+        return self._listing("bindings", vhost)
 
     def update_vhost(self, name: str, *, description: str) -> None:
         self.request("PUT", f"/vhosts/{quote_name(name)}", json={"description": description})

@@ -11,6 +11,8 @@ the end of :func:`plan`, after :func:`~bus.broker.differ.diff`.
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 from bus.broker.differ import diff, usage_candidates
 from bus.broker.equality import (
     COMPARED_QUEUE_ARGUMENTS,
@@ -57,6 +59,7 @@ __all__ = [
     "Plan",
     "PlanConflicts",
     "PlanItem",
+    "PlanKeywords",
     "PlanOptions",
     "PolicySpec",
     "binding_key",
@@ -104,6 +107,15 @@ def read_state(expanded: ExpandedTopology, settings: BusSettings, vhost: str) ->
     except (BrokerUnavailableError, AccessRefusedError) as exc:
         reason = " ".join(str(exc).split())
     return probe_state(expanded, settings, vhost, reason)
+
+
+class PlanKeywords(TypedDict, total=False):
+    """The keywords of :func:`plan`, which :func:`~bus.broker.apply.apply` passes on."""
+
+    vhost: str | None
+    prune: bool
+    recreate_empty: bool
+    allow_data_loss: bool
 
 
 def plan(

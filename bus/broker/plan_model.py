@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
-from bus.broker.live import LiveBinding, LiveExchange, LivePolicy, LiveQueue, LiveVhost
+from bus.broker.live import (
+    LiveBinding,
+    LiveExchange,
+    LivePolicy,
+    LiveQueue,
+    LiveVhost,
+    PolicyFields,
+)
 from bus.errors import PlanConflictError
 from bus.topology.expand import BindingSpec, ExchangeSpec, ExpandedTopology, QueueSpec
 from bus.topology.model import Vhost
@@ -105,12 +112,8 @@ def describe(value: object) -> str:
 
 
 @dataclass(frozen=True)
-class PolicySpec:
-    name: str
-    pattern: str
-    apply_to: str
-    priority: int
-    definition: dict[str, Any] = field(default_factory=dict, hash=False)
+class PolicySpec(PolicyFields):
+    """A policy as the topology wants it."""
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import pika
 import pika.exceptions
@@ -89,18 +89,16 @@ class AmqpSession:
         )
 
     def bind(self, b: BindingSpec | LiveBinding) -> None:
-        args = dict(b.arguments) or None
-        if b.destination_type == "queue":
-            self.call(lambda ch: ch.queue_bind(b.destination, b.source, b.routing_key, args))
-        else:
-            self.call(lambda ch: ch.exchange_bind(b.destination, b.source, b.routing_key, args))
+        self._on_binding("bind", b)
 
     def unbind(self, b: BindingSpec | LiveBinding) -> None:
+        self._on_binding("unbind", b)
+
+    def _on_binding(self, verb: Literal["bind", "unbind"], b: BindingSpec | LiveBinding) -> None:
+        """``queue.bind`` / ``exchange.bind`` (or ``unbind``), as the destination type says."""
         args = dict(b.arguments) or None
-        if b.destination_type == "queue":
-            self.call(lambda ch: ch.queue_unbind(b.destination, b.source, b.routing_key, args))
-        else:
-            self.call(lambda ch: ch.exchange_unbind(b.destination, b.source, b.routing_key, args))
+        method = f"{b.destination_type}_{verb}"  # queue_bind, exchange_unbind, ...
+        self.call(lambda ch: getattr(ch, method)(b.destination, b.source, b.routing_key, args))
 
     def delete_queue(self, name: str) -> None:
         self.call(lambda ch: ch.queue_delete(name))

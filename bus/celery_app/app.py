@@ -6,9 +6,9 @@ control and events classes, the pre-flight bootstep, and py-amqp's header guard.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from celery import Celery
 
@@ -19,9 +19,9 @@ from bus.celery_app.preflight import TopologyPreflight
 from bus.celery_tracing import install_worker_tracing
 from bus.errors import PublishError
 from bus.settings import BusSettings
-from bus.topology import ExpandedTopology, TopologySource
+from bus.topology import TopologySource
 
-__all__ = ["build_app", "configure_app"]
+__all__ = ["CeleryOptions", "build_app", "configure_app"]
 
 
 def _reject_delays(send_task: Callable[..., Any]) -> Callable[..., Any]:
@@ -61,24 +61,14 @@ def _install(app: Celery, settings: BusSettings | None) -> None:
     app._bus_installed = True
 
 
-@dataclass(frozen=True)
-class _Options:
-    """The choices :func:`celery_config` takes beside the topology and the settings."""
+class CeleryOptions(TypedDict, total=False):
+    """The keywords of :func:`build_app` and :func:`configure_app` that go on to
+    :func:`~bus.celery_app.config.celery_config` (see there)."""
 
     routes: Mapping[str, str] | None
     default_queue: str | None
     monitoring: bool | None
     prefetch_multiplier: int | None
-
-    def config(self, topology: ExpandedTopology, settings: BusSettings) -> dict[str, Any]:
-        return celery_config(
-            topology,
-            settings,
-            routes=self.routes,
-            default_queue=self.default_queue,
-            monitoring=self.monitoring,
-            prefetch_multiplier=self.prefetch_multiplier,
-        )
 
 
 def configure_app(
@@ -86,16 +76,12 @@ def configure_app(
     topology: TopologySource = None,
     *,
     settings: BusSettings | None = None,
-    routes: Mapping[str, str] | None = None,
-    default_queue: str | None = None,
-    monitoring: bool | None = None,
-    prefetch_multiplier: int | None = None,
+    **options: Unpack[CeleryOptions],
 ) -> Celery:
     """Configure an existing Celery app for the topology's Celery queues (now, not lazily)."""
     settings = settings or BusSettings()
     _install(app, settings)
-    options = _Options(routes, default_queue, monitoring, prefetch_multiplier)
-    app.conf.update(options.config(resolve_topology(topology), settings))
+    app.conf.update(celery_config(resolve_topology(topology), settings, **options))
     return app
 
 
@@ -103,11 +89,8 @@ def build_app(
     topology: TopologySource = None,
     *,
     settings: BusSettings | None = None,
-    routes: Mapping[str, str] | None = None,
-    default_queue: str | None = None,
-    monitoring: bool | None = None,
-    prefetch_multiplier: int | None = None,
     main: str = "amqp-bus",
+    **options: Unpack[CeleryOptions],
 ) -> Celery:
     """A Celery app for the topology's Celery queues.
 
@@ -115,14 +98,15 @@ def build_app(
     (``BUS_*``) are read when the app's configuration is first used, so importing a module that
     builds the app neither reads files nor connects.
     """
+    # Used later: a misspelt keyword is refused now, as celery_config would refuse it then.
+    inspect.signature(celery_config).bind_partial(**options)
     app = Celery(main, control=_CONTROL, events=_EVENTS)
     _install(app, settings)
-    options = _Options(routes, default_queue, monitoring, prefetch_multiplier)
 
     def lazy_config() -> dict[str, Any]:
         resolved = settings or BusSettings()
         record_settings(app, resolved)
-        return options.config(resolve_topology(topology), resolved)
+        return celery_config(resolve_topology(topology), resolved, **options)
 
     app.add_defaults(lazy_config)
     return app

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from bus.cli.support import broker_settings, file_option, load, plan_exit_code
+from bus.cli.support import (
+    broker_settings,
+    file_option,
+    load,
+    output_option,
+    plan_exit_code,
+    timeout_option,
+)
 
 __all__ = ["COMMANDS"]
 
@@ -77,10 +84,7 @@ def apply_command(
 
 @click.command("export")
 @click.option("--vhost", default=None, help="Vhost to export (default: the URL's).")
-@click.option(
-    "-o", "--output", type=click.Path(path_type=Path, dir_okay=False), default=None,
-    help="Write to FILE instead of stdout.",
-)  # fmt: skip
+@output_option("Write to FILE instead of stdout.")
 def export_command(vhost: str | None, output: Path | None) -> None:
     """topology.yaml of an existing vhost (applying it back plans as no change). Exit 0, 1."""
     from bus.broker import export_topology
@@ -122,13 +126,7 @@ def export_command(vhost: str | None, output: Path | None) -> None:
 @click.option(
     "--workers", is_flag=True, help="Celery workers and their active tasks (needs monitoring)."
 )
-@click.option(
-    "--workers-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=1.0,
-    show_default=True,
-    help="Seconds to wait for workers to answer.",
-)
+@timeout_option("--workers-timeout", 1.0, "Seconds to wait for workers to answer.")
 def status(
     file: Path | None,
     vhost: str | None,

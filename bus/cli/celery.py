@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from bus.cli.support import file_option, load, write_output
+from bus.cli.support import FILE, file_option, load, output_option, write_output
 
 __all__ = ["COMMANDS"]
 
@@ -45,7 +45,7 @@ def worker(
 @file_option
 @click.option(
     "--schedule-file",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=FILE,
     default=None,
     help="Beat state file (default: $BUS_BEAT_SCHEDULE_FILE, then ./celerybeat-schedule).",
 )
@@ -59,10 +59,7 @@ def beat(file: Path | None, schedule_file: Path | None, loglevel: str) -> int:
 
 @click.command("celery-config")
 @file_option
-@click.option(
-    "-o", "--output", type=click.Path(path_type=Path, dir_okay=False), default=None,
-    help="Write the module to FILE (e.g. celeryconfig.py) instead of stdout.",
-)  # fmt: skip
+@output_option("Write the module to FILE (e.g. celeryconfig.py) instead of stdout.")
 @click.option("--default-queue", default=None, help="Celery queue of unrouted tasks.")
 def celery_config_command(
     file: Path | None, output: Path | None, default_queue: str | None

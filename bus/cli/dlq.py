@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from bus.cli.support import broker_settings, file_option, load
+from bus.cli.support import POSITIVE, broker_settings, file_option, load
 from bus.errors import BusError, TopologyError
 from bus.settings import BusSettings, with_vhost
 
@@ -201,7 +201,7 @@ def _finish(report: ReplayReport, as_json: bool) -> int:
 )
 @click.option(
     "--rate",
-    type=click.FloatRange(min=0, min_open=True),
+    type=POSITIVE,
     default=None,
     metavar="N",
     help="At most N messages per second.",

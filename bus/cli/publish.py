@@ -10,7 +10,7 @@ from typing import Any
 import click
 from pydantic import BaseModel, ValidationError
 
-from bus.cli.support import broker_settings, topology_path
+from bus.cli.support import FILE, broker_settings, timeout_option, topology_option, topology_path
 from bus.contracts import Contract, ContractRegistry
 from bus.errors import ContractError, UsageError
 from bus.files import read_bounded
@@ -127,36 +127,19 @@ def publish_once(
 
 
 @click.command("publish")
-@click.option(
-    "-f",
-    "--topology",
-    "topology_file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="Topology file, for --event (default: $BUS_TOPOLOGY, then ./topology.yaml).",
-)
+@topology_option("--topology", "topology_file", purpose=", for --event")
 @click.option("-e", "--exchange", default=None, help="Exchange ('' is the default exchange).")
 @click.option("-k", "--routing-key", "routing_key", default=None, help="Routing key.")
 @click.option("--json", "json_text", default=None, help="The JSON body.")
 @click.option(
-    "--file",
-    "--body-file",
-    "body_file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
+    "--file", "--body-file", "body_file", type=FILE, default=None,
     help="A file holding the JSON body.",
-)
+)  # fmt: skip
 @click.option("-H", "--header", "headers", multiple=True, help="Header name=value (repeatable).")
 @click.option(
     "--event", default=None, help="Event name: exchange/key from its contract, body validated."
 )
-@click.option(
-    "--confirm-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=10.0,
-    show_default=True,
-    help="Seconds to wait for the broker's confirm.",
-)
+@timeout_option("--confirm-timeout", 10.0, "Seconds to wait for the broker's confirm.")
 def publish_command(
     topology_file: Path | None,
     exchange: str | None,

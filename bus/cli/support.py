@@ -1,4 +1,4 @@
-"""What the ``bus`` commands share: the ``-f`` option, settings and the drift-check rule.
+"""What the ``bus`` commands share: their common options, settings and the drift-check rule.
 
 The commands are the edge where settings are read from the environment (once per command) and
 passed down; nothing below ``bus.cli`` reads the environment.
@@ -6,10 +6,12 @@ passed down; nothing below ``bus.cli`` reads the environment.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+from click.decorators import FC
 from pydantic import ValidationError
 
 from bus.errors import PlanUnverifiedError, UsageError
@@ -20,23 +22,47 @@ if TYPE_CHECKING:
     from bus.broker.plan import Plan
 
 __all__ = [
+    "FILE",
+    "POSITIVE",
     "broker_settings",
     "file_option",
     "load",
+    "output_option",
     "plan_exit_code",
     "settings_problems",
+    "timeout_option",
+    "topology_option",
     "topology_path",
     "write_output",
 ]
 
-file_option = click.option(
-    "-f",
-    "--file",
-    "file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="Topology file (default: $BUS_TOPOLOGY, then ./topology.yaml).",
-)
+# A file name (a folder is refused), and a number above zero.
+FILE = click.Path(path_type=Path, dir_okay=False)
+POSITIVE = click.FloatRange(min=0, min_open=True)
+
+
+def topology_option(*names: str, purpose: str = "") -> Callable[[FC], FC]:
+    """``-f`` (and ``names``): the topology file, found as :func:`topology_path` says."""
+    return click.option(
+        "-f",
+        *names,
+        type=FILE,
+        default=None,
+        help=f"Topology file{purpose} (default: $BUS_TOPOLOGY, then ./topology.yaml).",
+    )
+
+
+file_option = topology_option("--file", "file")
+
+
+def output_option(text: str) -> Callable[[FC], FC]:
+    """``-o FILE``: where a command writes what it would print."""
+    return click.option("-o", "--output", type=FILE, default=None, help=text)
+
+
+def timeout_option(name: str, default: float, text: str) -> Callable[[FC], FC]:
+    """A positive number of seconds to wait for something, its default shown."""
+    return click.option(name, type=POSITIVE, default=default, show_default=True, help=text)
 
 
 def topology_path(file: Path | None) -> Path:

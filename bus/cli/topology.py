@@ -8,7 +8,7 @@ import click
 import yaml
 
 from bus.asyncapi import asyncapi_document, dump_document
-from bus.cli.support import file_option, load, write_output
+from bus.cli.support import file_option, load, output_option, write_output
 from bus.graph import render
 
 __all__ = ["COMMANDS"]
@@ -103,13 +103,7 @@ def check(file: Path | None, rabbitmq: str | None, target: str | None) -> int:
 
 @click.command()
 @file_option
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="Write to FILE instead of stdout (JSON when FILE ends in .json, else YAML).",
-)
+@output_option("Write to FILE instead of stdout (JSON when FILE ends in .json, else YAML).")
 def asyncapi(file: Path | None, output: Path | None) -> None:
     """AsyncAPI 3.0 document of the exchanges, queues and events. Exit 0, 1 bad model, 2 invalid."""
     as_json = output is not None and output.suffix.lower() == ".json"

@@ -56,6 +56,7 @@ from sqlalchemy import (
     true,
 )
 from sqlalchemy.engine import make_url
+from sqlalchemy.schema import SchemaItem
 
 from bus.errors import BusError
 
@@ -84,9 +85,10 @@ def outbox_table(
     name: str = DEFAULT_TABLE, *, schema: str | None = None, metadata: MetaData | None = None
 ) -> Table:
     """The outbox :class:`~sqlalchemy.Table` (add it to your own metadata for migrations)."""
-    return Table(
+    return _table(
         name,
-        metadata if metadata is not None else MetaData(),
+        schema,
+        metadata,
         Column("seq", _SEQ, primary_key=True, autoincrement=True),
         Column("message_id", String(255), nullable=False, unique=True),
         Column("event", String(255)),
@@ -107,7 +109,6 @@ def outbox_table(
         Column("claimed_until", Double),
         # The claim asks "is there an earlier row of this key?" for every candidate.
         Index(f"{name}_ordering", "ordering_key", "seq"),
-        schema=schema,
     )
 
 
@@ -115,13 +116,18 @@ def inbox_table(
     name: str = DEFAULT_INBOX_TABLE, *, schema: str | None = None, metadata: MetaData | None = None
 ) -> Table:
     """The inbox: one row per handled message key (``"<queue>:<message_id>"``)."""
-    return Table(
+    return _table(
         name,
-        metadata if metadata is not None else MetaData(),
+        schema,
+        metadata,
         Column("key", String(512), primary_key=True),
         Column("handled_at", Double, nullable=False),
-        schema=schema,
     )
+
+
+def _table(name: str, schema: str | None, metadata: MetaData | None, *items: SchemaItem) -> Table:
+    """A table placed where the caller says: in ``schema``, and in ``metadata`` (else its own)."""
+    return Table(name, metadata if metadata is not None else MetaData(), *items, schema=schema)
 
 
 def notify_channel(table: Table) -> str:

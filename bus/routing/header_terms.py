@@ -13,6 +13,7 @@ import calendar
 from collections.abc import Hashable, Mapping
 from datetime import datetime
 from decimal import Decimal
+from types import NoneType, UnionType
 
 from pika.compat import long as pika_long
 
@@ -24,6 +25,19 @@ __all__ = ["amqp_tag", "header_term", "message_header_term"]
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 
 
+# The AMQP field type of every other value pika encodes: the first type that matches.
+_AMQP_TAGS: tuple[tuple[type | UnionType, str], ...] = (
+    (float, "double"),
+    (str, "longstr"),
+    (bytes | bytearray, "binary"),
+    (NoneType, "void"),
+    (Decimal, "decimal"),
+    (datetime, "timestamp"),
+    (Mapping, "table"),
+    (list | tuple, "array"),
+)
+
+
 def amqp_tag(value: object) -> str:
     """The AMQP field type pika encodes ``value`` as (it matters inside arrays/tables)."""
     if isinstance(value, bool):
@@ -32,22 +46,9 @@ def amqp_tag(value: object) -> str:
         return "long"
     if isinstance(value, int):
         return "signedint" if _INT32_MIN <= value <= _INT32_MAX else "long"
-    if isinstance(value, float):
-        return "double"
-    if isinstance(value, str):
-        return "longstr"
-    if isinstance(value, bytes | bytearray):
-        return "binary"
-    if value is None:
-        return "void"
-    if isinstance(value, Decimal):
-        return "decimal"
-    if isinstance(value, datetime):
-        return "timestamp"
-    if isinstance(value, Mapping):
-        return "table"
-    if isinstance(value, list | tuple):
-        return "array"
+    for kind, tag in _AMQP_TAGS:
+        if isinstance(value, kind):
+            return tag
     raise RoutingError(f"header value {value!r} of type {type(value).__name__} has no AMQP type")
 
 

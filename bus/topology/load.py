@@ -166,6 +166,14 @@ class _Loader:
                 schedules[name] = schedule
         return section.model_copy(update={"schedules": schedules})
 
+    def section(self, data: dict[str, Any], name: str, shape: type, expected: str) -> Any:
+        """``data[name]`` when it is a ``shape``; None when absent, or wrong (reported)."""
+        raw = data.get(name)
+        if raw is not None and not isinstance(raw, shape):
+            self.error((name,), f"{name} must be {expected}")
+            return None
+        return raw
+
     def load(self) -> Topology | None:
         data = self.data
         if not isinstance(data, dict):
@@ -186,32 +194,20 @@ class _Loader:
         if data.get("vhost") is not None:
             parts["vhost"] = self.validate(Vhost, data["vhost"], ("vhost",))
         for section, model in SECTIONS.items():
-            raw = data.get(section)
-            if raw is None:
-                continue
-            if not isinstance(raw, dict):
-                self.error((section,), f"{section} must be a mapping of name -> definition")
-                continue
-            valid: dict[str, Any] = {}
-            for name, entry in raw.items():
-                if entry is None:
-                    entry = {}
-                checked = self.validate(model, entry, (section, name))
-                if checked is not None:
-                    valid[name] = checked
-            parts[section] = valid
+            raw = self.section(data, section, dict, "a mapping of name -> definition")
+            if raw is not None:
+                named = {
+                    name: self.validate(model, {} if entry is None else entry, (section, name))
+                    for name, entry in raw.items()
+                }
+                parts[section] = {name: v for name, v in named.items() if v is not None}
         for section, model in LIST_SECTIONS.items():
-            raw = data.get(section)
-            if raw is None:
-                continue
-            if not isinstance(raw, list):
-                self.error((section,), f"{section} must be a list")
-                continue
-            parts[section] = [
-                checked
-                for index, entry in enumerate(raw)
-                if (checked := self.validate(model, entry, (section, index))) is not None
-            ]
+            raw = self.section(data, section, list, "a list")
+            if raw is not None:
+                listed = [
+                    self.validate(model, entry, (section, index)) for index, entry in enumerate(raw)
+                ]
+                parts[section] = [v for v in listed if v is not None]
         if data.get("celery") is not None:
             parts["celery"] = self.celery(data["celery"])
         unmanaged = data.get("unmanaged")

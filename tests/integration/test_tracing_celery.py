@@ -15,7 +15,7 @@ from celery.contrib.testing.worker import start_worker
 from bus import tracing
 from bus.broker.management import ManagementClient
 from bus.celery_app import build_app
-from bus.settings import with_vhost
+from bus.settings import BusSettings, with_vhost
 from bus.topology import LoadedTopology
 from producers import SyncPublisher
 from tests.support.plan import settings_for
@@ -26,19 +26,24 @@ pytestmark = pytest.mark.integration
 UPSTREAM = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
-def test_task_span_is_a_child_of_the_publishers_context(
+@pytest.fixture
+def traced_settings(
     amqp_url: str,
     bus_management: ManagementClient,
     bus_applied_vhost: str,
-    bus_topology: LoadedTopology,
-    request: pytest.FixtureRequest,
-) -> None:
+) -> Iterator[BusSettings]:
+    """Tracing on (off again afterwards), a fresh exporter, settings for the applied vhost."""
     span_exporter().clear()
     tracing.set_tracing(True)
-    request.addfinalizer(lambda: tracing.set_tracing(False))
-    settings = settings_for(with_vhost(amqp_url, bus_applied_vhost), bus_management)
+    yield settings_for(with_vhost(amqp_url, bus_applied_vhost), bus_management)
+    tracing.set_tracing(False)
+
+
+def test_task_span_is_a_child_of_the_publishers_context(
+    traced_settings: BusSettings, bus_topology: LoadedTopology
+) -> None:
     app: Celery = build_app(
-        bus_topology.expanded, settings=settings, routes={"traced.work": "reports.build"}
+        bus_topology.expanded, settings=traced_settings, routes={"traced.work": "reports.build"}
     )
     ran = threading.Event()
     seen: dict[str, Any] = {}
@@ -83,21 +88,14 @@ def celery_instrumented() -> Iterator[None]:
 
 
 def test_celerys_task_span_is_a_child_of_the_bus_process_span(
-    amqp_url: str,
-    bus_management: ManagementClient,
-    bus_applied_vhost: str,
-    bus_topology: LoadedTopology,
-    request: pytest.FixtureRequest,
+    traced_settings: BusSettings, bus_topology: LoadedTopology, request: pytest.FixtureRequest
 ) -> None:
     """send_task from our publisher inside an application span, run by the bus's worker with
     opentelemetry-instrumentation-celery on: one trace, Celery's run/ span under ours, the
     task's own span under Celery's; a failed task marks our span; nothing stays attached."""
     from opentelemetry import trace
 
-    span_exporter().clear()
-    tracing.set_tracing(True)
-    request.addfinalizer(lambda: tracing.set_tracing(False))
-    settings = settings_for(with_vhost(amqp_url, bus_applied_vhost), bus_management)
+    settings = traced_settings
     app: Celery = build_app(
         bus_topology.expanded,
         settings=settings,

@@ -29,9 +29,10 @@ from bus.node import LocalNode, rabbitmq_installed
 from bus.settings import BusSettings
 from bus.topology import LoadedTopology, load_topology
 from tests.support.amqp import declare_with_pika
-from tests.support.celery_worker import CeleryVhost, wait_for
+from tests.support.celery_worker import CeleryVhost
 from tests.support.hostile.worker_io import DUPLICATE, KindSender, Outcome, drain_dead_letters
 from tests.support.hostile.worker_kinds import KINDS, valid_task
+from tests.support.waiting import wait_for
 
 pytestmark = [
     pytest.mark.integration,

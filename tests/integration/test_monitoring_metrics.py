@@ -19,8 +19,9 @@ from bus.settings import BusSettings
 from bus.topology import LoadedTopology
 from consumers.tasks import ROUTES
 from tests.support.amqp import declare_with_pika
-from tests.support.celery_worker import BIN, Worker, clean_env, wait_for
+from tests.support.celery_worker import BIN, Worker, clean_env
 from tests.support.users import user_url
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,6 @@ by the ``make_user`` fixture.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import pytest
 from bus.broker.management import ManagementClient
 from bus.cli import main
 from bus.provision import ProvidedBroker
+from tests.support.commands import bus_argv, run
 from tests.support.users import MakeUser, user_url
 
 pytestmark = pytest.mark.integration
@@ -54,14 +53,7 @@ def test_plan_prune_with_a_backtracking_unmanaged_pattern_and_a_hostile_name(
         encoding="utf-8",
     )
     env = {**os.environ, "BUS_AMQP_URL": applied, "BUS_MANAGEMENT_URL": bus_management_url}
-    done = subprocess.run(
-        [sys.executable, "-m", "bus", "plan", "--prune", "-f", str(topology)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run(bus_argv("plan", "--prune", "-f", str(topology)), env=env)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert any(hostile in line and "^(a+)+!$" in line for line in lines), done.stdout

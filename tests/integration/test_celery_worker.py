@@ -45,25 +45,19 @@ def celery_vhost(
     bus_topology: LoadedTopology,
     tmp_path: Path,
 ) -> Iterator[CeleryVhost]:
-    declare_with_pika(bus_vhost_url, bus_topology.expanded)
     user, password = f"bus-celery-{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
     # The management tag lets the worker's pre-flight read its own vhost's queues over HTTP.
     bus_management.create_user(user, password, tags="management")
     bus_management.set_permissions(bus_vhost, user, configure="^$", write=".*", read=".*")
-    cv = CeleryVhost(
-        vhost=bus_vhost,
-        admin_url=bus_vhost_url,
-        worker_url=user_url(bus_vhost_url, user, password),
-        management_url=bus_broker.management_url,
-        topology=bus_topology,
-        management=bus_management,
-        tmp=tmp_path,
-    )
+    worker_url = user_url(bus_vhost_url, user, password)
     try:
-        yield cv
+        with CeleryVhost(
+            vhost=bus_vhost, admin_url=bus_vhost_url, worker_url=worker_url,
+            management_url=bus_broker.management_url, topology=bus_topology,
+            management=bus_management, tmp=tmp_path,
+        ) as cv:  # fmt: skip
+            yield cv
     finally:
-        for w in cv.workers:
-            w.stop()
         bus_management.delete_user(user)
 
 

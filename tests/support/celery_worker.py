@@ -21,6 +21,7 @@ from bus.celery_app import build_app
 from bus.settings import BusSettings
 from bus.topology import LoadedTopology
 from consumers.tasks import ROUTES
+from tests.support.amqp import declare_with_pika
 from tests.support.waiting import DEADLINE, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -126,7 +127,11 @@ class Worker:
 
 @dataclass
 class CeleryVhost:
-    """A vhost with the topology declared and a worker user that cannot configure anything."""
+    """A vhost with the topology declared and a worker user that cannot configure anything.
+
+    ``with`` declares the topology (plain pika, not the code under test) on entry and stops
+    every worker started through it on exit.
+    """
 
     vhost: str
     admin_url: str
@@ -136,6 +141,14 @@ class CeleryVhost:
     management: ManagementClient
     tmp: Path
     workers: list[Worker] = field(default_factory=list)
+
+    def __enter__(self) -> CeleryVhost:
+        declare_with_pika(self.admin_url, self.topology.expanded)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for worker in self.workers:
+            worker.stop()
 
     def env(self) -> dict[str, str]:
         env = clean_env()

@@ -25,16 +25,11 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     """``argv`` to its end (at most ``timeout`` s), its output captured as text; the exit code
     is left to the caller."""
+    command = [str(arg) for arg in argv]
     return subprocess.run(
-        [str(arg) for arg in argv],
-        env=env,
-        cwd=cwd,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+        command, env=env, cwd=cwd, input=stdin, timeout=timeout,
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
 
 
 def bus_argv(*args: str) -> list[str]:

@@ -80,11 +80,6 @@ def topology(bus_vhost_url: str, tmp_path: Path) -> LoadedTopology:
     return load_declared(bus_vhost_url, tmp_path, TOPOLOGY)
 
 
-@pytest.fixture
-def settings(bus_vhost_url: str) -> BusSettings:
-    return BusSettings(amqp_url=bus_vhost_url)
-
-
 async def dead_letter(
     queue: str, count: int, topology: LoadedTopology, settings: BusSettings, url: str
 ) -> None:

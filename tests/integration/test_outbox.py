@@ -35,23 +35,11 @@ from bus.topology import LoadedTopology, parse_topology
 from producers import SyncPublisher
 from producers.events import OrderCreated
 from tests.support.amqp import declare_with_pika
-from tests.support.outbox import (
-    TOPOLOGY,
-    order_broken,
-    outbox_database,
-    postgres_database,
-    read_queue,
-)
+from tests.support.outbox import TOPOLOGY, order_broken, postgres_database, read_queue
 
 pytestmark = pytest.mark.integration
 
 N = int(os.environ.get("BUS_OUTBOX_N", "1000"))
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    with outbox_database(request.param, tmp_path) as url:
-        yield url
 
 
 @pytest.fixture

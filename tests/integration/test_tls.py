@@ -33,6 +33,7 @@ from producers.events import OrderCreated
 from tests.support.amqp import declare_with_pika
 from tests.support.celery_worker import Worker, clean_env
 from tests.support.commands import run
+from tests.support.consumer import must_not_consume
 
 pytestmark = pytest.mark.skipif(not rabbitmq_installed(), reason="needs the rabbitmq-server binary")
 
@@ -209,12 +210,7 @@ async def test_publishers_and_consumer_app_refuse_an_untrusted_ca(
         await Publisher.connect(settings, tls_topology)
     with pytest.raises(BrokerUnavailableError, match=r"(?i)certificate verify failed"):
         SyncPublisher.connect(settings, tls_topology).start()
-    app = ConsumerApp("tls-untrusted")
-
-    @app.handler("billing.orders")
-    async def handle(event: OrderCreated) -> None:
-        raise AssertionError("never delivered")
-
+    app = must_not_consume(ConsumerApp("tls-untrusted"), "billing.orders")
     with pytest.raises(BrokerUnavailableError, match=r"(?i)certificate verify failed"):
         async with app.serve(settings, topology=tls_topology):
             pass

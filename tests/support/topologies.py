@@ -1,15 +1,30 @@
-"""Topology texts the consumer and migration suites share.
+"""Topology texts the suites share, and where the shipped topology routes the sample events.
 
-Most of them are one topic exchange ``events``, a few queues, and the ``order.created``
-contract (:class:`producers.events.OrderCreated`): only the queues differ, so only the queues
-are written out where they are used.
+Most test topologies are one topic exchange ``events``, a few queues, and the
+``order.created`` contract (:class:`producers.events.OrderCreated`): only the queues differ,
+so only the queues are written out where they are used.
 """
 
 from __future__ import annotations
 
 import textwrap
 
-__all__ = ["ORDER_CREATED", "order_topology"]
+__all__ = ["ORDER_CREATED", "SAMPLES_REACH", "order_topology"]
+
+# Read off topology.yaml by hand: one publish of each of producers.demo's sample events
+# (order.created, order.paid, order.cancel, a broadcast, an email with priority: high) lands
+# here. order.* feeds billing.orders, analytics.all (#) and, through the events -> audit
+# exchange binding (order.#), audit.log; order.cancel goes to orders.commands; broadcast fans
+# out to both caches; priority=high matches email.priority (x-match any).
+SAMPLES_REACH = {
+    "billing.orders": 2,
+    "analytics.all": 2,
+    "audit.log": 2,
+    "orders.commands": 1,
+    "cache.web": 1,
+    "cache.api": 1,
+    "email.priority": 1,
+}
 
 ORDER_CREATED = (
     "  order.created:\n"

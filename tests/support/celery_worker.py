@@ -1,4 +1,8 @@
-"""Celery workers as subprocesses on a vhost of their own (the Celery and monitoring suites)."""
+"""Celery workers as subprocesses on a vhost of their own (the Celery and monitoring suites).
+
+:class:`Worker` runs any long-running command that way (``bus worker``, ``celery worker``,
+``bus consume``): own process group, output collected line by line.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ BIN = Path(sys.executable).parent
 
 
 def clean_env() -> dict[str, str]:
+    """The test process's environment without ``BUS_*`` and ``CELERY_*`` settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BUS_", "CELERY_"))}
     # This machine runs tests as root; Celery's multi-line warning about it is not under test.
     env["PYTHONWARNINGS"] = "ignore:You're running the worker with superuser privileges"

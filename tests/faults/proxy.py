@@ -96,10 +96,12 @@ class FaultProxy(StartedInWith):
         return len(pairs)
 
     def blackhole(self) -> None:
-        self._loop.call_soon_threadsafe(self._forwarding.clear)
+        """Hold back every byte from now on: in force when this returns."""
+        self._call(self._forwarding.clear)
 
     def heal(self) -> None:
-        self._loop.call_soon_threadsafe(self._forwarding.set)
+        """Forward again, the held-back bytes first: in force when this returns."""
+        self._call(self._forwarding.set)
 
     def refuse(self) -> None:
         self._refusing = True

@@ -52,6 +52,7 @@ from tests.faults.checker import TotalQueue
 from tests.faults.proxy import FaultProxy
 from tests.faults.worker import BIN, REPO, BusWorker
 from tests.support.amqp import drain
+from tests.support.consumer import queue_depth
 
 __all__ = ["NODE_CONFIG", "SCENARIOS", "Lab", "Outcome", "default_n", "run_scenario"]
 
@@ -144,6 +145,13 @@ class Lab:
             with contextlib.suppress(BusError):
                 self.management.delete_vhost(name)
 
+    @contextlib.contextmanager
+    def proxied(self) -> Iterator[tuple[str, FaultProxy, str, str]]:
+        """A vhost of its own and a fault proxy to the node: ``(vhost, proxy, direct, url)``,
+        ``direct`` the vhost's URL past the proxy, ``url`` through it (robust)."""
+        with self.vhost() as vhost, FaultProxy("127.0.0.1", self.node.amqp_port) as proxy:
+            yield vhost, proxy, self.url(vhost), robust(proxy.url(vhost=vhost))
+
     def ctl(self, *args: str) -> str:
         return self.node.ctl(*args)
 
@@ -155,14 +163,6 @@ def robust(url: str) -> str:
 
 
 # -- broker state, read with plain pika (not the code under test) -------------------------------
-def queue_state(url: str, queue: str) -> tuple[int, int]:
-    """(ready messages, consumers) from a passive declare: exact, unlike management stats."""
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        ok = connection.channel().queue_declare(queue, passive=True)
-        return ok.method.message_count, ok.method.consumer_count
-    finally:
-        connection.close()
 
 
 def queue_exists(url: str, queue: str) -> bool:
@@ -246,12 +246,21 @@ class LogWatch(logging.Handler):
 # -- publishing ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Item:
+    """One probe to publish, identified by its ``message_id``."""
+
     message_id: str
     routing_key: str
     body: Probe | bytes
     exchange: str = "faults"
     persistent: bool = True
     event_type: str | None = EVENT
+
+    def outgoing(self) -> Outgoing:
+        """The probe as :meth:`Publisher.publish_many` takes it."""
+        return Outgoing(
+            self.exchange, self.routing_key, self.body,
+            event_type=self.event_type, message_id=self.message_id, persistent=self.persistent,
+        )  # fmt: skip
 
 
 def probes(
@@ -320,14 +329,10 @@ class Stream:
                 began = loop.time()
                 try:
                     await self.publisher.publish(
-                        item.exchange,
-                        item.routing_key,
-                        item.body,
-                        event_type=item.event_type,
-                        message_id=item.message_id,
+                        item.exchange, item.routing_key, item.body, confirm_timeout=self.deadline,
+                        event_type=item.event_type, message_id=item.message_id,
                         persistent=item.persistent,
-                        confirm_timeout=self.deadline,
-                    )
+                    )  # fmt: skip
                 except Exception as exc:
                     self.errors[type(exc).__name__] += 1
                     self.check.on_failed(item.message_id)
@@ -362,17 +367,7 @@ async def publish_all(
     """:meth:`Publisher.publish_many` over ``items``; returns the error types seen."""
     for item in items:
         check.on_sent(item.message_id)
-    outgoing = [
-        Outgoing(
-            item.exchange,
-            item.routing_key,
-            item.body,
-            event_type=item.event_type,
-            message_id=item.message_id,
-            persistent=item.persistent,
-        )
-        for item in items
-    ]
+    outgoing = [item.outgoing() for item in items]
     async with asyncio.timeout(HANG + deadline * (1 + len(items) / (window or 1000))):
         results = await publisher.publish_many(outgoing, window=window, confirm_timeout=deadline)
     errors: Counter[str] = Counter()
@@ -439,7 +434,7 @@ async def settle(check: TotalQueue, url: str, queues: Sequence[str], seconds: fl
         )
 
     def empty() -> bool:
-        return all(queue_state(url, q)[0] == 0 for q in queues)
+        return all(queue_depth(url, q)[0] == 0 for q in queues)
 
     await wait_broker(empty, f"{', '.join(queues)} empty", seconds)
     # Late deliveries of failed publishes (written, never confirmed) may still be in flight.
@@ -460,7 +455,7 @@ async def collect_dead_letters(check: TotalQueue, url: str, dlq: str) -> None:
 
 
 async def consumer_counts(url: str, queues: Sequence[str]) -> list[int]:
-    return [(await asyncio.to_thread(queue_state, url, q))[1] for q in queues]
+    return [(await asyncio.to_thread(queue_depth, url, q))[1] for q in queues]
 
 
 async def wait_consumers(url: str, queues: Sequence[str], expected: int, seconds: float) -> float:
@@ -488,13 +483,7 @@ KEYS = ("quorum", "classic")
 async def connection_cut(lab: Lab, n: int, out: Outcome) -> None:
     """The proxy closes every socket 3x while publishing and consuming (quorum + classic)."""
     check = out.check
-    with (
-        LogWatch.installed() as logs,
-        lab.vhost() as vhost,
-        FaultProxy("127.0.0.1", lab.node.amqp_port) as proxy,
-    ):
-        direct = lab.url(vhost)
-        url = robust(proxy.url(vhost=vhost))
+    with LogWatch.installed() as logs, lab.proxied() as (_, proxy, direct, url):
         collector = Collector(check, QUEUES, delay=0.001)
         async with (
             collector.serve(lab, url),
@@ -638,13 +627,7 @@ async def half_open(lab: Lab, n: int, out: Outcome) -> None:
     # heartbeat / 2 s. The black hole lasts past that, plus a reconnect attempt.
     grace = (HEARTBEAT + 1) * 3 + HEARTBEAT
     poison_items = probes(40, keys=["poison"], prefix="poison")
-    with (
-        LogWatch.installed() as logs,
-        lab.vhost() as vhost,
-        FaultProxy("127.0.0.1", lab.node.amqp_port) as proxy,
-    ):
-        direct = lab.url(vhost)
-        url = robust(proxy.url(vhost=vhost))
+    with LogWatch.installed() as logs, lab.proxied() as (vhost, proxy, direct, url):
         options = {"heartbeat": HEARTBEAT, "connect_timeout": 3.0}
         collector = Collector(check, QUEUES, delay=0.001)
         failing = Collector(
@@ -774,11 +757,11 @@ async def consumer_sigkill(lab: Lab, n: int, out: Outcome) -> None:
             # Freeze it (no more acks), read the queue, then kill: the broker requeues
             # exactly what the process held unacked.
             first.signal(signal.SIGSTOP)
-            ready_before, _ = await asyncio.to_thread(queue_state, direct, queue)
+            ready_before, _ = await asyncio.to_thread(queue_depth, direct, queue)
             first.signal(signal.SIGKILL)
             await asyncio.to_thread(first.wait)
-            await wait_broker(lambda: queue_state(direct, queue)[1] == 0, "consumer gone")
-            ready_after, _ = await asyncio.to_thread(queue_state, direct, queue)
+            await wait_broker(lambda: queue_depth(direct, queue)[1] == 0, "consumer gone")
+            ready_after, _ = await asyncio.to_thread(queue_depth, direct, queue)
             requeued = ready_after - ready_before
             handled_first = len(read_trace(trace))
             assert 1 <= requeued <= 50, f"{requeued} requeued; prefetch is 50"
@@ -788,7 +771,7 @@ async def consumer_sigkill(lab: Lab, n: int, out: Outcome) -> None:
                 lambda: second.alive() and check.confirmed <= {m for m, _ in read_trace(trace)},
                 f"every message handled; output:\n{second.output}",
             )
-            await wait_broker(lambda: queue_state(direct, queue)[0] == 0, "queue empty")
+            await wait_broker(lambda: queue_depth(direct, queue)[0] == 0, "queue empty")
             await asyncio.sleep(0.5)
             second.signal(signal.SIGTERM)
             code = await asyncio.to_thread(second.wait)
@@ -898,9 +881,7 @@ async def broker_down(lab: Lab, n: int, out: Outcome) -> None:
     """Publish while the broker refuses connections, then let it back: confirmed or raised."""
     check = out.check
     third = n // 3
-    with lab.vhost() as vhost, FaultProxy("127.0.0.1", lab.node.amqp_port) as proxy:
-        direct = lab.url(vhost)
-        url = robust(proxy.url(vhost=vhost))
+    with lab.proxied() as (vhost, proxy, direct, url):
         collector = Collector(check, ["faults.quorum"])
         async with (
             collector.serve(lab, robust(direct)),
@@ -1138,7 +1119,7 @@ async def poison(lab: Lab, n: int, out: Outcome) -> None:
                 "the messages after the poison handled",
             )
             await wait_broker(
-                lambda: queue_state(direct, dlq)[0] >= len(expected), "every invalid one in DLQ"
+                lambda: queue_depth(direct, dlq)[0] >= len(expected), "every invalid one in DLQ"
             )
             await settle(collector.check, direct, [queue])
             assert runtime.fatal is None

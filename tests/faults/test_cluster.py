@@ -21,6 +21,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,8 @@ from producers.sync import SyncPublisher
 from tests.faults.checker import TotalQueue
 from tests.faults.cluster import LocalCluster
 from tests.faults.worker import BIN, REPO, BusWorker
+from tests.support.commands import run
+from tests.support.waiting import wait_for
 
 VHOST = "cluster"
 QUEUE = "orders.cluster"
@@ -103,15 +106,7 @@ def _env(cluster: LocalCluster, first: LocalNode, vhost: str = "/", **extra: str
 
 
 def _bus(cluster: LocalCluster, first: LocalNode, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "bus"), *args],
-        env=_env(cluster, first),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=DEADLINE,
-        check=False,
-    )
+    return run([BIN / "bus", *args], env=_env(cluster, first), cwd=REPO, timeout=DEADLINE)
 
 
 @pytest.fixture(scope="module")
@@ -124,14 +119,8 @@ def topology_file(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactor
     return path
 
 
-def _wait(predicate: Callable[[], Any], what: str, deadline: float = DEADLINE) -> Any:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+# The cluster's nodes take their time: a longer deadline, a slower poll.
+_wait = partial(wait_for, deadline=DEADLINE, interval=0.2)
 
 
 async def _await(predicate: Callable[[], Any], what: str, deadline: float = DEADLINE) -> Any:

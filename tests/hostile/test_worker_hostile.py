@@ -28,10 +28,10 @@ from bus.celery_message import celery_route
 from bus.node import LocalNode, rabbitmq_installed
 from bus.settings import BusSettings
 from bus.topology import LoadedTopology, load_topology
-from tests.support.amqp import declare_with_pika
-from tests.support.celery_worker import CeleryVhost, wait_for
+from tests.support.celery_worker import CeleryVhost
 from tests.support.hostile.worker_io import DUPLICATE, KindSender, Outcome, drain_dead_letters
 from tests.support.hostile.worker_kinds import KINDS, valid_task
+from tests.support.waiting import wait_for
 
 pytestmark = [
     pytest.mark.integration,
@@ -57,21 +57,13 @@ def node_vhost(node: LocalNode, tmp_path: Path) -> Iterator[CeleryVhost]:
     management.create_vhost(vhost)
     management.set_permissions(vhost, "guest")
     url = f"{node.amqp_url}{vhost}"
-    declare_with_pika(url, topology.expanded)
-    cv = CeleryVhost(
-        vhost=vhost,
-        admin_url=url,
-        worker_url=url,
-        management_url=node.management_url,
-        topology=topology,
-        management=management,
-        tmp=tmp_path,
-    )
     try:
-        yield cv
+        with CeleryVhost(
+            vhost=vhost, admin_url=url, worker_url=url, management_url=node.management_url,
+            topology=topology, management=management, tmp=tmp_path,
+        ) as cv:  # fmt: skip
+            yield cv
     finally:
-        for w in cv.workers:
-            w.stop()
         management.delete_vhost(vhost)
         management.close()
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,9 @@ from bus.broker.management import ManagementClient
 from bus.provision import ProvidedBroker
 from bus.topology import load_topology
 from tests.support.amqp import declare_with_pika, shipped_topology_with
-from tests.support.celery_worker import BIN, Worker, clean_env, wait_for
+from tests.support.celery_worker import BIN, Worker, clean_env
 from tests.support.users import user_url
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -25,16 +25,6 @@ pytestmark = pytest.mark.integration
 def _schedule(out: Path) -> dict[str, object]:
     tick = {"task": "consumers.tasks.record", "queue": "reports.build", "every": "1s"}
     return {"schedules": {"tick": {**tick, "args": [str(out), "tick"]}}}
-
-
-@pytest.fixture
-def processes() -> Iterator[list[Worker]]:
-    started: list[Worker] = []
-    try:
-        yield started
-    finally:
-        for process in started:
-            process.stop()
 
 
 def _records(path: Path) -> list[dict[str, Any]]:
@@ -49,7 +39,7 @@ def test_every_second_schedule_runs_at_least_three_times_in_five_seconds(
     bus_vhost_url: str,
     bus_management: ManagementClient,
     tmp_path: Path,
-    processes: list[Worker],
+    workers: list[Worker],
 ) -> None:
     out = tmp_path / "ticks.jsonl"
     topology_file = tmp_path / "topology.yaml"
@@ -68,12 +58,12 @@ def test_every_second_schedule_runs_at_least_three_times_in_five_seconds(
         worker = Worker(
             [str(BIN / "bus"), "worker", "-Q", "reports.build", "--pool", "threads"], env
         )
-        processes.append(worker.start())
+        workers.append(worker.start())
         worker.wait_ready()
         state = tmp_path / "state" / "beat-schedule"
         state.parent.mkdir()
         beat = Worker([str(BIN / "bus"), "beat", "--schedule-file", str(state)], env)
-        processes.append(beat.start())
+        workers.append(beat.start())
 
         runs = wait_for(lambda: _records(out), "a first run")
         window_end = runs[0]["at"] + 5.0
@@ -90,6 +80,6 @@ def test_every_second_schedule_runs_at_least_three_times_in_five_seconds(
             assert marker not in beat.output
             assert marker not in worker.output
     finally:
-        for process in processes:
+        for process in workers:
             process.stop()
         bus_management.delete_user(user)

@@ -14,11 +14,7 @@ Celery, kombu and the generated module.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +25,11 @@ from bus.cli import main
 from bus.settings import BusSettings
 from bus.topology import load_topology
 from producers import SyncPublisher
+from tests.support.celery_worker import BIN, REPO, Worker, clean_env
+from tests.support.commands import run
+from tests.support.waiting import DEADLINE, wait_for
 
-REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "topology.yaml"
-BIN = Path(sys.executable).parent
-DEADLINE = 60.0
 
 pytestmark = [pytest.mark.integration, pytest.mark.bus_topology(str(SHIPPED))]
 
@@ -56,19 +52,8 @@ def record(self, token):
 """
 
 
-def _wait_for(predicate: Callable[[], Any], what: str) -> Any:
-    end = time.monotonic() + DEADLINE
-    while time.monotonic() < end:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _env(url: str, management: ManagementClient, tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BUS_", "CELERY_"))}
-    env["PYTHONWARNINGS"] = "ignore:You're running the worker with superuser privileges"
+    env = clean_env()
     env.update(
         CELERY_BROKER_URL=url,
         BUS_AMQP_URL=url,
@@ -96,46 +81,6 @@ def _snapshot(management: ManagementClient, vhost: str) -> dict[str, Any]:
     }
 
 
-class _Process:
-    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path) -> None:
-        self.log = cwd / f"{Path(argv[0]).name}-{len(list(cwd.iterdir()))}.log"
-        self.handle = self.log.open("w")
-        self.process = subprocess.Popen(
-            argv, env=env, cwd=cwd, stdout=self.handle, stderr=subprocess.STDOUT, text=True
-        )
-
-    @property
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_ready(self) -> _Process:
-        def ready() -> bool:
-            if self.process.poll() is not None:
-                raise AssertionError(f"worker exited early:\n{self.output}")
-            return " ready." in self.output
-
-        _wait_for(ready, "the worker to be ready")
-        return self
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        self.handle.close()
-
-
-@pytest.fixture
-def processes() -> Iterator[list[_Process]]:
-    started: list[_Process] = []
-    yield started
-    for p in started:
-        p.stop()
-
-
 @pytest.fixture
 def plain_module(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
     target = tmp_path / "celeryconfig.py"
@@ -147,7 +92,7 @@ def plain_module(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
 
 def test_plain_client_and_plain_worker_beside_the_bus(
     plain_module: Path,
-    processes: list[_Process],
+    workers: list[Worker],
     bus_applied_vhost: str,
     bus_vhost_url: str,
     bus_management: ManagementClient,
@@ -159,37 +104,34 @@ def test_plain_client_and_plain_worker_beside_the_bus(
     before = _snapshot(bus_management, bus_applied_vhost)
 
     # 1. A plain Celery client sends a task; `bus worker` runs it.
-    bus_worker = _Process(
+    bus_worker = Worker(
         [str(BIN / "bus"), "worker", "-Q", "email.send", "--pool", "threads", "-c", "2"], env, tmp
     )
-    processes.append(bus_worker)
+    workers.append(bus_worker.start())
     bus_worker.wait_ready()
     records = tmp / "bus-runs.jsonl"
-    client = subprocess.run(
+    client = run(
         [
             sys.executable,
             "-c",
             "import sys, plainapp; r = plainapp.app.send_task('consumers.tasks.record', "
             "(sys.argv[1], 'from-plain-client')); print(r.id)",
-            str(records),
+            records,
         ],
         env=env,
         cwd=tmp,
-        capture_output=True,
-        text=True,
         timeout=DEADLINE,
-        check=False,
     )
     assert client.returncode == 0, client.stderr
     task_id = client.stdout.strip()
-    ran = _wait_for(lambda: records.exists() and records.read_text(), "bus worker to run it")
-    run = json.loads(ran.splitlines()[0])
-    assert run["token"] == "from-plain-client"
-    assert run["routing_key"] == "email.send"
+    ran = wait_for(lambda: records.exists() and records.read_text(), "bus worker to run it")
+    record = json.loads(ran.splitlines()[0])
+    assert record["token"] == "from-plain-client"
+    assert record["routing_key"] == "email.send"
     assert task_id in bus_worker.output
 
     # 2. A plain `celery worker` on the generated module runs our raw-AMQP send_task.
-    plain_worker = _Process(
+    plain_worker = Worker(
         [
             *(str(BIN / "celery"), "-A", "plainapp", "worker", "-Q", "email.send,reports.build"),
             *("--pool=threads", "-c", "2", "--loglevel=INFO"),
@@ -197,7 +139,7 @@ def test_plain_client_and_plain_worker_beside_the_bus(
         env,
         tmp,
     )
-    processes.append(plain_worker)
+    workers.append(plain_worker.start())
     bus_worker.stop()
     plain_worker.wait_ready()
     settings = BusSettings(amqp_url=bus_vhost_url, management_url=bus_management.base_url)
@@ -205,7 +147,7 @@ def test_plain_client_and_plain_worker_beside_the_bus(
         publisher.send_task("reports.build", "plain.record", ["raw-to-reports"])
         publisher.send_task("email.send", "plain.record", ["raw-to-email"])
     out = tmp / "plain-runs.jsonl"
-    _wait_for(lambda: out.exists() and len(out.read_text().splitlines()) >= 2, "2 plain runs")
+    wait_for(lambda: out.exists() and len(out.read_text().splitlines()) >= 2, "2 plain runs")
     runs = {json.loads(line)["token"]: json.loads(line) for line in out.read_text().splitlines()}
     assert {t: r["routing_key"] for t, r in runs.items()} == {
         "raw-to-reports": "reports.build",

@@ -8,7 +8,6 @@ stops its workers in a finaliser.
 from __future__ import annotations
 
 import pickle
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,16 +29,10 @@ from bus.settings import BusSettings
 from bus.topology import LoadedTopology
 from bus.topology.expand import ExpandedTopology
 from tests.support.amqp import declare_with_pika
-from tests.support.celery_worker import (
-    BIN,
-    DEADLINE,
-    REPO,
-    CeleryVhost,
-    Worker,
-    clean_env,
-    wait_for,
-)
+from tests.support.celery_worker import BIN, REPO, CeleryVhost, Worker, clean_env
+from tests.support.commands import run
 from tests.support.users import user_url
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -52,25 +45,19 @@ def celery_vhost(
     bus_topology: LoadedTopology,
     tmp_path: Path,
 ) -> Iterator[CeleryVhost]:
-    declare_with_pika(bus_vhost_url, bus_topology.expanded)
     user, password = f"bus-celery-{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
     # The management tag lets the worker's pre-flight read its own vhost's queues over HTTP.
     bus_management.create_user(user, password, tags="management")
     bus_management.set_permissions(bus_vhost, user, configure="^$", write=".*", read=".*")
-    cv = CeleryVhost(
-        vhost=bus_vhost,
-        admin_url=bus_vhost_url,
-        worker_url=user_url(bus_vhost_url, user, password),
-        management_url=bus_broker.management_url,
-        topology=bus_topology,
-        management=bus_management,
-        tmp=tmp_path,
-    )
+    worker_url = user_url(bus_vhost_url, user, password)
     try:
-        yield cv
+        with CeleryVhost(
+            vhost=bus_vhost, admin_url=bus_vhost_url, worker_url=worker_url,
+            management_url=bus_broker.management_url, topology=bus_topology,
+            management=bus_management, tmp=tmp_path,
+        ) as cv:  # fmt: skip
+            yield cv
     finally:
-        for w in cv.workers:
-            w.stop()
         bus_management.delete_user(user)
 
 
@@ -271,15 +258,7 @@ def test_drifted_queue_fails_worker_start_with_one_line(
 def test_queue_not_marked_for_celery_is_refused(bus_topology: LoadedTopology) -> None:
     env = clean_env()
     env["BUS_TOPOLOGY"] = str(bus_topology.file)
-    result = subprocess.run(
-        [str(BIN / "bus"), "worker", "-Q", "email.send,billing.orders"],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=DEADLINE,
-        check=False,
-    )
+    result = run([BIN / "bus", "worker", "-Q", "email.send,billing.orders"], env=env, cwd=REPO)
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.splitlines() == [

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,10 @@ from bus.topology import LoadedTopology
 from consumers import Backoff, ConsumerApp, Message, RejectMessage
 from producers.events import OrderCreated, OrderPaid
 from tests.support.consumer import (
+    RecordingMetrics,
     drain,
     load_declared,
+    must_not_consume,
     publish,
     queue_depth,
     wait_until,
@@ -86,11 +89,6 @@ def topology(bus_vhost_url: str, tmp_path: Path) -> LoadedTopology:
     return load_declared(bus_vhost_url, tmp_path, TOPOLOGY)
 
 
-@pytest.fixture
-def settings(bus_vhost_url: str) -> BusSettings:
-    return BusSettings(amqp_url=bus_vhost_url)
-
-
 def fast_app() -> ConsumerApp:
     return ConsumerApp("test", backoff=Backoff(base=0.05, cap=0.2), grace=5)
 
@@ -130,13 +128,7 @@ async def test_failing_twice_then_succeeding_runs_three_times_after_each_delay(
 async def test_always_failing_ends_in_the_dlq_after_the_configured_attempts(
     queue: str, topology: LoadedTopology, settings: BusSettings, bus_vhost_url: str
 ) -> None:
-    app = fast_app()
-    calls: list[Message] = []
-
-    @app.handler(queue)
-    async def handle(event: OrderCreated, message: Message) -> None:
-        calls.append(message)
-        raise Boom("card declined: insufficient funds")
+    app, calls = raising_app(queue, lambda: Boom("card declined: insufficient funds"))
 
     dead: list[Any] = []
     async with app.serve(settings, topology=topology):
@@ -216,17 +208,23 @@ async def test_invalid_payloads_go_to_the_dlq_once_without_retries(
         assert queue_depth(bus_vhost_url, step.queue)[0] == 0
 
 
-def rejecting_app(queue: str) -> tuple[ConsumerApp, list[Message]]:
-    """An app whose handler of ``queue`` rejects every message; the messages it saw."""
+def raising_app(queue: str, error: Callable[[], Exception]) -> tuple[ConsumerApp, list[Message]]:
+    """An app whose handler of ``queue`` raises ``error()`` for every message; the messages
+    it saw."""
     app = fast_app()
     calls: list[Message] = []
 
     @app.handler(queue)
     async def handle(event: OrderCreated, message: Message) -> None:
         calls.append(message)
-        raise RejectMessage("order from a blocked customer")
+        raise error()
 
     return app, calls
+
+
+def rejecting_app(queue: str) -> tuple[ConsumerApp, list[Message]]:
+    """An app whose handler of ``queue`` rejects every message; the messages it saw."""
+    return raising_app(queue, lambda: RejectMessage("order from a blocked customer"))
 
 
 async def test_reject_message_skips_the_ladder(
@@ -433,49 +431,12 @@ async def test_start_up_names_a_missing_queue_and_declares_nothing(
     connection = pika.BlockingConnection(pika.URLParameters(bus_vhost_url))
     connection.channel().queue_delete("work.q.retry.700ms")
     connection.close()
-    app = fast_app()
-
-    @app.handler("work.q")
-    async def handle(event: OrderCreated) -> None:
-        raise AssertionError("must not consume")
-
+    app = must_not_consume(fast_app(), "work.q")
     with pytest.raises(NotFoundError, match=r"queue 'work\.q\.retry\.700ms' not found"):
         async with app.serve(settings, topology=topology):
             pass
     with pytest.raises(Exception, match="NOT_FOUND"):
         queue_depth(bus_vhost_url, "work.q.retry.700ms")
-
-
-class RecordingMetrics:
-    """A ConsumerMetrics that keeps plain counters (no prometheus-client needed)."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-        self.seconds: list[float] = []
-
-    def consumed(self, queue: str) -> None:
-        self.counts[f"consumed {queue}"] += 1
-
-    def acked(self, queue: str, count: int) -> None:
-        self.counts[f"acked {queue}"] += count
-
-    def retried(self, queue: str) -> None:
-        self.counts[f"retried {queue}"] += 1
-
-    def dead_lettered(self, queue: str, reason: str) -> None:
-        self.counts[f"dead {queue} {reason}"] += 1
-
-    def requeued(self, queue: str) -> None:
-        self.counts[f"requeued {queue}"] += 1
-
-    def dropped(self, queue: str, reason: str) -> None:
-        self.counts[f"dropped {queue} {reason}"] += 1
-
-    def duplicate(self, queue: str) -> None:
-        self.counts[f"duplicate {queue}"] += 1
-
-    def handler_seconds(self, queue: str, seconds: float) -> None:
-        self.seconds.append(seconds)
 
 
 async def test_metrics_count_each_outcome(

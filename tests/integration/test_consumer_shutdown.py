@@ -32,20 +32,16 @@ from tests.support.consumer import (
     read_trace,
     wait_until,
 )
+from tests.support.topologies import order_topology
 
-TOPOLOGY = """\
-version: 1
-exchanges:
-  events: {type: topic}
-queues:
-  slow.q:
-    type: quorum
-    delivery_limit: 10
-    dead_letter: true
-events:
-  order.created:
-    {exchange: events, routing_key: order.created, model: "producers.events:OrderCreated"}
-"""
+TOPOLOGY = order_topology(
+    """
+    slow.q:
+      type: quorum
+      delivery_limit: 10
+      dead_letter: true
+    """
+)
 
 BODY = OrderCreated(order_id="o-1", customer_id="c-1", total=3).model_dump_json()
 TOTAL = 100

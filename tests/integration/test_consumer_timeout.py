@@ -21,21 +21,17 @@ from bus.settings import BusSettings
 from consumers import ConsumerApp, Message
 from producers.events import OrderCreated
 from tests.support.consumer import load_declared, publish, queue_depth, wait_until
+from tests.support.topologies import order_topology
 
 pytestmark = pytest.mark.skipif(not rabbitmq_installed(), reason="needs the rabbitmq-server binary")
 
-TOPOLOGY = """\
-version: 1
-exchanges:
-  events: {type: topic}
-queues:
-  slow.q:
-    dead_letter: true
-    bindings: [{exchange: events, routing_key: "order.#"}]
-events:
-  order.created:
-    {exchange: events, routing_key: order.created, model: "producers.events:OrderCreated"}
-"""
+TOPOLOGY = order_topology(
+    """
+    slow.q:
+      dead_letter: true
+      bindings: [{exchange: events, routing_key: "order.#"}]
+    """
+)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -22,6 +21,7 @@ from bus.cli import main
 from bus.node import rabbitmq_installed
 from bus.provision import ProvidedBroker
 from bus.settings import with_vhost
+from tests.support.commands import bus_argv, run
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,15 +41,7 @@ def test_demo_table_matches_the_broker_counts(
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUS_")}
     env.update(BUS_AMQP_URL=bus_broker.amqp_url, BUS_MANAGEMENT_URL=bus_broker.management_url)
-    done = subprocess.run(
-        [sys.executable, "-m", "bus", "demo", "--keep", "--json"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run(bus_argv("demo", "--keep", "--json"), cwd=REPO, env=env)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     vhost = report["vhost"]

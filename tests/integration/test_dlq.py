@@ -37,25 +37,21 @@ from tests.support.consumer import (
     queue_depth,
     wait_until,
 )
+from tests.support.topologies import order_topology
 
 N = int(os.environ.get("BUS_DLQ_N", "300"))
 
-TOPOLOGY = """\
-version: 1
-exchanges:
-  events: {type: topic}
-queues:
-  work.c:
-    dead_letter: true
-    bindings: [{exchange: events, routing_key: "work.c"}]
-  work.q:
-    type: quorum
-    dead_letter: true
-    bindings: [{exchange: events, routing_key: "work.q"}]
-events:
-  order.created:
-    {exchange: events, routing_key: order.created, model: "producers.events:OrderCreated"}
-"""
+TOPOLOGY = order_topology(
+    """
+    work.c:
+      dead_letter: true
+      bindings: [{exchange: events, routing_key: "work.c"}]
+    work.q:
+      type: quorum
+      dead_letter: true
+      bindings: [{exchange: events, routing_key: "work.q"}]
+    """
+)
 
 
 class Boom(Exception):
@@ -82,11 +78,6 @@ def failure_of(seq: int) -> str:
 @pytest.fixture
 def topology(bus_vhost_url: str, tmp_path: Path) -> LoadedTopology:
     return load_declared(bus_vhost_url, tmp_path, TOPOLOGY)
-
-
-@pytest.fixture
-def settings(bus_vhost_url: str) -> BusSettings:
-    return BusSettings(amqp_url=bus_vhost_url)
 
 
 async def dead_letter(

@@ -15,7 +15,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pika
 import pytest
 
 from bus.asyncapi import asyncapi_document
@@ -26,6 +25,7 @@ from bus.topology import LoadedTopology, load_topology
 from consumers.decode import Decoder, InvalidMessageError
 from producers import SyncPublisher
 from producers.events import CancelOrder, EmailRequested, OrderCreated
+from tests.support.amqp import drain
 from tests.support.node import install_tool, run_node
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,20 +57,6 @@ def _violations(event: str, sample: dict[str, Any], schema: dict[str, Any]) -> l
     out.append({**sample, "unexpected_field": 1})
     out.append([sample])
     return out
-
-
-def _read_all(url: str, queue: str) -> list[tuple[pika.spec.BasicProperties, bytes]]:
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        channel = connection.channel()
-        got = []
-        while True:
-            method, properties, body = channel.basic_get(queue, auto_ack=True)
-            if method is None:
-                return got
-            got.append((properties, body))
-    finally:
-        connection.close()
 
 
 def test_node_publishes_schema_samples_and_our_consumer_agrees_with_the_schema(
@@ -134,7 +120,7 @@ def test_node_publishes_schema_samples_and_our_consumer_agrees_with_the_schema(
     decoder = Decoder(contracts)
     received: Counter[str] = Counter()
     for queue in sorted(expected):
-        for properties, body in _read_all(bus_vhost_url, queue):
+        for _, properties, body in drain(bus_vhost_url, queue):
             received[queue] += 1
             entry = by_id[properties.message_id]
             assert properties.type == entry["event"]

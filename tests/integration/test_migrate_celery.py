@@ -4,10 +4,6 @@ every task published before and during the migration runs at least once."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,10 +15,8 @@ from bus.celery_message import build_task_message
 from bus.migrate import migrate
 from bus.topology import load_topology
 from tests.support.amqp import declare_with_pika
+from tests.support.celery_worker import BIN, Worker, clean_env
 from tests.support.plan import settings_for
-
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 
 TOPOLOGY = """\
 version: 1
@@ -74,29 +68,16 @@ def test_celery_queue_migrated_under_a_running_worker_runs_every_task(
     before = [f"pre-{i}" for i in range(200)]
     during = [f"live-{i}" for i in range(200)]
     _publish(bus_vhost_url, out, before)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BUS_", "CELERY_"))}
+    env = clean_env()
     env.update(
         BUS_AMQP_URL=bus_vhost_url,
         BUS_MANAGEMENT_URL=bus_management.base_url,
         BUS_TOPOLOGY=str(old_file),
     )
-    env["PYTHONWARNINGS"] = "ignore:You're running the worker with superuser privileges"
     argv = [str(BIN / "bus"), "worker", "-Q", "reports.build", "--pool", "threads", "-c", "2"]
-    worker = subprocess.Popen(
-        argv, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    lines: list[str] = []
-    reader = threading.Thread(
-        target=lambda: lines.extend(worker.stdout or []), daemon=True
-    )  # collects the worker's output for the failure message
-    reader.start()
+    worker = Worker(argv, env).start()
     try:
-        ready = time.monotonic() + 60
-        while not any(line.rstrip().endswith(" ready.") for line in lines):
-            assert worker.poll() is None, "".join(lines)
-            assert time.monotonic() < ready, "".join(lines)
-            time.sleep(0.1)
+        worker.wait_ready()
         publisher = threading.Thread(
             target=_publish, args=(bus_vhost_url, out, during, 0.01), daemon=True
         )
@@ -105,18 +86,11 @@ def test_celery_queue_migrated_under_a_running_worker_runs_every_task(
         publisher.join(60)
         wanted = set(before) | set(during)
         deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and not wanted <= _tokens(out) and worker.poll() is None:
+        running = worker.process
+        assert running is not None
+        while time.monotonic() < deadline and not wanted <= _tokens(out) and running.poll() is None:
             time.sleep(0.2)
         missing = wanted - _tokens(out)
-        assert not missing, f"{len(missing)} tasks never ran; worker said:\n{''.join(lines)}"
+        assert not missing, f"{len(missing)} tasks never ran; worker said:\n{worker.output}"
     finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-                worker.wait()
-        reader.join(10)
-        if worker.stdout is not None:
-            worker.stdout.close()
+        worker.stop()

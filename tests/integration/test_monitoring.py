@@ -28,8 +28,9 @@ from bus.settings import BusSettings
 from bus.topology import load_topology
 from consumers.tasks import ROUTES
 from tests.support.amqp import declare_with_pika, shipped_topology_with
-from tests.support.celery_worker import BIN, REPO, Worker, clean_env, wait_for
+from tests.support.celery_worker import BIN, REPO, Worker, clean_env
 from tests.support.users import user_url
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -93,16 +94,6 @@ def monitored(
     finally:
         for url in users.values():
             bus_management.delete_user(str(pika.URLParameters(url).credentials.username))
-
-
-@pytest.fixture
-def workers() -> Iterator[list[Worker]]:
-    started: list[Worker] = []
-    try:
-        yield started
-    finally:
-        for w in started:
-            w.stop()
 
 
 def test_apply_declares_the_exchanges_exactly_as_celery_does(monitored: MonitoredVhost) -> None:

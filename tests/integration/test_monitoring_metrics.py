@@ -19,8 +19,9 @@ from bus.settings import BusSettings
 from bus.topology import LoadedTopology
 from consumers.tasks import ROUTES
 from tests.support.amqp import declare_with_pika
-from tests.support.celery_worker import BIN, Worker, clean_env, wait_for
+from tests.support.celery_worker import BIN, Worker, clean_env
 from tests.support.users import user_url
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +33,10 @@ def _free_port() -> int:
         return port
 
 
-def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def _scrape(port: int) -> Samples:
     try:
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     except httpx.TransportError:
@@ -42,6 +46,15 @@ def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for family in text_string_to_metric_families(text)
         for sample in family.samples
         if sample.name.startswith("bus_celery_")
+    }
+
+
+def _by_labels(samples: Samples, metric: str, *labels: str) -> dict[str, float]:
+    """The samples of ``metric`` keyed by the values of ``labels``, joined with ':'."""
+    return {
+        ":".join(dict(pairs)[label] for label in labels): value
+        for (name, pairs), value in samples.items()
+        if name == metric
     }
 
 
@@ -101,12 +114,7 @@ def test_worker_metrics_count_every_outcome_and_time_runs(
     finally:
         worker.stop()
 
-    totals = {
-        dict(labels)["task"] + ":" + dict(labels)["state"]: value
-        for (name, labels), value in samples.items()
-        if name == "bus_celery_tasks_total"
-    }
-    assert totals == {
+    assert _by_labels(samples, "bus_celery_tasks_total", "task", "state") == {
         "consumers.tasks.record:SUCCESS": 2,
         "consumers.tasks.fail:FAILURE": 1,
         "consumers.tasks.reject:REJECTED": 1,
@@ -114,22 +122,13 @@ def test_worker_metrics_count_every_outcome_and_time_runs(
         "consumers.tasks.flaky:SUCCESS": 1,
         "consumers.tasks.no_such_task:UNKNOWN": 1,
     }
-    runs = {
-        dict(labels)["task"]: value
-        for (name, labels), value in samples.items()
-        if name == "bus_celery_task_seconds_count"
-    }
-    assert runs == {
+    assert _by_labels(samples, "bus_celery_task_seconds_count", "task") == {
         "consumers.tasks.record": 2,
         "consumers.tasks.fail": 1,
         "consumers.tasks.reject": 1,
         "consumers.tasks.flaky": 3,
     }
-    seconds = {
-        dict(labels)["task"]: value
-        for (name, labels), value in samples.items()
-        if name == "bus_celery_task_seconds_sum"
-    }
+    seconds = _by_labels(samples, "bus_celery_task_seconds_sum", "task")
     assert all(value > 0 for value in seconds.values()), seconds
 
 

@@ -16,40 +16,30 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pika
 import pytest
+from pydantic import BaseModel
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from bus.outbox import Outbox, Relay, backlog, create_outbox, make_engine, outbox_table
 from bus.provision import ProvidedBroker
-from bus.publish import Outgoing
+from bus.publish import Outgoing, PublishResult
 from bus.settings import BusSettings
 from bus.topology import LoadedTopology, parse_topology
 from producers import SyncPublisher
 from producers.events import OrderCreated
 from tests.support.amqp import declare_with_pika
-from tests.support.outbox import (
-    TOPOLOGY,
-    order_broken,
-    outbox_database,
-    postgres_database,
-    read_queue,
-)
+from tests.support.outbox import TOPOLOGY, order_broken, postgres_database, read_queue
 
 pytestmark = pytest.mark.integration
 
 N = int(os.environ.get("BUS_OUTBOX_N", "1000"))
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    with outbox_database(request.param, tmp_path) as url:
-        yield url
 
 
 @pytest.fixture
@@ -69,6 +59,29 @@ def topology(bus_vhost_url: str) -> LoadedTopology:
 
 def _publisher(url: str) -> SyncPublisher:
     return SyncPublisher(BusSettings(amqp_url=url), connection_name="outbox-test").start()
+
+
+class _MeetingPublisher(SyncPublisher):
+    """A relay's publisher that holds the relay's first batch until the other relay has
+    claimed a batch too (``meeting``, a barrier of two): both then hold leased rows at once."""
+
+    meeting: threading.Barrier
+    met: bool | None = None
+    first: frozenset[str] = frozenset()
+
+    def publish_many(
+        self, messages: Iterable[Outgoing | BaseModel], **options: Any
+    ) -> list[PublishResult]:
+        if self.met is None:
+            batch = list(messages)
+            self.first = frozenset(m.message_id or "" for m in batch if isinstance(m, Outgoing))
+            try:
+                self.meeting.wait(timeout=60.0)
+                self.met = True
+            except threading.BrokenBarrierError:
+                self.met = False
+            messages = batch
+        return super().publish_many(messages, **options)
 
 
 def _wait_empty(engine: Engine, timeout: float) -> None:
@@ -129,7 +142,16 @@ def test_concurrent_writers_and_two_relays_deliver_every_committed_event_in_key_
         threading.Thread(target=_writer, args=(engine, outbox, w, N // 4, committed, rolled_back))
         for w in range(4)
     ]
-    publishers = [_publisher(bus_vhost_url) for _ in range(2)]
+    # Each relay publishes its first batch only once the other has claimed one: the two
+    # relays share the work whatever the scheduling, and their first batches must not overlap.
+    meeting = threading.Barrier(2)
+    publishers = [
+        _MeetingPublisher(BusSettings(amqp_url=bus_vhost_url), connection_name="outbox-test")
+        for _ in range(2)
+    ]
+    for publisher in publishers:
+        publisher.meeting = meeting
+        publisher.start()
     # Each relay has its own engine (pool), as two relay processes would.
     url = engine.url.render_as_string(hide_password=False)
     relay_engines = [make_engine(url) for _ in range(2)]
@@ -162,6 +184,8 @@ def test_concurrent_writers_and_two_relays_deliver_every_committed_event_in_key_
     assert set(rolled_back) & set(ids) == set(), "a rolled-back event was published"
     assert order_broken(seen) == []
     assert sum(relay.stats.published for relay in relays) >= len(committed)
+    assert all(p.met for p in publishers), "each relay held a batch while the other claimed one"
+    assert publishers[0].first.isdisjoint(publishers[1].first), "a row leased to both relays"
     assert all(relay.stats.published > 0 for relay in relays), "both relays took rows"
     print(
         f"\n{engine.dialect.name}: {len(committed)} committed, {len(rolled_back)} rolled back, "

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -33,7 +32,6 @@ from tests.support.outbox import (
     TOPOLOGY,
     Seen,
     order_broken,
-    outbox_database,
     postgres_database,
     read_queue,
     terminate_connections,
@@ -42,12 +40,6 @@ from tests.support.outbox import (
 pytestmark = pytest.mark.integration
 
 EVENTS = int(os.environ.get("BUS_OUTBOX_FAULT_N", "3000"))
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    with outbox_database(request.param, tmp_path) as url:
-        yield url
 
 
 def _fill(engine: Engine, vhost_url: str, count: int) -> list[str]:

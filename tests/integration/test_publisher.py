@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from pydantic import BaseModel
@@ -28,6 +29,7 @@ from bus.settings import BusSettings
 from bus.topology import LoadedTopology, parse_topology
 from producers import Outgoing, Publisher, PublishResult, SyncPublisher
 from producers.events import CancelOrder, OrderCreated
+from tests.faults.proxy import FaultProxy
 from tests.support.amqp import declare_with_pika
 from tests.support.publisher import TOPOLOGY, depth, drain
 
@@ -64,6 +66,21 @@ OpenClient = Callable[..., Awaitable[Client]]
 
 
 @pytest.fixture
+def proxy(bus_vhost_url: str) -> Iterator[FaultProxy]:
+    """A proxy to the test broker (set up before the clients, so it outlives them)."""
+    broker = urlsplit(bus_vhost_url)
+    with FaultProxy(broker.hostname or "127.0.0.1", broker.port or 5672) as proxy:
+        yield proxy
+
+
+def through(proxy: FaultProxy, url: str) -> str:
+    """``url`` with the proxy's address in place of the broker's."""
+    parts = urlsplit(url)
+    credentials = parts.netloc.rpartition("@")[0]
+    return parts._replace(netloc=f"{credentials}@127.0.0.1:{proxy.port}").geturl()
+
+
+@pytest.fixture
 def topology() -> LoadedTopology:
     return parse_topology(TOPOLOGY, "test-topology.yaml")
 
@@ -78,11 +95,12 @@ def declared(bus_vhost_url: str, topology: LoadedTopology) -> str:
 async def open_client(
     request: pytest.FixtureRequest, bus_vhost_url: str, topology: LoadedTopology
 ) -> AsyncIterator[OpenClient]:
-    settings = BusSettings(amqp_url=bus_vhost_url, connect_timeout=10)
     opened: list[Publisher | SyncPublisher] = []
 
-    async def open_(**options: Any) -> Client:
+    async def open_(url: str | None = None, **options: Any) -> Client:
+        """A publisher on the test vhost (through ``url`` when given), closed afterwards."""
         options.setdefault("app_id", APP_ID)
+        settings = BusSettings(amqp_url=url or bus_vhost_url, connect_timeout=10)
         publisher: Publisher | SyncPublisher
         if request.param == "async":
             publisher = await Publisher.connect(settings, topology, **options)
@@ -296,11 +314,22 @@ async def test_publish_many_with_one_message_id_keeps_each_outcome(
 
 
 async def test_publish_many_deadline_times_out_then_recovers(
-    declared: str, open_client: OpenClient
+    proxy: FaultProxy, declared: str, open_client: OpenClient
 ) -> None:
-    client = await open_client()
+    client = await open_client(url=through(proxy, declared))
+    # The publishing channel is open before the link goes dark: only confirms are missing.
+    assert (await client.publish_many([CancelOrder(order_id="before")]))[0].ok
+    assert [json.loads(d.body)["order_id"] for d in drain(declared, "orders.commands", 1)] == [
+        "before"
+    ]
     items = [Outgoing("commands", "order.cancel", {"order_id": f"t{n}"}) for n in range(20)]
-    results = await client.publish_many(items, confirm_timeout=1e-9)
+    # The proxy holds every byte back: no confirm can arrive within the deadline, however
+    # loaded the machine is, so the deadline path decides for all of them.
+    proxy.blackhole()
+    try:
+        results = await client.publish_many(items, confirm_timeout=0.2)
+    finally:
+        proxy.heal()
     assert results
     assert all(isinstance(r.error, PublishTimeoutError) for r in results)
     assert all("no confirm within" in str(r.error) for r in results)

@@ -8,15 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import signal
 import ssl
-import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +31,9 @@ from consumers.tasks import ROUTES
 from producers import Publisher, SyncPublisher
 from producers.events import OrderCreated
 from tests.support.amqp import declare_with_pika
+from tests.support.celery_worker import Worker, clean_env
+from tests.support.commands import run
+from tests.support.consumer import must_not_consume
 
 pytestmark = pytest.mark.skipif(not rabbitmq_installed(), reason="needs the rabbitmq-server binary")
 
@@ -212,20 +210,14 @@ async def test_publishers_and_consumer_app_refuse_an_untrusted_ca(
         await Publisher.connect(settings, tls_topology)
     with pytest.raises(BrokerUnavailableError, match=r"(?i)certificate verify failed"):
         SyncPublisher.connect(settings, tls_topology).start()
-    app = ConsumerApp("tls-untrusted")
-
-    @app.handler("billing.orders")
-    async def handle(event: OrderCreated) -> None:
-        raise AssertionError("never delivered")
-
+    app = must_not_consume(ConsumerApp("tls-untrusted"), "billing.orders")
     with pytest.raises(BrokerUnavailableError, match=r"(?i)certificate verify failed"):
         async with app.serve(settings, topology=tls_topology):
             pass
 
 
 def _worker_env(broker: TlsBroker, ca: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BUS_", "CELERY_"))}
-    env["PYTHONWARNINGS"] = "ignore:You're running the worker with superuser privileges"
+    env = clean_env()
     settings = broker.settings(ca=ca)
     env.update(
         BUS_AMQP_URL=settings.amqp_url,
@@ -245,44 +237,22 @@ def _worker_argv() -> list[str]:
 def test_celery_task_published_and_run_over_verified_amqps(
     tls_broker: TlsBroker, tls_topology: LoadedTopology, tmp_path: Path
 ) -> None:
-    lines: list[str] = []
-    worker = subprocess.Popen(
-        _worker_argv(),
-        env=_worker_env(tls_broker, tls_broker.ca_file),
-        cwd=SHIPPED.parent,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-
-    def read() -> None:
-        assert worker.stdout is not None
-        lines.extend(worker.stdout)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    worker = Worker(_worker_argv(), _worker_env(tls_broker, tls_broker.ca_file), SHIPPED.parent)
     out = tmp_path / "records.jsonl"
     try:
-        _wait(lambda: any(line.rstrip().endswith(" ready.") for line in lines), worker, lines)
+        worker.start()
+        worker.wait_running(
+            lambda: any(line.endswith(" ready.") for line in worker.lines), "worker ready"
+        )
         app = build_app(tls_topology.expanded, settings=tls_broker.settings(), routes=ROUTES)
         assert app.conf.broker_use_ssl["cert_reqs"] == ssl.CERT_REQUIRED
         app.send_task("consumers.tasks.record", (str(out), "over-tls"), queue="reports.build")
-        _wait(out.exists, worker, lines)
-        _wait(lambda: "over-tls" in out.read_text(), worker, lines)
+        worker.wait_running(out.exists, f"{out}")
+        worker.wait_running(lambda: "over-tls" in out.read_text(), "the over-tls record")
     finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait(10)
-        reader.join(5)
-        if worker.stdout is not None:
-            worker.stdout.close()
+        worker.stop()
     assert json.loads(out.read_text().splitlines()[0])["token"] == "over-tls"
-    assert f"amqps://guest:**@localhost:{tls_broker.amqps_port}" in "".join(lines)
+    assert f"amqps://guest:**@localhost:{tls_broker.amqps_port}" in worker.output
 
 
 def test_celery_refuses_an_untrusted_ca(
@@ -293,27 +263,11 @@ def test_celery_refuses_an_untrusted_ca(
     connection = app.connection_for_write()
     with pytest.raises(Exception, match=r"(?i)certificate verify failed"), connection:
         connection.ensure_connection(max_retries=1)
-    result = subprocess.run(
-        _worker_argv(),
-        env=_worker_env(tls_broker, tls_broker.other_ca_file),
-        cwd=SHIPPED.parent,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    result = run(
+        _worker_argv(), env=_worker_env(tls_broker, tls_broker.other_ca_file), cwd=SHIPPED.parent
     )
     assert result.returncode == 1, result.stdout + result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, result.stderr
     assert re.search(r"(?i)certificate verify failed", errors[0]), errors[0]
     assert "ready." not in result.stdout
-
-
-def _wait(
-    condition: Callable[[], object], process: subprocess.Popen[str], lines: list[str]
-) -> None:
-    end = time.monotonic() + 60
-    while not condition():
-        if process.poll() is not None or time.monotonic() > end:
-            raise AssertionError("worker output:\n" + "".join(lines))
-        time.sleep(0.1)

@@ -18,22 +18,18 @@ from producers import Publisher
 from producers.events import OrderCreated
 from tests.support.consumer import load_declared, wait_until
 from tests.support.spans import finished_spans, span_exporter, span_path
+from tests.support.topologies import order_topology
 
 pytestmark = pytest.mark.integration
 
-TOPOLOGY = """\
-version: 1
-exchanges:
-  events: {type: topic}
-queues:
-  traced.q:
-    dead_letter: true
-    retry: {delays: [200ms]}
-    bindings: [{exchange: events, routing_key: order.created}]
-events:
-  order.created:
-    {exchange: events, routing_key: order.created, model: "producers.events:OrderCreated"}
-"""
+TOPOLOGY = order_topology(
+    """
+    traced.q:
+      dead_letter: true
+      retry: {delays: [200ms]}
+      bindings: [{exchange: events, routing_key: order.created}]
+    """
+)
 
 
 class Boom(Exception):

@@ -19,6 +19,7 @@ from bus.broker.management import ManagementClient
 from bus.errors import ManagementAPIError
 from bus.settings import BusSettings
 from bus.status import collect_status, render_table
+from bus.topology import LoadedTopology
 from bus.versions import (
     RabbitVersion,
     broker_version,
@@ -48,6 +49,14 @@ def settings(bus_vhost_url: str, bus_management: ManagementClient) -> BusSetting
     return settings_for(bus_vhost_url, bus_management)
 
 
+@pytest.fixture
+def quorum(settings: BusSettings) -> LoadedTopology:
+    """QUORUM, applied to the test's vhost."""
+    loaded = load(QUORUM)
+    apply(loaded, settings)
+    return loaded
+
+
 def _queue_stats(management: ManagementClient, vhost: str, queue: str) -> dict[str, Any]:
     """The queue as the management API shows it once its statistics came in (the fields
     read here arrive with them, every few seconds; ``memory`` does on every version)."""
@@ -73,14 +82,9 @@ def _broker_limit(management: ManagementClient, vhost: str, queue: str) -> int |
 
 
 def test_effective_delivery_limit_is_the_brokers(
-    settings: BusSettings,
-    bus_management: ManagementClient,
-    bus_vhost: str,
-    version: RabbitVersion,
+    quorum: LoadedTopology, bus_management: ManagementClient, bus_vhost: str, version: RabbitVersion
 ) -> None:
-    loaded = load(QUORUM)
-    apply(loaded, settings)
-    x = loaded.expanded
+    x = quorum.expanded
     for name in ("work", "limited", "guarded", "guarded.dlq"):
         ours = effective_delivery_limit(x.queues[name], x.policies, version)
         assert ours == _broker_limit(bus_management, bus_vhost, name), (name, str(version))
@@ -89,6 +93,7 @@ def test_effective_delivery_limit_is_the_brokers(
 
 
 def test_plan_shows_the_effective_limit_of_a_quorum_queue_without_one(
+    quorum: LoadedTopology,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -97,9 +102,7 @@ def test_plan_shows_the_effective_limit_of_a_quorum_queue_without_one(
     bus_vhost: str,
     version: RabbitVersion,
 ) -> None:
-    loaded = load(QUORUM)
-    apply(loaded, settings)
-    result = plan(loaded, settings)
+    result = plan(quorum, settings)
     assert result.rabbitmq == str(broker_version(bus_management.overview()))
     assert not result.has_changes
     work = next(i for i in result.items if i.kind == "queue" and i.name == "work")
@@ -168,15 +171,14 @@ def test_queue_version_1_is_what_the_broker_makes_of_it(
 
 
 def test_status_shows_the_delivery_limit_the_broker_applies(
+    quorum: LoadedTopology,
     settings: BusSettings,
     bus_management: ManagementClient,
     bus_vhost: str,
     version: RabbitVersion,
 ) -> None:
-    loaded = load(QUORUM)
-    apply(loaded, settings)
     for _ in range(2):  # before and after the broker's statistics (4.x: its own figure)
-        report = collect_status(loaded.expanded, settings, bus_management, bus_vhost)
+        report = collect_status(quorum.expanded, settings, bus_management, bus_vhost)
         limits = {q.name: q.delivery_limit for q in report.queues}
         assert limits["limited"] == 3
         assert limits["work"] == (20 if version.at_least(4, 0) else None)
@@ -187,13 +189,11 @@ def test_status_shows_the_delivery_limit_the_broker_applies(
 
 
 def test_a_quorum_queue_without_limit_drops_where_the_rules_say(
-    settings: BusSettings, bus_vhost_url: str, version: RabbitVersion
+    quorum: LoadedTopology, bus_vhost_url: str, version: RabbitVersion
 ) -> None:
     """Nack-requeue one message until the broker drops it (or 30 deliveries): a limit of N
     allows N + 1 deliveries; ``x-delivery-count`` is absent or 0 on the first one."""
-    loaded = load(QUORUM)
-    apply(loaded, settings)
-    limit = effective_delivery_limit(loaded.expanded.queues["work"], {}, version)
+    limit = effective_delivery_limit(quorum.expanded.queues["work"], {}, version)
     connection = pika.BlockingConnection(pika.URLParameters(bus_vhost_url))
     try:
         channel = connection.channel()

@@ -32,19 +32,15 @@ from tests.support.consumer import (
     queue_depth,
     wait_until,
 )
+from tests.support.topologies import order_topology
 
-TOPOLOGY = """\
-version: 1
-exchanges:
-  events: {type: topic}
-queues:
-  decode.q:
-    dead_letter: true
-    bindings: [{exchange: events, routing_key: "order.*"}]
-events:
-  order.created:
-    {exchange: events, routing_key: order.created, model: "producers.events:OrderCreated"}
-"""
+TOPOLOGY = order_topology(
+    """
+    decode.q:
+      dead_letter: true
+      bindings: [{exchange: events, routing_key: "order.*"}]
+    """
+)
 
 CONTENT_TYPES = ["application/x-python-serialize", "application/x-yaml", "application/json"]
 

@@ -7,8 +7,6 @@ by the ``make_user`` fixture.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -18,6 +16,8 @@ import pytest
 from bus.broker.management import ManagementClient
 from bus.cli import main
 from bus.provision import ProvidedBroker
+from tests.support.commands import bus_argv, run
+from tests.support.plan import run_cli_as
 from tests.support.users import MakeUser, user_url
 
 pytestmark = pytest.mark.integration
@@ -54,14 +54,7 @@ def test_plan_prune_with_a_backtracking_unmanaged_pattern_and_a_hostile_name(
         encoding="utf-8",
     )
     env = {**os.environ, "BUS_AMQP_URL": applied, "BUS_MANAGEMENT_URL": bus_management_url}
-    done = subprocess.run(
-        [sys.executable, "-m", "bus", "plan", "--prune", "-f", str(topology)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run(bus_argv("plan", "--prune", "-f", str(topology)), env=env)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert any(hostile in line and "^(a+)+!$" in line for line in lines), done.stdout
@@ -83,14 +76,12 @@ def test_detailed_exitcode_fails_when_a_read_only_user_cannot_verify(
     # Read permission only and no management tag: the API refuses it, plan falls back to
     # AMQP probes, and nothing can be compared field by field.
     reader = make_user(configure="^$", write="^$", read=".*")
-    for key, value in reader.env().items():
-        monkeypatch.setenv(key, value)
-    code = main(["plan", "--detailed-exitcode", "-f", str(SHIPPED)])
-    captured = capsys.readouterr()
-    assert "unverified" in captured.out
-    assert "Not verified:" in captured.out
-    assert code == 1, captured
-    errors = [line for line in captured.err.splitlines() if line.strip()]
+    argv = ["plan", "--detailed-exitcode", "-f", str(SHIPPED)]
+    code, out, err = run_cli_as(reader.env(), argv, monkeypatch, capsys)
+    assert "unverified" in out
+    assert "Not verified:" in out
+    assert code == 1, (out, err)
+    errors = [line for line in err.splitlines() if line.strip()]
     assert len(errors) == 1
     assert errors[0].startswith("error: ")
     assert "could not be verified" in errors[0]
@@ -105,10 +96,10 @@ def test_detailed_exitcode_is_0_for_the_admin_on_the_same_vhost(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv("BUS_AMQP_URL", applied)
-    monkeypatch.setenv("BUS_MANAGEMENT_URL", bus_management_url)
-    assert main(["plan", "--detailed-exitcode", "-f", str(SHIPPED)]) == 0
-    out = capsys.readouterr().out
+    env = {"BUS_AMQP_URL": applied, "BUS_MANAGEMENT_URL": bus_management_url}
+    argv = ["plan", "--detailed-exitcode", "-f", str(SHIPPED)]
+    code, out, _ = run_cli_as(env, argv, monkeypatch, capsys)
+    assert code == 0
     assert "unverified" not in out
 
 

@@ -14,11 +14,11 @@ from typing import Any
 import pika
 import pytest
 
-from bus.cli import main
 from bus.errors import UnsendableMessageError
 from bus.settings import BusSettings
 from bus.topology import LoadedTopology
 from producers import Publisher, SyncPublisher
+from tests.support.plan import run_cli_as
 
 pytestmark = pytest.mark.integration
 
@@ -104,9 +104,9 @@ def test_bus_publish_exits_2_with_one_line_and_sends_nothing(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv("BUS_AMQP_URL", applied)
-    code = main(["publish", *extra, "--json", '{"order_id": "o"}'])
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    argv = ["publish", *extra, "--json", '{"order_id": "o"}']
+    code, _, stderr = run_cli_as({"BUS_AMQP_URL": applied}, argv, monkeypatch, capsys)
+    err = [line for line in stderr.splitlines() if line.strip()]
     assert code == 2
     assert len(err) == 1
     assert err[0].startswith("error: ")

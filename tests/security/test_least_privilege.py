@@ -31,13 +31,14 @@ from typing import Any
 import pika
 import pytest
 
-from bus.cli import main
 from bus.errors import AccessRefusedError
 from bus.settings import BusSettings
 from bus.topology import LoadedTopology
 from consumers import Backoff, ConsumerApp, Message, RejectMessage
 from producers import Publisher, SyncPublisher
 from producers.events import CacheInvalidated, CancelOrder, EmailRequested, OrderCreated
+from tests.support.consumer import must_not_consume
+from tests.support.plan import run_cli_as
 from tests.support.users import MakeUser, RoleUser
 
 pytestmark = pytest.mark.integration
@@ -52,19 +53,6 @@ CONSUMER_WRITE = r"^(amq\.default|billing\.orders\.dlx)$"
 CONSUMER_READ = r"^billing\.orders$"
 
 CREATED = OrderCreated(order_id="o-1", customer_id="c-1", total=12)
-
-
-def _cli(
-    argv: list[str],
-    env: dict[str, str],
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> tuple[int, str, str]:
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    code = main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _error_line(err: str) -> str:
@@ -189,20 +177,38 @@ def test_publish_to_the_default_exchange_names_amq_default(
     )
 
 
-def test_bus_publish_without_write_prints_one_line(
+@pytest.mark.parametrize(
+    ("write", "argv", "refused"),
+    [
+        pytest.param(
+            "^events$",
+            ["publish", "-e", "commands", "-k", "order.cancel", "--json", '{"order_id": "o"}'],
+            "write permission on exchange 'commands'",
+            id="publish-without-write",
+        ),
+        pytest.param(
+            CONSUMER_WRITE,
+            ["consume", "--app", "tests.security.apps:billing", "-f", str(SHIPPED)],
+            "read permission on queue 'billing.orders'",
+            id="consume-without-read",
+        ),
+    ],
+)
+def test_bus_command_without_permission_prints_one_line(
+    write: str,
+    argv: list[str],
+    refused: str,
     make_user: MakeUser,
     applied: str,
     bus_vhost: str,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    user = make_user(configure="^$", write="^events$", read="^$")
-    argv = ["publish", "-e", "commands", "-k", "order.cancel", "--json", '{"order_id": "o"}']
-    code, _, err = _cli(argv, user.env(), monkeypatch, capsys)
+    user = make_user(configure="^$", write=write, read="^$")
+    code, _, err = run_cli_as(user.env(), argv, monkeypatch, capsys)
     assert code == 1
     assert _error_line(err) == (
-        f"error: access refused: write permission on exchange 'commands' in vhost "
-        f"{bus_vhost!r} for user {user.name!r}"
+        f"error: access refused: {refused} in vhost {bus_vhost!r} for user {user.name!r}"
     )
 
 
@@ -248,35 +254,13 @@ async def test_consumer_without_read_fails_at_start_naming_permission_and_queue(
     make_user: MakeUser, applied: str, bus_vhost: str, bus_topology: LoadedTopology
 ) -> None:
     user = make_user(configure="^$", write=CONSUMER_WRITE, read="^$")
-    app = ConsumerApp("no-read")
-
-    @app.handler("billing.orders")
-    async def handle(event: OrderCreated) -> None:
-        raise AssertionError("never delivered")
-
+    app = must_not_consume(ConsumerApp("no-read"), "billing.orders")
     with pytest.raises(AccessRefusedError) as info:
         async with app.serve(user.settings(), topology=bus_topology):
             pass
     assert str(info.value) == (
         f"access refused: read permission on queue 'billing.orders' in vhost {bus_vhost!r} "
         f"for user {user.name!r}"
-    )
-
-
-def test_bus_consume_without_read_prints_one_line(
-    make_user: MakeUser,
-    applied: str,
-    bus_vhost: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    user = make_user(configure="^$", write=CONSUMER_WRITE, read="^$")
-    argv = ["consume", "--app", "tests.security.apps:billing", "-f", str(SHIPPED)]
-    code, _, err = _cli(argv, user.env(), monkeypatch, capsys)
-    assert code == 1
-    assert _error_line(err) == (
-        f"error: access refused: read permission on queue 'billing.orders' in vhost "
-        f"{bus_vhost!r} for user {user.name!r}"
     )
 
 
@@ -338,7 +322,7 @@ def test_bus_apply_names_the_missing_permission_and_object(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     user = make_user(configure=".*", write=write, read=read, tags="management")
-    code, _, err = _cli(["apply", "-f", str(SHIPPED)], user.env(), monkeypatch, capsys)
+    code, _, err = run_cli_as(user.env(), ["apply", "-f", str(SHIPPED)], monkeypatch, capsys)
     assert code == 1
     line = _error_line(err)
     assert re.match(f"error: access refused: {expected}", line), line
@@ -346,13 +330,10 @@ def test_bus_apply_names_the_missing_permission_and_object(
 
 
 def test_bus_apply_works_for_the_operator_role(
-    make_user: MakeUser,
-    bus_vhost: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    make_user: MakeUser, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     user = make_user(configure=".*", write=".*", read=".*", tags="management")
-    code, out, err = _cli(["apply", "-f", str(SHIPPED)], user.env(), monkeypatch, capsys)
+    code, out, err = run_cli_as(user.env(), ["apply", "-f", str(SHIPPED)], monkeypatch, capsys)
     assert (code, err) == (0, "")
     # GET /api/vhosts/<name> needs the administrator tag on 3.10: with "management" only, plan
     # and apply fall back to AMQP probes (no re-plan after the apply).
@@ -368,5 +349,5 @@ def test_bus_plan_works_read_only(
     """No permission at all in the vhost: plan falls back to passive AMQP probes (free)."""
     user = make_user(configure="^$", write="^$", read="^$", tags="management")
     argv = ["plan", "-f", str(SHIPPED), "--detailed-exitcode"]
-    code, _, err = _cli(argv, user.env(), monkeypatch, capsys)
+    code, _, err = run_cli_as(user.env(), argv, monkeypatch, capsys)
     assert code == 0, err

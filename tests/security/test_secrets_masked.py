@@ -10,20 +10,15 @@ the two mechanisms on their own: ``mask_url`` in error messages and the log reco
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import socket
-import subprocess
 import sys
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bus.cli import main
 from bus.settings import install_log_redaction, redact
+from tests.support.celery_worker import Worker, clean_env
 from tests.support.users import MakeUser, RoleUser, user_url
 
 REPO = Path(__file__).resolve().parents[2]
@@ -164,62 +159,8 @@ _DEBUG_MAIN = (
 )
 
 
-class Process:
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
-        self.lines: list[str] = []
-        self.process = subprocess.Popen(
-            argv,
-            env=env,
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line)
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for(self, text: str, deadline: float = 60) -> None:
-        end = time.monotonic() + deadline
-        while text not in self.output:
-            if self.process.poll() is not None or time.monotonic() > end:
-                raise AssertionError(f"never saw {text!r}:\n{self.output}")
-            time.sleep(0.1)
-
-    def finish(self, timeout: float = 60) -> int:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            code = self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            code = self.process.wait(10)
-        self.reader.join(5)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        return code
-
-
-@pytest.fixture
-def processes() -> Iterator[list[Process]]:
-    started: list[Process] = []
-    yield started
-    for p in started:
-        p.finish()
-
-
 def _env(**values: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BUS_", "CELERY_"))}
-    env["PYTHONWARNINGS"] = "ignore:You're running the worker with superuser privileges"
+    env = clean_env()
     env.update(values, BUS_CONNECT_TIMEOUT="3", BUS_TOPOLOGY=str(SHIPPED))
     return env
 
@@ -240,16 +181,15 @@ def test_start_up_failures_of_consume_and_worker_do_not_leak(
     case: str,
     success_user: RoleUser,
     bus_vhost_url: str,
-    processes: list[Process],
+    workers: list[Worker],
 ) -> None:
     # With the management API unreachable the AMQP URL is right, but nothing is applied in
     # the vhost: start-up still fails (passive checks).
     env = _cases(bus_vhost_url, success_user.management_url, success_user)[case]
     argv = _consume_argv() if command == "consume" else _worker_argv()
-    process = Process(argv, _env(**env))
-    processes.append(process)
-    process.process.wait(120)
-    code = process.finish()
+    process = Worker(argv, _env(**env))
+    workers.append(process.start())
+    code = process.wait_exit(120)
     assert code != 0, process.output
     assert "error: " in process.output
     assert "Traceback" not in process.output
@@ -263,14 +203,15 @@ def test_running_consume_and_worker_do_not_leak(
     command: str,
     success_user: RoleUser,
     bus_applied_vhost: str,
-    processes: list[Process],
+    workers: list[Worker],
 ) -> None:
     env = _env(BUS_AMQP_URL=success_user.url, BUS_MANAGEMENT_URL=success_user.management_url)
     argv = _consume_argv() if command == "consume" else _worker_argv()
-    process = Process(argv, env)
-    processes.append(process)
-    process.wait_for("consuming billing.orders" if command == "consume" else " ready.")
-    assert process.finish() == 0, process.output
+    process = Worker(argv, env)
+    workers.append(process.start())
+    text = "consuming billing.orders" if command == "consume" else " ready."
+    process.wait_running(lambda: text in process.output, f"{text!r} in the output")
+    assert process.stop(60) == 0, process.output
     assert "DEBUG" in process.output  # the most talkative level was on
     assert f"{success_user.name}:" in process.output  # URLs were logged, masked
     assert success_user.password not in process.output

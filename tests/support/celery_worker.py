@@ -1,4 +1,8 @@
-"""Celery workers as subprocesses on a vhost of their own (the Celery and monitoring suites)."""
+"""Celery workers as subprocesses on a vhost of their own (the Celery and monitoring suites).
+
+:class:`Worker` runs any long-running command that way (``bus worker``, ``celery worker``,
+``bus consume``): own process group, output collected line by line.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +25,8 @@ from bus.celery_app import build_app
 from bus.settings import BusSettings
 from bus.topology import LoadedTopology
 from consumers.tasks import ROUTES
+from tests.support.amqp import declare_with_pika
+from tests.support.waiting import DEADLINE, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,20 +34,8 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-DEADLINE = 60.0
-
-
-def wait_for(predicate: Callable[[], Any], what: str, deadline: float = DEADLINE) -> Any:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def clean_env() -> dict[str, str]:
+    """The test process's environment without ``BUS_*`` and ``CELERY_*`` settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BUS_", "CELERY_"))}
     # This machine runs tests as root; Celery's multi-line warning about it is not under test.
     env["PYTHONWARNINGS"] = "ignore:You're running the worker with superuser privileges"
@@ -55,6 +48,7 @@ class Worker:
 
     argv: list[str]
     env: dict[str, str]
+    cwd: Path = REPO
     process: subprocess.Popen[str] | None = None
     lines: list[str] = field(default_factory=list)
     _reader: threading.Thread | None = None
@@ -63,7 +57,7 @@ class Worker:
         self.process = subprocess.Popen(
             self.argv,
             env=self.env,
-            cwd=REPO,
+            cwd=self.cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -93,6 +87,19 @@ class Worker:
         wait_for(ready, f"worker ready; output so far:\n{self.output}")
         return self
 
+    def wait_running(self, condition: Callable[[], Any], what: str) -> Any:
+        """Poll ``condition`` until it returns something true, and return that; fails, with
+        the output, should the process exit first."""
+
+        def check() -> Any:
+            assert self.process is not None
+            result = condition()
+            if not result and self.process.poll() is not None:
+                raise AssertionError(f"exited before {what}:\n{self.output}")
+            return result
+
+        return wait_for(check, f"{what}; output so far:\n{self.output}")
+
     def wait_exit(self, timeout: float = DEADLINE) -> int:
         assert self.process is not None
         code = self.process.wait(timeout)
@@ -109,19 +116,27 @@ class Worker:
             os.killpg(self.process.pid, signal.SIGKILL)
         self.wait_exit()
 
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM the whole group if it still runs, SIGKILL it after ``timeout`` s; the exit
+        code (None when it never started)."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
         try:
-            self.wait_exit(30)
+            return self.wait_exit(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
+            return self.process.returncode
 
 
 @dataclass
 class CeleryVhost:
-    """A vhost with the topology declared and a worker user that cannot configure anything."""
+    """A vhost with the topology declared and a worker user that cannot configure anything.
+
+    ``with`` declares the topology (plain pika, not the code under test) on entry and stops
+    every worker started through it on exit.
+    """
 
     vhost: str
     admin_url: str
@@ -131,6 +146,14 @@ class CeleryVhost:
     management: ManagementClient
     tmp: Path
     workers: list[Worker] = field(default_factory=list)
+
+    def __enter__(self) -> CeleryVhost:
+        declare_with_pika(self.admin_url, self.topology.expanded)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for worker in self.workers:
+            worker.stop()
 
     def env(self) -> dict[str, str]:
         env = clean_env()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,10 @@ from producers.events import OrderCreated
 from tests.support.amqp import declare_with_pika, drain
 
 __all__ = [
+    "RecordingMetrics",
     "drain",
     "load_declared",
+    "must_not_consume",
     "publish",
     "queue_depth",
     "read_trace",
@@ -89,6 +92,49 @@ def queue_depth(url: str, queue: str) -> tuple[int, int]:
         return ok.method.message_count, ok.method.consumer_count
     finally:
         connection.close()
+
+
+class RecordingMetrics:
+    """A ConsumerMetrics that keeps plain counters (no prometheus-client needed)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.seconds: list[float] = []
+
+    def consumed(self, queue: str) -> None:
+        self.counts[f"consumed {queue}"] += 1
+
+    def acked(self, queue: str, count: int) -> None:
+        self.counts[f"acked {queue}"] += count
+
+    def retried(self, queue: str) -> None:
+        self.counts[f"retried {queue}"] += 1
+
+    def dead_lettered(self, queue: str, reason: str) -> None:
+        self.counts[f"dead {queue} {reason}"] += 1
+
+    def requeued(self, queue: str) -> None:
+        self.counts[f"requeued {queue}"] += 1
+
+    def dropped(self, queue: str, reason: str) -> None:
+        self.counts[f"dropped {queue} {reason}"] += 1
+
+    def duplicate(self, queue: str) -> None:
+        self.counts[f"duplicate {queue}"] += 1
+
+    def handler_seconds(self, queue: str, seconds: float) -> None:
+        self.seconds.append(seconds)
+
+
+def must_not_consume(app: ConsumerApp, queue: str) -> ConsumerApp:
+    """``app`` with a handler of ``queue`` that fails the test should a message reach it: for
+    tests whose start-up must fail before anything is consumed."""
+
+    @app.handler(queue)
+    async def handle(event: OrderCreated) -> None:
+        raise AssertionError(f"{queue}: must not consume")
+
+    return app
 
 
 async def wait_until(condition: Callable[[], bool], seconds: float = 20.0) -> None:

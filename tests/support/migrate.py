@@ -24,36 +24,27 @@ from bus.topology import LoadedTopology, load_topology
 from consumers import ConsumerApp, Message
 from producers.events import OrderCreated
 from tests.support.consumer import drain, load_declared, queue_depth, wait_until
+from tests.support.topologies import order_topology
 
 __all__ = ["NEW", "OLD", "Outcome", "migration_n", "run_scenario"]
 
-OLD = """\
-version: 1
-exchanges:
-  events: {type: topic}
-queues:
-  orders.q:
-    type: classic
-    bindings: [{exchange: events, routing_key: "order.*"}]
-events:
-  order.created:
-    {exchange: events, routing_key: order.created, model: "producers.events:OrderCreated"}
-"""
+OLD = order_topology(
+    """
+    orders.q:
+      type: classic
+      bindings: [{exchange: events, routing_key: "order.*"}]
+    """
+)
 
-NEW = """\
-version: 1
-exchanges:
-  events: {type: topic}
-queues:
-  orders.q:
-    type: quorum
-    delivery_limit: 5
-    dead_letter: true
-    bindings: [{exchange: events, routing_key: "order.*"}]
-events:
-  order.created:
-    {exchange: events, routing_key: order.created, model: "producers.events:OrderCreated"}
-"""
+NEW = order_topology(
+    """
+    orders.q:
+      type: quorum
+      delivery_limit: 5
+      dead_letter: true
+      bindings: [{exchange: events, routing_key: "order.*"}]
+    """
+)
 
 BODY = OrderCreated(order_id="o-1", customer_id="c-1", total=3).model_dump_json().encode()
 STAMP = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)

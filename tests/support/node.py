@@ -11,11 +11,12 @@ import fcntl
 import hashlib
 import json
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
+
+from tests.support.commands import run
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTALL_TIMEOUT = 600
@@ -58,13 +59,10 @@ def install_tool(name: str) -> tuple[str, Path]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not _installed(tool):
             # --ignore-scripts: none of these packages needs an install script.
-            result = subprocess.run(
+            result = run(
                 [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--prefer-offline"],
                 cwd=tool,
-                capture_output=True,
-                text=True,
                 timeout=INSTALL_TIMEOUT,
-                check=False,
             )
             if result.returncode != 0:
                 pytest.fail(
@@ -77,14 +75,7 @@ def install_tool(name: str) -> tuple[str, Path]:
 
 def run_node(node: str, script: Path, *args: str, stdin: str = "", timeout: float = 120) -> str:
     """Run a Node script; its stdout, or the test fails with its stderr."""
-    result = subprocess.run(
-        [node, str(script), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    result = run([node, script, *args], stdin=stdin, timeout=timeout)
     if result.returncode != 0:
         pytest.fail(f"{script.name} failed ({result.returncode}): {result.stderr[-3000:]}")
     return result.stdout

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pika
+import pytest
 
 from bus.broker.management import ManagementClient
 from bus.cli import main
@@ -38,9 +40,19 @@ def definitions(management: ManagementClient, vhost: str) -> dict[str, Any]:
 
 
 def run_cli(args: list[str], capsys: Any) -> tuple[int, str, str]:
+    """``bus ARGS`` in-process: (exit code, stdout, stderr)."""
     code = main(args)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def run_cli_as(
+    env: Mapping[str, str], args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> tuple[int, str, str]:
+    """:func:`run_cli` with ``env`` (a user's ``BUS_*`` settings, say) set for the test."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return run_cli(args, capsys)
 
 
 def free_port() -> int:

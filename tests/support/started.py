@@ -6,7 +6,6 @@ thing, leaving stops it whatever happened inside.
 
 from __future__ import annotations
 
-from types import TracebackType
 from typing import Self
 
 __all__ = ["StartedInWith"]
@@ -24,10 +23,5 @@ class StartedInWith:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()

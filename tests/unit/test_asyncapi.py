@@ -104,34 +104,23 @@ def test_every_ref_resolves_and_no_defs_remain(shipped: dict[str, Any]) -> None:
     assert "$defs" not in json.dumps(shipped)
 
 
+def _channel_binding(kind: str, **target: dict[str, Any]) -> dict[str, Any]:
+    """An AsyncAPI AMQP channel binding (0.3.0): ``is`` ``kind``, then the exchange or queue."""
+    return {"is": kind, **target, "bindingVersion": "0.3.0"}
+
+
 def test_a_channel_per_exchange_and_queue_with_amqp_bindings(shipped: dict[str, Any]) -> None:
     expanded = load_topology(SHIPPED).expanded
     channels = shipped["channels"]
     for x in expanded.exchanges.values():
         amqp = channels[f"exchange.{x.name}"]["bindings"]["amqp"]
-        assert amqp == {
-            "is": "routingKey",
-            "exchange": {
-                "name": x.name,
-                "type": x.type,
-                "durable": x.durable,
-                "autoDelete": x.auto_delete,
-            },
-            "bindingVersion": "0.3.0",
-        }
+        exchange = dict(name=x.name, type=x.type, durable=x.durable, autoDelete=x.auto_delete)
+        assert amqp == _channel_binding("routingKey", exchange=exchange)
         assert channels[f"exchange.{x.name}"]["address"] == x.name
     for q in expanded.queues.values():
         amqp = channels[f"queue.{q.name}"]["bindings"]["amqp"]
-        assert amqp == {
-            "is": "queue",
-            "queue": {
-                "name": q.name,
-                "durable": q.durable,
-                "exclusive": False,
-                "autoDelete": q.auto_delete,
-            },
-            "bindingVersion": "0.3.0",
-        }
+        queue = dict(name=q.name, durable=q.durable, exclusive=False, autoDelete=q.auto_delete)
+        assert amqp == _channel_binding("queue", queue=queue)
     assert len(channels) == len(expanded.exchanges) + len(expanded.queues)
     assert channels["queue.billing.orders"]["x-amqp-arguments"]["x-queue-type"] == "quorum"
 

@@ -73,8 +73,10 @@ def test_warnings_alone_exit_0(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert ":2:10: warning: queues.lonely: queue 'lonely' is not reachable" in out
 
 
-def test_event_caught_only_by_the_alternate_exchange_is_a_warning() -> None:
-    found = _lint(
+# (topology, the findings of lint, in order): one case a finding kind, or a kind of
+# topology that must raise none.
+LINT_CASES = [
+    pytest.param(
         """
         version: 1
         exchanges:
@@ -84,16 +86,14 @@ def test_event_caught_only_by_the_alternate_exchange_is_a_warning() -> None:
           unrouted.events: {bindings: [{exchange: unrouted}]}
         events:
           lost: {exchange: events, routing_key: lost, model: "m:M"}
-        """
-    )
-    assert found == [
-        "t.yaml:8:3: warning: events.lost: event 'lost' matches no binding of exchange "
-        "'events'; it only reaches the alternate exchange's queues (unrouted.events)"
-    ]
-
-
-def test_dead_letter_exchange_reaching_nothing_is_an_error() -> None:
-    found = _lint(
+        """,
+        [
+            "t.yaml:8:3: warning: events.lost: event 'lost' matches no binding of exchange "
+            "'events'; it only reaches the alternate exchange's queues (unrouted.events)"
+        ],
+        id="event-caught-only-by-the-alternate-exchange-is-a-warning",
+    ),
+    pytest.param(
         """
         version: 1
         exchanges:
@@ -113,18 +113,16 @@ def test_dead_letter_exchange_reaching_nothing_is_an_error() -> None:
             dead_letter_exchange: ""
             dead_letter_routing_key: nowhere
             bindings: [{exchange: events, routing_key: "#"}]
-        """
-    )
-    assert found == [
-        "t.yaml:7:27: error: queues.work.dead_letter_exchange: dead-letter exchange 'dlx' "
-        "routes with key 'parked' to no queue: dead-lettered messages are dropped",
-        "t.yaml:17:30: error: queues.broken.dead_letter_routing_key: dead-lettered messages "
-        "go to the default exchange with key 'nowhere', which names no queue: they are dropped",
-    ]
-
-
-def test_alternate_exchange_reaching_nothing_is_an_error() -> None:
-    found = _lint(
+        """,
+        [
+            "t.yaml:7:27: error: queues.work.dead_letter_exchange: dead-letter exchange 'dlx' "
+            "routes with key 'parked' to no queue: dead-lettered messages are dropped",
+            "t.yaml:17:30: error: queues.broken.dead_letter_routing_key: dead-lettered messages "
+            "go to the default exchange with key 'nowhere', which names no queue: they are dropped",
+        ],
+        id="dead-letter-exchange-reaching-nothing-is-an-error",
+    ),
+    pytest.param(
         """
         version: 1
         exchanges:
@@ -134,23 +132,21 @@ def test_alternate_exchange_reaching_nothing_is_an_error() -> None:
         queues:
           q: {bindings: [{exchange: events, routing_key: k}]}
           never: {bindings: [{exchange: ae, arguments: {x-match: any, x-tenant: t1}}]}
-        """
-    )
-    assert found == [
-        "t.yaml:3:46: error: exchanges.events.alternate_exchange: alternate exchange 'ae' "
-        "routes to no queue: unroutable messages are dropped instead of kept",
-        "t.yaml:4:43: error: exchanges.ae.alternate_exchange: alternate exchange 'ae2' "
-        "routes to no queue: unroutable messages are dropped instead of kept",
-        "t.yaml:8:3: warning: queues.never: queue 'never' is not reachable from any exchange: "
-        "only a publish by name through the default exchange gets a message into it",
-        "t.yaml:8:48: warning: queues.never.bindings[0].arguments: binding can never match: "
-        "x-match any ignores x- arguments, so there is nothing to compare (use any-with-x "
-        "to match on x- headers)",
-    ]
-
-
-def test_unused_alternate_exchange_is_a_warning() -> None:
-    found = _lint(
+        """,
+        [
+            "t.yaml:3:46: error: exchanges.events.alternate_exchange: alternate exchange 'ae' "
+            "routes to no queue: unroutable messages are dropped instead of kept",
+            "t.yaml:4:43: error: exchanges.ae.alternate_exchange: alternate exchange 'ae2' "
+            "routes to no queue: unroutable messages are dropped instead of kept",
+            "t.yaml:8:3: warning: queues.never: queue 'never' is not reachable from any exchange: "
+            "only a publish by name through the default exchange gets a message into it",
+            "t.yaml:8:48: warning: queues.never.bindings[0].arguments: binding can never match: "
+            "x-match any ignores x- arguments, so there is nothing to compare (use any-with-x "
+            "to match on x- headers)",
+        ],
+        id="alternate-exchange-reaching-nothing-is-an-error",
+    ),
+    pytest.param(
         """
         version: 1
         exchanges:
@@ -159,47 +155,39 @@ def test_unused_alternate_exchange_is_a_warning() -> None:
         queues:
           all: {bindings: [{exchange: events, routing_key: "#"}]}
           caught: {bindings: [{exchange: ae}]}
+        """,
+        [
+            "t.yaml:3:45: warning: exchanges.events.alternate_exchange: alternate exchange 'ae' "
+            "is never used: the binding to 'all' matches every message",
+        ],
+        id="unused-alternate-exchange-is-a-warning",
+    ),
+    pytest.param(
         """
-    )
-    assert found == [
-        "t.yaml:3:45: warning: exchanges.events.alternate_exchange: alternate exchange 'ae' "
-        "is never used: the binding to 'all' matches every message",
-    ]
-
-
-def test_retry_and_dead_letter_queues_are_not_flagged() -> None:
-    assert (
-        _lint(
-            """
-            version: 1
-            exchanges:
-              events: {type: topic}
-            queues:
-              work:
-                dead_letter: true
-                retry: {delays: [1s, 10s]}
-                bindings: [{exchange: events, routing_key: "a.*"}]
-            """
-        )
-        == []
-    )
-
-
-def test_queue_reached_only_by_name_through_an_event_is_not_flagged() -> None:
-    found = _lint(
+        version: 1
+        exchanges:
+          events: {type: topic}
+        queues:
+          work:
+            dead_letter: true
+            retry: {delays: [1s, 10s]}
+            bindings: [{exchange: events, routing_key: "a.*"}]
+        """,
+        [],
+        id="retry-and-dead-letter-queues-are-not-flagged",
+    ),
+    pytest.param(
         """
         version: 1
         queues:
           jobs: {}
         events:
           job: {exchange: "", routing_key: jobs, model: "m:M"}
-        """
-    )
-    assert found == []
-
-
-def test_bindings_of_an_internal_exchange_nothing_feeds() -> None:
-    found = _lint(
+        """,
+        [],
+        id="queue-reached-only-by-name-through-an-event-is-not-flagged",
+    ),
+    pytest.param(
         """
         version: 1
         exchanges:
@@ -213,24 +201,22 @@ def test_bindings_of_an_internal_exchange_nothing_feeds() -> None:
         exchange_bindings:
           - {source: events, destination: audit, routing_key: "order.*"}
           - {source: island, destination: audit}
-        """
-    )
-    assert found == [
-        't.yaml:8:62: warning: queues["audit.invoices"].bindings[0].routing_key: binding '
-        "can never match: no key that reaches internal exchange 'audit' matches 'invoice.*'",
-        "t.yaml:9:3: warning: queues.lost: queue 'lost' is not reachable from any exchange: "
-        "only a publish by name through the default exchange gets a message into it",
-        "t.yaml:9:21: warning: queues.lost.bindings[0]: binding can never match: exchange "
-        "'island' is internal and no binding, alternate exchange or dead-letter exchange "
-        "leads to it",
-        "t.yaml:12:5: warning: exchange_bindings[1]: binding can never match: exchange "
-        "'island' is internal and no binding, alternate exchange or dead-letter exchange "
-        "leads to it",
-    ]
-
-
-def test_routing_key_on_fanout_or_headers_binding_is_not_never_matching() -> None:
-    found = _lint(
+        """,
+        [
+            't.yaml:8:62: warning: queues["audit.invoices"].bindings[0].routing_key: binding '
+            "can never match: no key that reaches internal exchange 'audit' matches 'invoice.*'",
+            "t.yaml:9:3: warning: queues.lost: queue 'lost' is not reachable from any exchange: "
+            "only a publish by name through the default exchange gets a message into it",
+            "t.yaml:9:21: warning: queues.lost.bindings[0]: binding can never match: exchange "
+            "'island' is internal and no binding, alternate exchange or dead-letter exchange "
+            "leads to it",
+            "t.yaml:12:5: warning: exchange_bindings[1]: binding can never match: exchange "
+            "'island' is internal and no binding, alternate exchange or dead-letter exchange "
+            "leads to it",
+        ],
+        id="bindings-of-an-internal-exchange-nothing-feeds",
+    ),
+    pytest.param(
         """
         version: 1
         exchanges:
@@ -239,9 +225,16 @@ def test_routing_key_on_fanout_or_headers_binding_is_not_never_matching() -> Non
         queues:
           a: {bindings: [{exchange: f, routing_key: ignored}]}
           b: {bindings: [{exchange: h, routing_key: ignored, arguments: {k: v}}]}
-        """
-    )
-    assert found == []
+        """,
+        [],
+        id="routing-key-on-fanout-or-headers-binding-is-not-never-matching",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "findings"), LINT_CASES)
+def test_lint_findings(text: str, findings: list[str]) -> None:
+    assert _lint(text) == findings
 
 
 _WORDS = ["a", "b", "", "*", "#"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bus.broker.inspect import LiveBinding, LiveExchange, LiveQueue, LiveState, LiveVhost
+from bus.broker.inspect import LiveBinding, LiveExchange, LiveQueue, LiveState
 from bus.broker.plan import Action, diff
 from bus.broker.plan_migrations import (
     annotate_migrations,
@@ -12,6 +12,7 @@ from bus.broker.plan_migrations import (
     warnings_for,
 )
 from bus.topology import parse_topology
+from tests.support.live import live_state
 
 TOPOLOGY = """
 version: 1
@@ -31,11 +32,11 @@ def _classic(name: str, **args: object) -> LiveQueue:
 
 
 def _live(*queues: LiveQueue) -> LiveState:
-    state = LiveState("vh", "management", LiveVhost("vh", "", "classic"))
-    state.exchanges = {"ev": LiveExchange("ev", "topic", True, False, False, {})}
-    state.queues = {q.name: q for q in queues}
-    state.bindings = [LiveBinding("ev", "q1", "queue", "a.#", {})]
-    return state
+    return live_state(
+        exchanges={"ev": LiveExchange("ev", "topic", True, False, False, {})},
+        queues={q.name: q for q in queues},
+        bindings=[LiveBinding("ev", "q1", "queue", "a.#", {})],
+    )
 
 
 def test_temp_names_round_trip() -> None:

@@ -6,16 +6,7 @@ from typing import Any
 
 import pytest
 
-from bus.broker.live import (
-    LiveBinding,
-    LiveExchange,
-    LivePolicy,
-    LiveQueue,
-    LiveState,
-    LiveVhost,
-    Probe,
-    QueueUsage,
-)
+from bus.broker.live import LiveBinding, LiveExchange, LivePolicy, LiveQueue, Probe, QueueUsage
 from bus.broker.plan import (
     Action,
     PlanOptions,
@@ -27,6 +18,7 @@ from bus.broker.plan import (
 )
 from bus.topology import parse_topology
 from bus.topology.expand import ExpandedTopology, QueueSpec
+from tests.support.live import live_state
 
 TOPOLOGY = """
 version: 1
@@ -42,13 +34,6 @@ unmanaged: ['^legacy']
 
 def _expanded(text: str = TOPOLOGY) -> ExpandedTopology:
     return parse_topology(text).expanded
-
-
-def _live(**kwargs: Any) -> LiveState:
-    state = LiveState("vh", "management", LiveVhost("vh", "", "classic"))
-    for key, value in kwargs.items():
-        setattr(state, key, value)
-    return state
 
 
 def _converged() -> dict[str, Any]:
@@ -98,7 +83,7 @@ def test_binding_key_is_typed_and_order_free() -> None:
 
 
 def test_converged_state_is_all_unchanged() -> None:
-    plan = diff(_expanded(), _live(**_converged()))
+    plan = diff(_expanded(), live_state(**_converged()))
     assert {i.action for i in plan.items} == {Action.UNCHANGED}
     assert not plan.has_changes
 
@@ -116,7 +101,7 @@ def test_string_and_integer_values_differ() -> None:
     live["queues"]["q1"] = LiveQueue(
         "q1", "classic", True, False, False, {"x-queue-type": "classic", "x-message-ttl": "1000"}
     )
-    plan = diff(_expanded(), _live(**live))
+    plan = diff(_expanded(), live_state(**live))
     item = plan.conflicts[0]
     assert item.differences[0].field == "arguments.x-message-ttl"
     assert "'1000' (string)" in str(item.differences[0])
@@ -126,13 +111,13 @@ def test_string_and_integer_values_differ() -> None:
 def test_uncompared_queue_argument_is_an_ineffective_conflict() -> None:
     live = _converged()
     live["queues"]["q1"].arguments["x-custom"] = "a"
-    item = diff(_expanded(), _live(**live)).conflicts[0]
+    item = diff(_expanded(), live_state(**live)).conflicts[0]
     assert item.differences[0].reason.startswith("ineffective")
 
 
 def test_unknown_exchange_type_is_a_conflict() -> None:
     text = TOPOLOGY.replace("type: topic", "type: headers")
-    plan = diff(_expanded(text), _live(exchange_types=frozenset({"direct", "topic"})))
+    plan = diff(_expanded(text), live_state(exchange_types=frozenset({"direct", "topic"})))
     item = next(i for i in plan.items if i.kind == "exchange")
     assert item.action is Action.CONFLICT
     assert "unknown exchange type" in item.differences[0].reason
@@ -143,7 +128,7 @@ def test_extra_objects_are_unmanaged_without_prune_and_deleted_with_it() -> None
     live["queues"]["old"] = LiveQueue("old", "classic", True, False, False, {})
     live["queues"]["legacy.q"] = LiveQueue("legacy.q", "classic", True, False, False, {})
     live["policies"] = {"p": LivePolicy("p", ".*", "all", 0, {"max-length": 1})}
-    state = _live(**live)
+    state = live_state(**live)
     usage = {"old": QueueUsage(0, 0), "legacy.q": QueueUsage(0, 0)}
 
     plain = diff(_expanded(), state, PlanOptions(), usage)
@@ -160,7 +145,7 @@ def test_prune_keeps_queues_with_messages_or_unknown_counts() -> None:
     live = _converged()
     live["queues"]["full"] = LiveQueue("full", "classic", True, False, False, {})
     live["queues"]["unknown"] = LiveQueue("unknown", "classic", True, False, False, {})
-    state = _live(**live)
+    state = live_state(**live)
     plan = diff(_expanded(), state, PlanOptions(prune=True), {"full": QueueUsage(3, 0)})
     assert not plan.by_action(Action.DELETE)
     lossy = diff(
@@ -176,7 +161,7 @@ def test_recreate_empty_turns_a_conflict_into_recreate_with_bindings() -> None:
     live = _converged()
     live["queues"]["q1"].arguments["x-message-ttl"] = 5
     live["bindings"].append(LiveBinding("ev", "q1", "queue", "by-hand", {}))
-    state = _live(**live)
+    state = live_state(**live)
     options = PlanOptions(recreate_empty=True)
     plan = diff(_expanded(), state, options, {"q1": QueueUsage(0, 0)})
     assert [(i.kind, i.name) for i in plan.by_action(Action.RECREATE)] == [
@@ -194,7 +179,7 @@ def test_policy_difference_is_an_update() -> None:
     text = TOPOLOGY + "policies:\n  p: {pattern: '^q', definition: {max-length: 5}}\n"
     live = _converged()
     live["policies"] = {"p": LivePolicy("p", "^q", "all", 0, {"max-length": 9})}
-    plan = diff(_expanded(text), _live(**live))
+    plan = diff(_expanded(text), live_state(**live))
     item = plan.by_action(Action.UPDATE)[0]
     assert (item.kind, item.name) == ("policy", "p")
     assert not plan.conflicts
@@ -219,10 +204,10 @@ def test_refusal_text_names_the_field() -> None:
 
 
 def test_probe_results_in_amqp_mode() -> None:
-    state = LiveState(
-        "vh", "amqp", LiveVhost("vh", "", "classic"),
+    state = live_state(
+        "amqp",
         probes={("exchange", "ev"): Probe(exists=True), ("queue", "q1"): Probe(exists=False)},
-    )  # fmt: skip
+    )
     plan = diff(_expanded(), state)
     actions = {(i.kind, i.name): i.action for i in plan.items}
     assert actions[("exchange", "ev")] is Action.UNVERIFIED

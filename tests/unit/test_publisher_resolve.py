@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import uuid
 from decimal import Decimal
-from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
 from bus.errors import ContractError, MessageTooLargeError
-from bus.publish import Resolved, Resolver
+from bus.publish import Resolver
 from bus.topology import parse_topology
 from producers import Outgoing
 from producers.events import CancelOrder, EmailRequested, OrderCreated, OrderPaid
@@ -43,28 +42,9 @@ def resolver() -> Resolver:
     return Resolver(parse_topology(TOPOLOGY, "t.yaml"), max_message_size=64)
 
 
-def typed(
-    resolver: Resolver,
-    event: BaseModel,
-    *,
-    name: str | None = None,
-    headers: dict[str, Any] | None = None,
-    traceparent: str | None = None,
-) -> Resolved:
-    return resolver.event(
-        event,
-        name=name,
-        headers=headers,
-        message_id=None,
-        correlation_id=None,
-        traceparent=traceparent,
-        persistent=True,
-    )
-
-
 def test_typed_event_takes_exchange_key_and_type_from_its_contract(resolver: Resolver) -> None:
     event = CancelOrder(order_id="o1", reason="r")
-    message = typed(resolver, event)
+    message = resolver.call(event)
     assert (message.exchange, message.routing_key, message.event_type) == (
         "commands",
         "order.cancel",
@@ -77,8 +57,7 @@ def test_typed_event_takes_exchange_key_and_type_from_its_contract(resolver: Res
 
 
 def test_contract_headers_then_caller_headers_then_traceparent(resolver: Resolver) -> None:
-    message = typed(
-        resolver,
+    message = resolver.call(
         EmailRequested(to="a@b.c", subject="s"),
         headers={"kind": "bulk", "tenant": "acme"},
         traceparent="00-abc-def-01",
@@ -94,14 +73,14 @@ def test_contract_headers_then_caller_headers_then_traceparent(resolver: Resolve
 
 def test_unknown_and_ambiguous_models_are_contract_errors(resolver: Resolver) -> None:
     with pytest.raises(ContractError, match="matches no event contract"):
-        typed(resolver, Stray(value=1))
+        resolver.call(Stray(value=1))
     paid = OrderPaid(order_id="o", amount=Decimal(1))
     with pytest.raises(ContractError, match="several events"):
-        typed(resolver, paid)
-    named = typed(resolver, paid, name="order.paid.again")
+        resolver.call(paid)
+    named = resolver.call(paid, event_name="order.paid.again")
     assert named.routing_key == "order.repaid"
     with pytest.raises(ContractError, match="expects OrderCreated"):
-        typed(resolver, paid, name="order.created")
+        resolver.call(paid, event_name="order.created")
 
 
 def test_explicit_model_body_is_typed_when_the_topology_knows_it(resolver: Resolver) -> None:

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import pytest
 
 from bus.broker.management import ManagementClient
 from bus.settings import with_vhost
+from tests.support.commands import run
 
 pytestmark = pytest.mark.integration
 
@@ -50,15 +50,7 @@ def test_the_service_example_prints_the_publish_span_under_the_services_span(
 ) -> None:
     url = with_vhost(amqp_url, bus_applied_vhost)
     env = {**os.environ, "BUS_AMQP_URL": url}
-    done = subprocess.run(
-        [sys.executable, "-c", _block("python")],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run([sys.executable, "-c", _block("python")], cwd=REPO, env=env)
     assert done.returncode == 0, done.stderr
     spans = {span["name"]: span for span in _json_objects(done.stdout)}
     assert set(spans) == {"checkout", "publish events"}
@@ -89,16 +81,9 @@ def test_the_cost_command_prints_the_traced_ratios(
     command = shlex.split(_block("shell").strip())
     assert command[:3] == ["python", "-m", "bench"]
     small = ["--quick", "--seconds", "1", "--messages", "2000", "--no-java", "--no-uvloop"]
-    done = subprocess.run(
-        [sys.executable, *command[1:], *small],
-        cwd=REPO,
-        # The test broker (local, throwaway node or container), as the bench reads it.
-        env={**os.environ, "BUS_AMQP_URL": amqp_url, "BUS_MANAGEMENT_URL": bus_management.base_url},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    # The test broker (local, throwaway node or container), as the bench reads it.
+    env = {**os.environ, "BUS_AMQP_URL": amqp_url, "BUS_MANAGEMENT_URL": bus_management.base_url}
+    done = run([sys.executable, *command[1:], *small], cwd=REPO, env=env, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "ratio publish w1000 msg_s: ours-traced / ours = " in done.stdout
     assert "ratio consume p100 msg_s: ours-traced / ours = " in done.stdout

@@ -212,18 +212,11 @@ sys.exit(main(["validate", "-f", "topology.yaml"]))
 
 def test_without_the_extra_nothing_is_traced_and_bus_tracing_is_a_clear_error() -> None:
     import os
-    import subprocess
     import sys
 
-    env = {**os.environ, "BUS_TRACING": "true"}
-    done = subprocess.run(
-        [sys.executable, "-c", WITHOUT_THE_EXTRA],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    from tests.support.commands import run
+
+    done = run([sys.executable, "-c", WITHOUT_THE_EXTRA], env={**os.environ, "BUS_TRACING": "true"})
     # The command refuses with the extra's name, as a one-line usage error (exit 2).
     assert done.returncode == 2, done.stdout + done.stderr
     assert "otel extra" in done.stderr

@@ -80,7 +80,7 @@ import logging
 import signal
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -98,6 +98,7 @@ from bus.lenient import UNDECODABLE_HEADER
 from bus.publish import AsyncPublisher
 from bus.settings import BusSettings, mask_url
 from bus.topology import ExpandedTopology, LoadedTopology, expanded_topology
+from consumers import wire
 from consumers.decode import Decoder, InvalidMessageError
 from consumers.failures import FailureHandling
 from consumers.handlers import HandlerFunc, HandlerOptions, HandlerSpec, inspect_handler
@@ -283,6 +284,9 @@ class Runtime(FailureHandling):
         # One message with undecodable properties must not close the connection of every
         # consumer (see bus.lenient): the runtime dead-letters it instead.
         lenient.install()
+        # Frames read in bulk, deliveries decoded without pamqp's generic path (see
+        # consumers.wire); every other frame still goes through bus.lenient.
+        wire.install()
         connection = await connect_async(self.settings, name=f"amqp-bus consumer {self.app.name}")
         self.connection = connection
         try:
@@ -341,6 +345,12 @@ class Runtime(FailureHandling):
         log.info("%s: shutting down gracefully", reason)
         self._stop.set()
 
+    def spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run ``work`` in a task that shutdown waits for (a settle that cannot wait inline)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
     def fail(self, error: BrokerError) -> None:
         if self.fatal is None:
             self.fatal = error
@@ -389,6 +399,9 @@ class Runtime(FailureHandling):
         self, consumer: QueueConsumer, session: ChannelSession, delivered: DeliveredMessage
     ) -> None:
         message = Message(delivered, consumer.queue)
+        if not tracing.tracing_enabled():
+            await self._process(consumer, session, delivered, message, None)
+            return
         with tracing.processing(message.trace(), message.headers) as traced:
             await self._process(consumer, session, delivered, message, traced)
 
@@ -398,7 +411,7 @@ class Runtime(FailureHandling):
         session: ChannelSession,
         delivered: DeliveredMessage,
         message: Message,
-        traced: tracing.Processing,
+        traced: tracing.Processing | None,
     ) -> None:
         spec = consumer.spec
         tag = delivery_tag(delivered)
@@ -425,8 +438,7 @@ class Runtime(FailureHandling):
                 if not await self._run_once(consumer, message.message_id, args):
                     if self.metrics is not None:
                         self.metrics.duplicate(consumer.queue)
-                    with traced.settling("ack"):
-                        session.done(tag)
+                    _acked(session, tag, traced)
                     return
             elif self.metrics is not None:
                 await self._timed(consumer, args)
@@ -439,8 +451,7 @@ class Runtime(FailureHandling):
         except Exception as exc:
             await self._failed(consumer, session, message, exc, permanent=False, reason="handler")
         else:
-            with traced.settling("ack"):
-                session.done(tag)
+            _acked(session, tag, traced)
 
     async def _run_once(
         self, consumer: QueueConsumer, message_id: str, args: tuple[Any, ...]
@@ -475,3 +486,12 @@ class Runtime(FailureHandling):
         finally:
             if self.metrics is not None:
                 self.metrics.handler_seconds(consumer.queue, time.perf_counter() - started)
+
+
+def _acked(session: ChannelSession, tag: int, traced: tracing.Processing | None) -> None:
+    """Mark the delivery done (its ack goes out with the session's next flush)."""
+    if traced is None:
+        session.done(tag)
+        return
+    with traced.settling("ack"):
+        session.done(tag)

@@ -17,7 +17,8 @@ handler returned.
 Failure rules (exact; the decision itself lives in :func:`consumers.policy.decide`):
 
 1. Handler returned: ack. Acks are batched as ``basic.ack(multiple=True)`` over the contiguous
-   run of finished deliveries only; a running delivery is never covered.
+   run of finished deliveries only (a running delivery is never covered), written after
+   prefetch/4 of them or 2 ms after the backlog empties (:mod:`consumers.settle`).
 2. Handler raised an exception and the queue's ``retry`` ladder has a step left
    (``x-retry-count`` < number of delays): a copy (same body, properties, ``message_id``,
    headers, persistent) is published with publisher confirms to delay queue number
@@ -63,9 +64,9 @@ must run once per ``message_id``.
 
 Shutdown (SIGTERM/SIGINT with :meth:`ConsumerApp.run`): every consumer is cancelled at the
 broker; prefetched deliveries that did not start are nacked with requeue; running handlers get
-``grace`` seconds to finish and are acked; a handler still running after that is cancelled and
-its delivery is not acked (the broker redelivers it when the channel closes). A second signal
-ends the grace period at once.
+``grace`` seconds to finish and are acked (every ack written before the channel closes); a
+handler still running after that is cancelled and its delivery is not acked (the broker
+redelivers it when the channel closes). A second signal ends the grace period at once.
 
 Start-up: a passive check that every consumed queue, its delay queues and its dead-letter
 exchange exist; a clear :class:`~bus.errors.NotFoundError` names what is missing. Consumers

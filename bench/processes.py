@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +166,10 @@ def _app() -> Any:
     return app
 
 
+def _handled(folder: Path) -> int:
+    return int(sum(status["count"] for status in _statuses(folder)))
+
+
 def _statuses(folder: Path) -> list[dict[str, float]]:
     out = []
     for path in folder.glob("*.json"):
@@ -176,42 +181,21 @@ def _statuses(folder: Path) -> list[dict[str, float]]:
 
 
 def consume(url: str, messages: int, processes: int) -> dict[str, Any]:
-    from bench.consume import TOPOLOGY, fill
+    from bench.consume import fill
 
     fill(url, messages)
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, _command(url, Path(scratch), processes) as run:
         folder = Path(scratch)
-        topology = folder / "topology.yaml"
-        topology.write_text(TOPOLOGY)
-        env = {**os.environ, "BUS_AMQP_URL": url, STATUS_DIR: str(folder)}
-        command = [sys.executable, "-m", "bus", "consume", "--processes", str(processes),
-                   "--app", "bench.processes:app", "-f", str(topology), QUEUE]  # fmt: skip
-        process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + 120
-            while _consumers(url) < processes:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the workers did not attach: {process.communicate()[1]}")
-                time.sleep(0.05)
-            broker = _broker_pid(url)
-            broker_start = _cpu_of(broker)
-            started = time.monotonic()
-            (folder / "go").write_text("")
-            while sum(s["count"] for s in _statuses(folder)) < messages:
-                if process.poll() is not None or time.monotonic() > started + 600:
-                    raise RuntimeError(f"consuming stopped: {process.communicate()[1]}")
-                time.sleep(0.05)
-            broker_end = _cpu_of(broker)
-            time.sleep(3 * _TICK)  # one more report from every worker, after its last message
-            statuses = _statuses(folder)
-            process.send_signal(signal.SIGTERM)
-            _, stderr = process.communicate(timeout=60)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
-    if process.returncode != 0:
-        raise RuntimeError(f"bus consume exited {process.returncode}: {stderr[-2000:]}")
+        run.wait_until(lambda: _consumers(url) >= processes, 120, "the workers did not attach")
+        broker = _broker_pid(url)
+        broker_start = _cpu_of(broker)
+        started = time.monotonic()
+        (folder / "go").write_text("")
+        run.wait_until(lambda: _handled(folder) >= messages, 600, "consuming stopped")
+        broker_end = _cpu_of(broker)
+        time.sleep(3 * _TICK)  # one more report from every worker, after its last message
+        statuses = _statuses(folder)
+        run.stop()
     if queue_depth(url, QUEUE):
         raise RuntimeError("messages left in the queue after the run")
     elapsed = max(s["last"] for s in statuses) - started
@@ -219,15 +203,52 @@ def consume(url: str, messages: int, processes: int) -> dict[str, Any]:
     return _figures(messages, elapsed, cpu, (broker_start, broker_end))
 
 
+class _Command:
+    """``bus consume --processes N`` running the bench app, in the background."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+
+    def wait_until(self, condition: Any, seconds: float, failure: str) -> None:
+        deadline = time.monotonic() + seconds
+        while not condition():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{failure}: {self.process.communicate()[1][-2000:]}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """SIGTERM, as a process manager stops it: it must exit 0."""
+        self.process.send_signal(signal.SIGTERM)
+        _, stderr = self.process.communicate(timeout=60)
+        if self.process.returncode != 0:
+            raise RuntimeError(f"bus consume exited {self.process.returncode}: {stderr[-2000:]}")
+
+
+@contextlib.contextmanager
+def _command(url: str, folder: Path, processes: int) -> Iterator[_Command]:
+    from bench.consume import TOPOLOGY
+
+    topology = folder / "topology.yaml"
+    topology.write_text(TOPOLOGY)
+    env = {**os.environ, "BUS_AMQP_URL": url, STATUS_DIR: str(folder)}
+    command = [sys.executable, "-m", "bus", "consume", "--processes", str(processes),
+               "--app", "bench.processes:app", "-f", str(topology), QUEUE]  # fmt: skip
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        yield _Command(process)
+    finally:
+        if process.poll() is None:  # the run failed: no worker may outlive it
+            process.kill()
+        process.communicate()
+
+
 def _consumers(url: str) -> int:
     import pika
 
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        count: int = connection.channel().queue_declare(QUEUE, passive=True).method.consumer_count
-        return count
-    finally:
-        connection.close()
+    with pika.BlockingConnection(pika.URLParameters(url)) as connection:
+        ok = connection.channel().queue_declare(QUEUE, passive=True)
+    count: int = ok.method.consumer_count
+    return count
 
 
 # -- publish ----------------------------------------------------------------------------------

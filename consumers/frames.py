@@ -155,11 +155,8 @@ def content_header(data: bytes, start: int, end: int) -> header.ContentHeader | 
         return None
     if position > end:
         return None
-    frame = _ContentHeader.__new__(_ContentHeader)
+    frame = _ContentHeader(weight, body_size, props)  # as pamqp: its __init__, then class_id
     frame.class_id = class_id
-    frame.weight = weight
-    frame.body_size = body_size
-    frame.properties = props
     return frame
 
 

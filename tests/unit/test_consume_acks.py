@@ -81,11 +81,17 @@ async def test_the_timer_sends_one_multiple_ack_after_the_delay() -> None:
     assert s.unsettled == 0
 
 
-async def test_a_flush_cancels_the_timer() -> None:
-    s, broker = session(delay=0.01)
+def one_finished(delay: float) -> tuple[ChannelSession, Broker]:
+    """A session whose one delivery finished and whose timer is armed."""
+    s, broker = session(delay)
     deliver(s, broker, 1)
     finish(s, broker, 1)
     s.flush_later()
+    return s, broker
+
+
+async def test_a_flush_cancels_the_timer() -> None:
+    s, broker = one_finished(delay=0.01)
     await s.flush()
     await asyncio.sleep(0.03)
     assert broker.frames == [("ack", 1, True)]
@@ -119,10 +125,7 @@ async def test_a_flush_waits_for_the_one_under_way() -> None:
 
 
 async def test_a_timer_on_a_closed_channel_sends_nothing() -> None:
-    s, broker = session(delay=0.001)
-    deliver(s, broker, 1)
-    finish(s, broker, 1)
-    s.flush_later()
+    s, broker = one_finished(delay=0.001)
     broker.is_closed = True
     await asyncio.sleep(0.01)
     assert broker.frames == []

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import inspect
-import struct
 from typing import Any
 
 import aiormq.connection
@@ -26,7 +25,8 @@ from pamqp.heartbeat import Heartbeat
 
 from bus import lenient
 from consumers import frames, wire
-from tests.support.hostile.kinds import KINDS, Kind, Template
+from tests.support.hostile.kinds import KINDS, Kind
+from tests.unit.test_lenient_frames import header_frame
 
 Deliver = commands.Basic.Deliver
 Properties = commands.Basic.Properties
@@ -125,17 +125,9 @@ def test_common_headers_take_the_fast_path() -> None:
     assert same(decoded, pamqp.frame.unmarshal(raw)[2])
 
 
-def hostile_header(kind: Kind) -> bytes:
-    template = Template(tag=kind.name)
-    body = kind.body(template)
-    props = b"".join(kind.properties(template).encode())
-    payload = struct.pack(">HxxQ", 60, len(body)) + props
-    return struct.pack(">BHI", 2, 1, len(payload)) + payload + b"\xce"
-
-
 @pytest.mark.parametrize("kind", KINDS, ids=[k.name for k in KINDS])
 def test_hostile_headers_decode_as_lenient(kind: Kind) -> None:
-    raw = hostile_header(kind)
+    raw = header_frame(kind)
     assert same(fast(raw), lenient.unmarshal(raw)[2])
 
 

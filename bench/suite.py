@@ -12,7 +12,8 @@ what to compare.
     .venv/bin/python -m bench --list                           # the case ids
 
 Groups: publish (window 1, 100, 1000), consume (prefetch 1, 100, 1000), latency (1k, 2k,
-3k msg/s), celery, apply, routing, outbox (PostgreSQL); memory only when selected with ``--only``.
+3k msg/s), celery, apply, routing, outbox (PostgreSQL), processes (consume and publish with 1,
+2, 4 processes); memory only when selected with ``--only``.
 """
 
 from __future__ import annotations
@@ -28,22 +29,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import java_client, outbox
+from bench import java_client, outbox, processes
 from bench._harness import BODY, CaseFailed, Spread, bench_vhost, paired_ratios, run_in_process
+from bench.report import LABELS, render
 
-LABELS = {
-    "raw-aio-pika": "raw aio-pika",
-    "raw-aio-pika-uvloop": "raw aio-pika +uvloop",
-    "raw-pika": "raw pika",
-    "ours": "ours",
-    "ours-uvloop": "ours +uvloop",
-    "ours-sync": "ours sync",
-    "ours-x2": "ours 2 publishers",
-    "ours-x4": "ours 4 publishers",
-    "ours-p1": "ours (prefetch x1)",
-    "plain": "plain Celery",
-    "java": "Java client",
-}
+__all__ = ["LABELS", "Case", "Group", "catalogue", "groups", "main", "parse", "render", "select",
+           "summarise"]  # fmt: skip
+
 
 # Same loop and the product's loop choice, side by side (see the README's Performance notes).
 ASYNC_RATIOS = (
@@ -167,6 +159,7 @@ def groups(opts: argparse.Namespace) -> dict[str, Group]:
                 digits=1,
             ),
             outbox.group(opts),
+            processes.group(opts),
         )
     }
 
@@ -250,6 +243,7 @@ def catalogue(opts: argparse.Namespace) -> list[Case]:
               "loop": "asyncio"})
     )  # fmt: skip
     cases.extend(outbox.cases(opts))
+    cases.extend(processes.cases(opts))
     return cases
 
 
@@ -319,7 +313,11 @@ def summarise(
             "impl": case.impl,
             "params": case.params,
             "rounds": results.get(case.id, []),
-            "spread": {m: Spread.of([r[m] for r in rows]).as_dict() for m in metrics if rows},
+            "spread": {
+                m: Spread.of([r[m] for r in rows if m in r]).as_dict()
+                for m in metrics
+                if any(m in r for r in rows)
+            },
         }
     variants = dict.fromkeys((c.group, c.variant) for c in cases)
     for group_name, variant in variants:
@@ -338,60 +336,6 @@ def summarise(
                      "ours": ours, "raw": raw, "values": values, **spread.as_dict()}
                 )  # fmt: skip
     return summary
-
-
-# -- printing --------------------------------------------------------------------------------
-def _cell(summary: dict[str, Any], case_id: str, metric: str, digits: int) -> str:
-    spread = summary["cases"].get(case_id, {}).get("spread", {}).get(metric)
-    if spread is None:
-        return "—" if case_id not in summary["cases"] else "failed"
-    return Spread(spread["median"], spread["min"], spread["max"]).format(digits)
-
-
-def render(
-    cases: Sequence[Case], summary: dict[str, Any], group_specs: dict[str, Group]
-) -> list[str]:
-    lines: list[str] = []
-    for name, group in group_specs.items():
-        mine = [c for c in cases if c.group == name]
-        if not mine:
-            continue
-        lines += ["", f"{name}: {group.title}"]
-        if group.columns:
-            lines.append("| case | " + " | ".join(group.columns) + " |")
-            lines.append("|---|" + "---|" * len(group.columns))
-            for case in mine:
-                cells = [_cell(summary, case.id, m, group.digits) for m in group.columns]
-                label = f"{case.variant} {LABELS.get(case.impl, case.impl)}"
-                lines.append(f"| {label} | " + " | ".join(cells) + " |")
-        else:
-            order = list(LABELS)
-            impls = sorted(
-                dict.fromkeys(c.impl for c in mine),
-                key=lambda i: order.index(i) if i in order else len(order),
-            )
-            lines.append("| case | " + " | ".join(LABELS.get(i, i) for i in impls) + " |")
-            lines.append("|---|" + "---|" * len(impls))
-            for variant in dict.fromkeys(c.variant for c in mine):
-                cells = [
-                    _cell(summary, f"{name}/{variant}/{i}", group.metric, group.digits)
-                    if any(c.id == f"{name}/{variant}/{i}" for c in mine)
-                    else "—"
-                    for i in impls
-                ]
-                lines.append(f"| {variant} | " + " | ".join(cells) + " |")
-    ratios = summary["ratios"]
-    if ratios:
-        lines += ["", "ratios ours/raw, paired within each round: median [min-max] (n rounds)"]
-        for r in ratios:
-            better = "lower is better" if group_specs[r["group"]].lower_is_better else ""
-            lines.append(
-                f"ratio {r['group']} {r['variant']} {r['metric']}: "
-                f"{LABELS.get(r['ours'], r['ours'])} / {LABELS.get(r['raw'], r['raw'])} = "
-                f"{Spread(r['median'], r['min'], r['max']).format(2)} ({len(r['values'])})"
-                + (f" {better}" if better else "")
-            )
-    return lines
 
 
 # -- command line ----------------------------------------------------------------------------
@@ -419,6 +363,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--messages", type=int, default=None, help="per consume case (30000)")
     parser.add_argument("--prefetches", type=_ints, default=[1, 100, 1000])
+    parser.add_argument("--process-counts", type=_ints, default=None, help="(1,2,4)")
     parser.add_argument("--rates", type=_ints, default=None, help="latency (1000,2000,3000)")
     parser.add_argument("--latency-seconds", type=float, default=None, help="(10)")
     parser.add_argument("--celery-tasks", type=int, default=None, help="(5000)")
@@ -434,6 +379,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "seconds": (5.0, 1.0),
         "messages": (30_000, 2_000),
         "rates": ([1000, 2000, 3000], [1000]),
+        "process_counts": ([1, 2, 4], [1, 2]),
         "latency_seconds": (10.0, 2.0),
         "celery_tasks": (5000, 300),
         "routing_seconds": (3.0, 0.3),

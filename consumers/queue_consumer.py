@@ -1,4 +1,12 @@
-"""One handler consuming one queue on its own robust channel (used by the runtime)."""
+"""One handler consuming one queue on its own robust channel (used by the runtime).
+
+Deliveries arrive through a :class:`consumers.wire.DeliveryTap` on the channel: the connection's
+reader task hands each complete delivery to :meth:`QueueConsumer._deliver`, which only records
+it (its tag in the channel's :class:`~consumers.settle.ChannelSession`, the delivery in the
+backlog) and wakes a worker. ``concurrency`` worker tasks take deliveries off the backlog and
+run the handler; after each one a worker flushes the session's acks when ``ack_batch`` are
+waiting, or arms the session's short timer when the backlog is empty.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +14,6 @@ import asyncio
 import logging
 import uuid
 from collections import deque
-from functools import partial
 from typing import TYPE_CHECKING, cast
 
 import aiormq
@@ -18,6 +25,7 @@ from bus.errors import AccessRefusedError, BrokerError, NotFoundError
 from bus.topology import FailurePolicy
 from consumers.handlers import HandlerSpec
 from consumers.settle import ChannelSession
+from consumers.wire import DeliveryTap
 
 if TYPE_CHECKING:
     from consumers.runtime import Runtime
@@ -67,13 +75,25 @@ class QueueConsumer:
         ]
 
     async def _consume(self, underlay: AbstractChannel) -> None:
-        session = ChannelSession(underlay, self.queue, self.runtime.metrics)
-        self.session = session
+        session = self.session
+        if session is None or session.channel is not underlay:
+            # Tags belong to their channel: a new channel starts a new session. Re-attaching on
+            # the same channel (after a broker cancel) keeps it, so that a multiple-ack of the
+            # new consumer never covers a delivery of the old one that is still running.
+            session = ChannelSession(underlay, self.queue, self.runtime.metrics)
+            self.session = session
         underlay.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
+
+        def deliver(delivered: DeliveredMessage) -> None:
+            self._deliver(session, delivered)
+
+        async def deliver_async(delivered: DeliveredMessage) -> None:
+            # aiormq's own path, used only if a delivery ever bypassed the tap.
+            self._deliver(session, delivered)
+
+        DeliveryTap.attach(underlay, self.consumer_tag, deliver)
         try:
-            await underlay.basic_consume(
-                self.queue, partial(self._on_delivery, session), consumer_tag=self.consumer_tag
-            )
+            await underlay.basic_consume(self.queue, deliver_async, consumer_tag=self.consumer_tag)
         except aiormq.exceptions.ChannelAccessRefused as exc:
             # basic.consume needs read on the queue (and nothing else).
             settings = self.runtime.settings
@@ -148,16 +168,16 @@ class QueueConsumer:
         except Exception:
             return False
 
-    async def _on_delivery(self, session: ChannelSession, delivered: DeliveredMessage) -> None:
-        # Runs in the client's per-delivery task: only bookkeeping here, handlers run in the
-        # workers so that a channel closing cannot interrupt them halfway.
+    def _deliver(self, session: ChannelSession, delivered: DeliveredMessage) -> None:
+        # Called by the connection's reader (through the tap): only bookkeeping here, handlers
+        # run in the workers so that a channel closing cannot interrupt them halfway.
         tag = delivery_tag(delivered)
         session.track(tag)
         metrics = self.runtime.metrics
         if metrics is not None:
             metrics.consumed(self.queue)
         if self.stopping:
-            await session.nack(tag, requeue=True)
+            self.runtime.spawn(session.nack(tag, requeue=True))
             return
         self.backlog.append((session, delivered))
         waiters = self.waiters
@@ -182,8 +202,10 @@ class QueueConsumer:
                 session.dropped += 1
                 continue
             await process(self, session, delivered)
-            if not backlog or session.pending_acks >= self.ack_batch:
+            if session.pending_acks >= self.ack_batch:
                 await session.flush()
+            elif not backlog:
+                session.flush_later()
 
     def wake_all(self) -> None:
         while self.waiters:
@@ -197,9 +219,7 @@ class QueueConsumer:
 
         def fire() -> None:
             self.timers.pop(key, None)
-            task = loop.create_task(session.nack(tag, requeue=True))
-            self.runtime.background.add(task)
-            task.add_done_callback(self.runtime.background.discard)
+            self.runtime.spawn(session.nack(tag, requeue=True))
 
         self.timers[key] = loop.call_later(delay, fire)
 

@@ -17,7 +17,8 @@ handler returned.
 Failure rules (exact; the decision itself lives in :func:`consumers.policy.decide`):
 
 1. Handler returned: ack. Acks are batched as ``basic.ack(multiple=True)`` over the contiguous
-   run of finished deliveries only; a running delivery is never covered.
+   run of finished deliveries only (a running delivery is never covered), written after
+   prefetch/4 of them or 2 ms after the backlog empties (:mod:`consumers.settle`).
 2. Handler raised an exception and the queue's ``retry`` ladder has a step left
    (``x-retry-count`` < number of delays): a copy (same body, properties, ``message_id``,
    headers, persistent) is published with publisher confirms to delay queue number
@@ -63,9 +64,9 @@ must run once per ``message_id``.
 
 Shutdown (SIGTERM/SIGINT with :meth:`ConsumerApp.run`): every consumer is cancelled at the
 broker; prefetched deliveries that did not start are nacked with requeue; running handlers get
-``grace`` seconds to finish and are acked; a handler still running after that is cancelled and
-its delivery is not acked (the broker redelivers it when the channel closes). A second signal
-ends the grace period at once.
+``grace`` seconds to finish and are acked (every ack written before the channel closes); a
+handler still running after that is cancelled and its delivery is not acked (the broker
+redelivers it when the channel closes). A second signal ends the grace period at once.
 
 Start-up: a passive check that every consumed queue, its delay queues and its dead-letter
 exchange exist; a clear :class:`~bus.errors.NotFoundError` names what is missing. Consumers
@@ -80,7 +81,7 @@ import logging
 import signal
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -98,6 +99,7 @@ from bus.lenient import UNDECODABLE_HEADER
 from bus.publish import AsyncPublisher
 from bus.settings import BusSettings, mask_url
 from bus.topology import ExpandedTopology, LoadedTopology, expanded_topology
+from consumers import wire
 from consumers.decode import Decoder, InvalidMessageError
 from consumers.failures import FailureHandling
 from consumers.handlers import HandlerFunc, HandlerOptions, HandlerSpec, inspect_handler
@@ -283,6 +285,9 @@ class Runtime(FailureHandling):
         # One message with undecodable properties must not close the connection of every
         # consumer (see bus.lenient): the runtime dead-letters it instead.
         lenient.install()
+        # Frames read in bulk, deliveries decoded without pamqp's generic path (see
+        # consumers.wire); every other frame still goes through bus.lenient.
+        wire.install()
         connection = await connect_async(self.settings, name=f"amqp-bus consumer {self.app.name}")
         self.connection = connection
         try:
@@ -341,6 +346,12 @@ class Runtime(FailureHandling):
         log.info("%s: shutting down gracefully", reason)
         self._stop.set()
 
+    def spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run ``work`` in a task that shutdown waits for (a settle that cannot wait inline)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
     def fail(self, error: BrokerError) -> None:
         if self.fatal is None:
             self.fatal = error
@@ -389,6 +400,9 @@ class Runtime(FailureHandling):
         self, consumer: QueueConsumer, session: ChannelSession, delivered: DeliveredMessage
     ) -> None:
         message = Message(delivered, consumer.queue)
+        if not tracing.tracing_enabled():
+            await self._process(consumer, session, delivered, message, None)
+            return
         with tracing.processing(message.trace(), message.headers) as traced:
             await self._process(consumer, session, delivered, message, traced)
 
@@ -398,7 +412,7 @@ class Runtime(FailureHandling):
         session: ChannelSession,
         delivered: DeliveredMessage,
         message: Message,
-        traced: tracing.Processing,
+        traced: tracing.Processing | None,
     ) -> None:
         spec = consumer.spec
         tag = delivery_tag(delivered)
@@ -425,8 +439,7 @@ class Runtime(FailureHandling):
                 if not await self._run_once(consumer, message.message_id, args):
                     if self.metrics is not None:
                         self.metrics.duplicate(consumer.queue)
-                    with traced.settling("ack"):
-                        session.done(tag)
+                    _acked(session, tag, traced)
                     return
             elif self.metrics is not None:
                 await self._timed(consumer, args)
@@ -439,8 +452,7 @@ class Runtime(FailureHandling):
         except Exception as exc:
             await self._failed(consumer, session, message, exc, permanent=False, reason="handler")
         else:
-            with traced.settling("ack"):
-                session.done(tag)
+            _acked(session, tag, traced)
 
     async def _run_once(
         self, consumer: QueueConsumer, message_id: str, args: tuple[Any, ...]
@@ -475,3 +487,12 @@ class Runtime(FailureHandling):
         finally:
             if self.metrics is not None:
                 self.metrics.handler_seconds(consumer.queue, time.perf_counter() - started)
+
+
+def _acked(session: ChannelSession, tag: int, traced: tracing.Processing | None) -> None:
+    """Mark the delivery done (its ack goes out with the session's next flush)."""
+    if traced is None:
+        session.done(tag)
+        return
+    with traced.settling("ack"):
+        session.done(tag)

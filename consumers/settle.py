@@ -8,13 +8,21 @@ broker redelivers those messages instead.
 
 Batching: finished deliveries are acked with one ``basic.ack(multiple=True)`` carrying the
 highest tag of the *contiguous* run of settled deliveries from the oldest one, so a tag whose
-handler is still running is never covered. Finished deliveries behind a running one are acked
-one by one. A nack or reject is written before its tag counts as settled, so a later
-multiple-ack frame always follows it on the wire.
+handler is still running (or waits for its retry copy's confirm, or for a delayed requeue) is
+never covered. Finished deliveries behind a running one are acked one by one. A nack or reject
+is written before its tag counts as settled, so a later multiple-ack frame always follows it on
+the wire (and the broker, which settles a tag once, does not count it again).
+
+When: the consumer flushes after ``ack_batch`` finished deliveries, and otherwise
+:meth:`ChannelSession.flush_later` sends them :data:`ACK_DELAY` after its backlog emptied
+(one timer per session, armed by the first finished delivery after a flush). Flushes never
+overlap: a second :meth:`~ChannelSession.flush` waits for the one under way and then sends what
+is left, so the flush of a graceful stop has written every ack before the channel closes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
 
@@ -22,9 +30,13 @@ from aiormq.abc import AbstractChannel
 
 from consumers.metrics import ConsumerMetrics
 
-__all__ = ["ChannelSession"]
+__all__ = ["ACK_DELAY", "ChannelSession"]
 
 log = logging.getLogger("consumers.settle")
+
+ACK_DELAY = 0.002
+"""Seconds finished deliveries wait for more before their acks are written (the backlog is
+empty by then): at most this much later than an ack per message, for one frame per batch."""
 
 _RUNNING = 0
 _DONE = 1  # finished, ack not sent yet
@@ -39,6 +51,9 @@ class ChannelSession:
         "_flushing",
         "_order",
         "_state",
+        "_tasks",
+        "_timer",
+        "ack_delay",
         "channel",
         "dead",
         "dropped",
@@ -47,17 +62,25 @@ class ChannelSession:
     )
 
     def __init__(
-        self, channel: AbstractChannel, queue: str, metrics: ConsumerMetrics | None = None
+        self,
+        channel: AbstractChannel,
+        queue: str,
+        metrics: ConsumerMetrics | None = None,
+        *,
+        ack_delay: float = ACK_DELAY,
     ) -> None:
         self.channel = channel
         self.queue = queue
         self.metrics = metrics
+        self.ack_delay = ack_delay
         self.dead = False
         self.dropped = 0
         self._order: deque[int] = deque()
         self._state: dict[int, int] = {}
         self._done_count = 0
-        self._flushing = False
+        self._flushing = asyncio.Lock()
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def alive(self) -> bool:
@@ -87,11 +110,6 @@ class ChannelSession:
             self._state[tag] = _DONE
             self._done_count += 1
 
-    def forget(self, tag: int) -> None:
-        """Stop tracking a delivery that will not be settled here (the broker will requeue it)."""
-        if self._state.get(tag) == _RUNNING:
-            self._state[tag] = _SETTLED
-
     async def nack(self, tag: int, *, requeue: bool) -> bool:
         """``basic.nack`` (requeue) or ``basic.reject`` (no requeue); False when not sent."""
         if self._state.get(tag) != _RUNNING:
@@ -107,24 +125,43 @@ class ChannelSession:
         except Exception as exc:
             self._lost(exc)
             return False
-        if self._state.get(tag) == _RUNNING:
-            self._state[tag] = _SETTLED
+        state, order = self._state, self._order
+        if state.get(tag) == _RUNNING:
+            state[tag] = _SETTLED
+        while order and state[order[0]] == _SETTLED:  # settled on the wire: stop tracking it
+            del state[order.popleft()]
         return True
 
+    def flush_later(self) -> None:
+        """Flush within :attr:`ack_delay` unless a flush comes first (nothing else is queued)."""
+        if self._timer is None and self._done_count:
+            self._timer = asyncio.get_running_loop().call_later(self.ack_delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._done_count:
+            task = asyncio.get_running_loop().create_task(self.flush())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
     async def flush(self) -> None:
-        """Send the acks of every finished delivery (one multiple-ack for the contiguous run)."""
-        if self._flushing or self._done_count == 0:
+        """Send the acks of every finished delivery (one multiple-ack for the contiguous run).
+
+        Waits for a flush under way first, so that when it returns every delivery marked done
+        before the call has had its ack written (or dropped with a dead channel).
+        """
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._done_count == 0 and not self._flushing.locked():
             return
-        self._flushing = True
-        try:
+        async with self._flushing:
             while self._done_count:
                 if not self.alive:
                     self.dropped += self._done_count
                     self._done_count = 0
                     return
                 await self._flush_once()
-        finally:
-            self._flushing = False
 
     async def _flush_once(self) -> None:
         order, state = self._order, self._state

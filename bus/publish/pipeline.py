@@ -151,7 +151,9 @@ class ConfirmPipeline:
         self._out.clear()
         self._out_size = 0
         impl = self.connection._impl
-        if impl.is_open:
+        # Never frames for a closed channel (the broker would close the connection for them);
+        # the close settled their messages (sent again, or failed).
+        if impl.is_open and self._impl.is_open:
             # pika's own path for marshalled frames: counts the bytes for its heartbeats.
             impl._output_marshaled_frames([data])
 
@@ -212,6 +214,8 @@ class ConfirmPipeline:
             entry.returned = unroutable(method, entry.message)
 
     def _on_close(self, _channel: Any, reason: Exception) -> None:
+        self._out.clear()  # not written: settled below with every unconfirmed message
+        self._out_size = 0
         if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
             self._closed_by_broker(reason)
         else:

@@ -13,28 +13,44 @@ Cases:
   ours sync     producers.SyncPublisher.publish_many with the same window (pika, pipelined)
 
     .venv/bin/python -m bench.publish [suite options]   # = python -m bench --only publish
+    .venv/bin/python -m bench.publish cost [--messages 10000] [--runs 5] [--window 1000]
+
+``cost``: CPU seconds (user + system, ``os.times``) this process spends per 10,000
+confirmed publishes of a fixed count, each run in a fresh process, the implementations
+interleaved. Unlike msg/s it barely depends on what else loads the machine (the broker's
+share of the CPUs does not count), so it shows what a change to the client costs or saves.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import itertools
+import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from bench._harness import (
     BODY,
     CONTENT_TYPE,
     WARMUP,
+    bench_vhost,
     cpu_seconds,
     prepare_queue,
     record_spans,
+    run_in_process,
     until,
 )
 
 QUEUE = "bench.publish"
+
+
+def _stream(start: float, seconds: float, count: int) -> Iterator[None]:
+    """What a case publishes: ``count`` messages when given, else for ``seconds``."""
+    return itertools.repeat(None, count) if count else until(start + seconds)
 
 
 def _result(count: int, elapsed: float, cpu: float) -> dict[str, Any]:
@@ -43,10 +59,13 @@ def _result(count: int, elapsed: float, cpu: float) -> dict[str, Any]:
         "seconds": elapsed,
         "msg_s": count / elapsed,
         "cpu": cpu / elapsed,
+        "cpu_s_per_10k": cpu / count * 10_000 if count else 0.0,
     }
 
 
-async def raw_aio_pika(url: str, seconds: float, window: int, loop: str) -> dict[str, Any]:
+async def raw_aio_pika(
+    url: str, seconds: float, window: int, loop: str, count: int = 0
+) -> dict[str, Any]:
     import aio_pika
 
     prepare_queue(url, QUEUE)
@@ -87,20 +106,27 @@ async def raw_aio_pika(url: str, seconds: float, window: int, loop: str) -> dict
         prepare_queue(url, QUEUE)
         cpu = cpu_seconds()
         start = time.perf_counter()
-        deadline = start + seconds
-        count = await run(lambda: time.perf_counter() >= deadline)
-        return _result(count, time.perf_counter() - start, cpu_seconds() - cpu)
+        stream = _stream(start, seconds, count)
+        sent = await run(lambda: next(stream, True) is True)
+        return _result(sent, time.perf_counter() - start, cpu_seconds() - cpu)
     finally:
         await connection.close()
         prepare_queue(url, QUEUE)
 
 
 async def ours(
-    url: str, seconds: float, window: int, loop: str, publishers: int = 1, traced: bool = False
+    url: str,
+    seconds: float,
+    window: int,
+    loop: str,
+    publishers: int = 1,
+    traced: bool = False,
+    count: int = 0,
 ) -> dict[str, Any]:
     """``publishers`` > 1: that many Publishers (one connection each) publish side by side,
     each with ``window``; shows how far the broker goes past one publisher's rate.
-    ``traced``: with a recorded span per message (``bus.tracing``)."""
+    ``traced``: with a recorded span per message (``bus.tracing``). ``count``: publish that
+    many (each publisher) instead of for ``seconds``."""
     from bus.settings import BusSettings
     from producers import Outgoing, Publisher
 
@@ -122,7 +148,7 @@ async def ours(
         cpu = cpu_seconds()
         start = time.perf_counter()
         runs = await asyncio.gather(
-            *(p.publish_many(message for _ in until(start + seconds)) for p in opened)
+            *(p.publish_many(message for _ in _stream(start, seconds, count)) for p in opened)
         )
         elapsed = time.perf_counter() - start
         cpu = cpu_seconds() - cpu
@@ -162,7 +188,7 @@ def raw_pika(url: str, seconds: float, window: int) -> dict[str, Any]:
         prepare_queue(url, QUEUE)
 
 
-def ours_sync(url: str, seconds: float, window: int) -> dict[str, Any]:
+def ours_sync(url: str, seconds: float, window: int, count: int = 0) -> dict[str, Any]:
     from bus.settings import BusSettings
     from producers import Outgoing, SyncPublisher
 
@@ -174,7 +200,9 @@ def ours_sync(url: str, seconds: float, window: int) -> dict[str, Any]:
         prepare_queue(url, QUEUE)
         cpu = cpu_seconds()
         start = time.perf_counter()
-        results = publisher.publish_many((message for _ in until(start + seconds)), window=window)
+        results = publisher.publish_many(
+            (message for _ in _stream(start, seconds, count)), window=window
+        )
         elapsed = time.perf_counter() - start
         cpu = cpu_seconds() - cpu
     prepare_queue(url, QUEUE)
@@ -184,7 +212,45 @@ def ours_sync(url: str, seconds: float, window: int) -> dict[str, Any]:
     return _result(len(results), elapsed, cpu)
 
 
+# -- CPU per 10,000 messages -------------------------------------------------------------
+COST_CASES = {
+    "ours": ("bench.publish:ours", {"loop": "asyncio"}),
+    "ours-uvloop": ("bench.publish:ours", {"loop": "uvloop"}),
+    "ours-sync": ("bench.publish:ours_sync", {}),
+    "raw-aio-pika": ("bench.publish:raw_aio_pika", {"loop": "asyncio"}),
+}
+
+
+def cost(argv: Sequence[str]) -> int:
+    """``python -m bench.publish cost``: CPU seconds per 10,000 confirmed publishes."""
+    parser = argparse.ArgumentParser(prog="python -m bench.publish cost")
+    parser.add_argument("--messages", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--window", type=int, default=1000)
+    parser.add_argument("--only", default=",".join(COST_CASES), help="comma-separated cases")
+    opts = parser.parse_args(argv)
+    names = [name for name in opts.only.split(",") if name]
+    figures: dict[str, list[float]] = {name: [] for name in names}
+    with bench_vhost("cost") as url:
+        for run in range(1, opts.runs + 1):
+            for name in names:  # interleaved: each run of every case under similar load
+                target, extra = COST_CASES[name]
+                params = {"url": url, "seconds": 0.0, "window": opts.window,
+                          "count": opts.messages, **extra}  # fmt: skip
+                result = run_in_process(target, params)
+                figures[name].append(result["cpu_s_per_10k"])
+                print(f"run {run} {name}: {result['cpu_s_per_10k']:.3f} CPU s / 10k, "
+                      f"{result['msg_s']:,.0f} msg/s", flush=True)  # fmt: skip
+    print(f"\nCPU s per 10,000 confirmed publishes ({opts.messages:,} per run, window "
+          f"{opts.window}, {opts.runs} runs): median [min-max]")  # fmt: skip
+    for name, values in figures.items():
+        print(f"  {name:14} {statistics.median(values):.3f} [{min(values):.3f}-{max(values):.3f}]")
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["cost"]:
+        sys.exit(cost(sys.argv[2:]))
     from bench.suite import main
 
     sys.exit(main(["--only", "publish", *sys.argv[1:]]))

@@ -26,18 +26,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator, Sized
-from datetime import UTC, datetime
 from typing import Any, Generic, Self, TypeVar, Unpack, cast
 
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractRobustConnection
-from pamqp.commands import Basic
 from pydantic import BaseModel
 
 from bus.broker.connect import close_later, connect_async
 from bus.errors import AccessRefusedError, BrokerError, PublishTimeoutError
-from bus.publish.base import PublisherBase, PublisherOptions, as_datetime
+from bus.publish.base import PublisherBase, PublisherOptions
 from bus.publish.lane import ClosedOverAnother, Discarded, Lane
 from bus.publish.message import (
     Outgoing,
@@ -84,8 +82,6 @@ class AsyncPublisher(PublisherBase[Coroutine[Any, Any, str]]):
         self._in_flight: dict[str, list[asyncio.Future[None]] | None] = {}
         # Channels replaced after a nack, closed once their in-flight confirms had time.
         self._retiring: set[asyncio.Handle | asyncio.Task[None]] = set()
-        self._second = -1
-        self._timestamp = datetime.now(UTC)
 
     # -- lifecycle ------------------------------------------------------------------------
     @classmethod
@@ -308,41 +304,32 @@ class AsyncPublisher(PublisherBase[Coroutine[Any, Any, str]]):
         if channel is not None:
             close_later(channel.close, self.confirm_timeout, self._retiring)
 
-    def _properties(self, message: Resolved) -> Basic.Properties:
-        second = int(time.time())
-        if second != self._second:
-            # The AMQP timestamp has one-second resolution: one datetime per second will do.
-            self._second = second
-            self._timestamp = datetime.fromtimestamp(second, UTC)
-        return Basic.Properties(
-            **self.wire_properties(message, self._timestamp, as_datetime, "message_type")
-        )
-
     async def _send(self, message: Resolved, seconds: float) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
-        properties = self._properties(message)
+        # Encoded before anything is sent: a value AMQP cannot carry raises here.
+        properties = self.properties(message, int(time.time()))
         lane: Lane | None = None
         try:
-            async with asyncio.timeout_at(deadline):
-                while True:
-                    lane = self._lane
-                    if lane is None or lane.channel.is_closed:
+            while True:
+                lane = self._lane
+                if lane is None or lane.channel.is_closed:
+                    # The lane's timer bounds the wait for a confirm; this bounds the wait
+                    # for a channel while the connection is reconnecting.
+                    async with asyncio.timeout_at(deadline):
                         await self._lane_for_publish()
-                        continue
-                    confirmation, tag, batch = lane.publish(message, properties)
-                    try:
-                        await confirmation
-                        return
-                    except Discarded:
-                        continue  # written after a message the broker refused: send it again
-                    except _LOST:
-                        if batch.sent:
-                            raise
-                        # The channel closed before our batch was written (a channel error
-                        # of another publish, a lost connection): not sent, try a fresh one.
-                    finally:
-                        lane.forget(confirmation, message.message_id, tag)
+                    continue
+                confirmation, batch = lane.publish(message, properties, deadline)
+                try:
+                    await confirmation
+                    return
+                except Discarded:
+                    continue  # written after a message the broker refused: send it again
+                except _LOST:
+                    if batch.sent:
+                        raise
+                    # The channel closed before our batch was written (a channel error
+                    # of another publish, a lost connection): not sent, try a fresh one.
         except aiormq.exceptions.PublishError as exc:
             raise unroutable(exc.frame, message) from None
         except aiormq.exceptions.DeliveryError:

@@ -10,12 +10,12 @@ properties each message carries. The flavours add the I/O only.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any, Generic, TypedDict, TypeVar, Unpack
 
 from pydantic import BaseModel
 
 from bus import tracing
+from bus.publish.frames import OwnProperties, encode_properties
 from bus.publish.message import (
     CONTENT_TYPE,
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -32,7 +32,7 @@ from bus.publish.wire import check_short_string
 from bus.settings import BusSettings
 from bus.tracing import MessageTrace
 
-__all__ = ["PublisherBase", "PublisherOptions", "as_datetime", "as_seconds", "item_id"]
+__all__ = ["PublisherBase", "PublisherOptions", "item_id"]
 
 
 class PublisherOptions(TypedDict, total=False):
@@ -95,6 +95,7 @@ class PublisherBase(Generic[R]):
         self.connection_name = connection_name or self.default_connection_name
         self._exchanges = list(exchanges)
         self._user = settings.credentials()[0]
+        self._own = OwnProperties(CONTENT_TYPE, self.app_id)
 
     def seconds(self, confirm_timeout: float | None) -> float:
         """The deadline of one publish: its own, else the publisher's."""
@@ -167,51 +168,39 @@ class PublisherBase(Generic[R]):
         """The wire message of one ``send_task`` call (Celery protocol 2, plain AMQP)."""
         return self.resolver.task_with(queue, task, args, kwargs, self.app_id, options)
 
-    def wire_properties(
-        self,
-        message: Resolved,
-        now: object,
-        stamp: Callable[[datetime | int | None], object],
-        type_key: str,
-    ) -> dict[str, Any]:
-        """The AMQP properties of ``message``, as keywords of the client's properties class:
-        ``now`` is the timestamp in the client's form, ``stamp`` converts a kept one, and
-        ``type_key`` is the client's name of the ``type`` property."""
-        kept = message.kept
+    def properties(self, message: Resolved, now: int) -> bytes:
+        """The content-header properties of ``message`` as they go on the wire (see
+        :mod:`bus.publish.frames`), sent at ``now`` (seconds since the epoch). Raises
+        :class:`~bus.errors.UnsendableMessageError` for a value AMQP cannot carry."""
         headers = traced_headers(message)
+        if message.kept is None:
+            return self._own.encode(message, headers, now)
+        return encode_properties(self._values(message, headers, now))
+
+    def wire_values(self, message: Resolved, now: int) -> tuple[Any, ...]:
+        """The property values of ``message`` in the order of
+        :data:`~bus.publish.frames.PROPERTY_NAMES` (None: not sent), for a client's own
+        properties class: what :meth:`properties` encodes."""
+        return self._values(message, traced_headers(message), now)
+
+    def _values(
+        self, message: Resolved, headers: dict[str, Any] | None, now: int
+    ) -> tuple[Any, ...]:
+        kept = message.kept
         if kept is None:
-            return {
-                "content_type": CONTENT_TYPE,
-                "delivery_mode": 2 if message.persistent else 1,
-                "headers": headers,
-                "message_id": message.message_id,
-                "correlation_id": message.correlation_id,
-                "timestamp": now,
-                type_key: message.event_type,
-                "app_id": self.app_id,
-                "content_encoding": message.content_encoding,
-                "reply_to": message.reply_to,
-            }
+            return (
+                CONTENT_TYPE, message.content_encoding, headers, 2 if message.persistent else 1,
+                None, message.correlation_id, message.reply_to, None, message.message_id, now,
+                message.event_type, None, self.app_id, None,
+            )  # fmt: skip
         # A copy keeps every property but its headers and message_id; a user_id goes out only
         # when it is the connection's user (the broker refuses another with 406).
-        fields = {
-            "content_type": kept.content_type,
-            "content_encoding": kept.content_encoding,
-            "headers": headers,
-            "delivery_mode": kept.delivery_mode,
-            "priority": kept.priority,
-            "correlation_id": kept.correlation_id,
-            "reply_to": kept.reply_to,
-            "expiration": kept.expiration,
-            "message_id": message.message_id,
-            "timestamp": stamp(kept.timestamp),
-            type_key: kept.type,
-            "user_id": kept.user_id if kept.user_id == self._user else None,
-            "app_id": kept.app_id,
-        }
-        if kept.cluster_id:  # deprecated in AMQP 0-9-1: pamqp refuses any but the empty one
-            fields["cluster_id"] = kept.cluster_id
-        return fields
+        return (
+            kept.content_type, kept.content_encoding, headers, kept.delivery_mode,
+            kept.priority, kept.correlation_id, kept.reply_to, kept.expiration,
+            message.message_id, kept.timestamp, kept.type,
+            kept.user_id if kept.user_id == self._user else None, kept.app_id, kept.cluster_id,
+        )  # fmt: skip
 
 
 def traced_headers(message: Resolved) -> dict[str, Any] | None:
@@ -239,17 +228,3 @@ def traced_headers(message: Resolved) -> dict[str, Any] | None:
 def item_id(item: object) -> str | None:
     """The ``message_id`` of a ``publish_many`` item that was never resolved."""
     return item.message_id if isinstance(item, Outgoing) else None
-
-
-def as_datetime(value: datetime | int | None) -> datetime | None:
-    """A kept timestamp for aiormq (pika gives seconds since the epoch)."""
-    if value is None or isinstance(value, datetime):
-        return value
-    return datetime.fromtimestamp(value, UTC)
-
-
-def as_seconds(value: datetime | int | None) -> int | None:
-    """A kept timestamp for pika (aiormq gives a datetime)."""
-    if value is None or isinstance(value, int):
-        return value
-    return int(value.timestamp())

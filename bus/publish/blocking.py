@@ -16,6 +16,7 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from functools import partial
 from typing import Any, Self, Unpack
 
@@ -26,7 +27,8 @@ from pydantic import BaseModel
 from bus.broker.connect import pika_parameters_all, translate_error
 from bus.errors import AccessRefusedError, BrokerError, BusError, NotSentError, PublishError
 from bus.publish import outcomes
-from bus.publish.base import PublisherBase, PublisherOptions, as_seconds, item_id
+from bus.publish.base import PublisherBase, PublisherOptions, item_id
+from bus.publish.frames import PROPERTY_NAMES
 from bus.publish.message import (
     Outgoing,
     Resolved,
@@ -37,6 +39,9 @@ from bus.publish.pipeline import ConfirmPipeline
 from bus.settings import BusSettings, mask_urls
 
 __all__ = ["BlockingPublisher"]
+
+# pika's names of the properties, in the order of frames.PROPERTY_NAMES.
+_PIKA_NAMES = tuple("type" if name == "message_type" else name for name in PROPERTY_NAMES)
 
 # publish_many lets the connection read confirms every so many writes, so that the broker's
 # acks do not pile up in the socket while a large window is still filling.
@@ -275,10 +280,22 @@ class BlockingPublisher(PublisherBase[str]):
         self._channel = channel
         return channel
 
-    def _properties(self, message: Resolved) -> pika.BasicProperties:
-        return pika.BasicProperties(
-            **self.wire_properties(message, int(time.time()), as_seconds, "type")
-        )
+    def _properties(self, message: Resolved) -> bytes:
+        return self.properties(message, int(time.time()))
+
+    def _pika_properties(self, message: Resolved) -> pika.BasicProperties:
+        """The properties of a single publish, which goes through pika's ``BlockingChannel``
+        (it waits for the confirm): pika encodes them."""
+        values = {
+            name: None if value == "" else value  # not sent, as in every other path
+            for name, value in zip(
+                _PIKA_NAMES, self.wire_values(message, int(time.time())), strict=True
+            )
+        }
+        stamp = values["timestamp"]
+        if isinstance(stamp, datetime):  # a copy's, as aiormq gives it
+            values["timestamp"] = int(stamp.timestamp())
+        return pika.BasicProperties(**values)
 
     def _send(self, message: Resolved, seconds: float) -> None:
         try:
@@ -306,7 +323,7 @@ class BlockingPublisher(PublisherBase[str]):
                 message.exchange,
                 message.routing_key,
                 message.body,
-                self._properties(message),
+                self._pika_properties(message),
                 mandatory=True,
             )
         except pika.exceptions.UnroutableError as exc:

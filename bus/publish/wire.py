@@ -44,7 +44,7 @@ _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 # Nested header tables deeper than this are refused: a consumer decoding them recursively
 # (pamqp) can fail on deep nesting, and no bus message needs more.
 MAX_HEADER_DEPTH = 32
-_SCALARS = frozenset({bool, float, bytes, datetime, Decimal})
+_SCALARS = frozenset({bool, float, bytes, bytearray, datetime, Decimal})
 
 
 def _shown(value: str) -> str:
@@ -89,7 +89,7 @@ def _check_value(value: Any, where: str, depth: int) -> None:
         if not _INT_MIN <= value <= _INT_MAX:
             raise UnsendableMessageError(f"header {where}: integer {value} does not fit 64 bits")
         return
-    if isinstance(value, bool | float | bytes | datetime | Decimal | str):
+    if isinstance(value, bool | float | bytes | bytearray | datetime | Decimal | str):
         return
     if depth >= MAX_HEADER_DEPTH:
         raise UnsendableMessageError(

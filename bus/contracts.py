@@ -6,7 +6,6 @@ else, so any client in any language can publish or read the events.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from bus.errors import ContractError
+from bus.importing import import_object
 from bus.topology.model import EventContract
 
 if TYPE_CHECKING:
@@ -24,11 +24,8 @@ __all__ = ["Contract", "ContractRegistry", "import_model"]
 
 def import_model(path: str) -> type[BaseModel]:
     """The pydantic model class named by ``package.module:ClassName``."""
-    module_name, _, attribute = path.partition(":")
     try:
-        target: Any = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            target = getattr(target, part)
+        target = import_object(path)
     except (ImportError, AttributeError) as exc:
         raise ContractError(f"cannot import event model {path!r}: {exc}") from None
     if not (isinstance(target, type) and issubclass(target, BaseModel)):

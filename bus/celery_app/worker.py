@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from bus.celery_app.monitoring import serve_worker_metrics
 from bus.celery_app.preflight import preflight
 from bus.celery_message import celery_routes
 from bus.errors import UsageError
+from bus.importing import import_object
 from bus.topology import load_topology
 
 __all__ = ["load_app", "run_worker", "start_celery", "worker_argv"]
@@ -72,12 +72,13 @@ def start_celery(app: Celery, argv: list[str]) -> int:
 
 def load_app(path: str) -> Celery:
     """The Celery app at ``module:attribute`` (attribute ``app`` when omitted)."""
-    module_name, _, attribute = path.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        app = import_object(path, default_attribute="app")
     except ImportError as exc:
+        module_name = path.partition(":")[0]
         raise UsageError(f"cannot import Celery app module {module_name!r}: {exc}") from None
-    app = getattr(module, attribute or "app", None)
+    except AttributeError:
+        app = None
     if not isinstance(app, Celery):
         raise UsageError(f"{path!r} is not a Celery app")
     return app

@@ -27,6 +27,7 @@ import click
 
 from bus.cli.support import broker_settings, file_option, load
 from bus.errors import BusError, UsageError
+from bus.importing import import_object
 from bus.settings import BusSettings, install_log_redaction, redact
 from bus.topology import LoadedTopology
 
@@ -64,9 +65,7 @@ def load_app(path: str) -> ConsumerApp:
     if not sep or not module_name or not attribute:
         raise UsageError(f"--app must look like MODULE:APP (e.g. consumers.demo:app), got {path!r}")
     try:
-        target: Any = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            target = getattr(target, part)
+        target = import_object(path)
     except (ImportError, AttributeError) as exc:
         raise UsageError(f"cannot import consumer app {path!r}: {exc}") from None
     if not isinstance(target, ConsumerApp):

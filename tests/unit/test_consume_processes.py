@@ -18,12 +18,13 @@ import pytest
 
 from consumers.processes import Supervisor, WorkerExitedError, write_job
 
-# A worker: its job is "<record file>|<mode>"; mode "run" waits for a signal, "exit:N" exits
-# with N at once, "hang" ignores SIGTERM.
+# A worker: its job is "<record file>|<mode>[|<record files>]"; mode "run" waits for a signal,
+# "exit:N" exits with N once the workers of the listed record files have started (so they have
+# their signal handlers when the supervisor stops them), "hang" ignores SIGTERM.
 WORKER = r"""
-import signal, sys, time
+import os, signal, sys, time
 from consumers.processes import read_job, stop_when_parent_exits
-record, _, mode = read_job().decode().partition("|")
+record, mode, *others = read_job().decode().split("|")
 def note(text):
     with open(record, "a") as f:
         f.write(text + "\n")
@@ -35,6 +36,12 @@ signal.signal(signal.SIGTERM, signal.SIG_IGN if mode == "hang" else stop)
 stop_when_parent_exits()
 note("started " + mode)
 if mode.startswith("exit:"):
+    deadline = time.monotonic() + 20
+    waiting = [path for path in ",".join(others).split(",") if path]
+    while time.monotonic() < deadline and not all(
+        os.path.exists(path) and os.path.getsize(path) for path in waiting
+    ):
+        time.sleep(0.02)
     sys.exit(int(mode[5:]))
 while True:
     time.sleep(0.02)
@@ -91,7 +98,7 @@ def test_a_signal_reaches_every_worker_once_and_the_command_exits_0(
 
 def test_a_worker_that_exits_stops_the_others_and_fails_with_one_line(tmp_path: Path) -> None:
     logs = records(tmp_path, 3)
-    jobs = [f"{logs[0]}|run", f"{logs[1]}|exit:3", f"{logs[2]}|run"]
+    jobs = [f"{logs[0]}|run", f"{logs[1]}|exit:3|{logs[0]},{logs[2]}", f"{logs[2]}|run"]
     with pytest.raises(WorkerExitedError) as caught:
         Supervisor(COMMAND, [j.encode() for j in jobs], stop_timeout=10).run()
     message = str(caught.value)

@@ -41,7 +41,6 @@ __all__ = [
     "TRACE_HEADERS",
     "MessageTrace",
     "Processing",
-    "current_trace_headers",
     "current_traceparent",
     "mark_current_failed",
     "otel_available",
@@ -241,26 +240,22 @@ def processing(
     )
     processing_ = Processing(message, _otel_trace.set_span_in_context(span))
     if not current:
-        with contextlib.ExitStack() as ending:
-            ending.callback(span.end)
+        try:
             yield processing_
+        finally:
+            span.end()
         return
     with _otel_trace.use_span(span, end_on_exit=True):
         yield processing_
 
 
-def current_trace_headers() -> dict[str, str]:
-    """The W3C headers (``traceparent``, ``tracestate``) of the current span; empty outside one."""
-    if not _enabled or not _otel_trace.get_current_span().get_span_context().is_valid:
-        return {}
-    carrier: dict[str, str] = {}
-    _otel_propagate.inject(carrier)
-    return {name: carrier[name] for name in TRACE_HEADERS if name in carrier}
-
-
 def current_traceparent() -> str | None:
     """The W3C ``traceparent`` of the current span (to store with an outbox row), if any."""
-    return current_trace_headers().get("traceparent")
+    if not _enabled or not _otel_trace.get_current_span().get_span_context().is_valid:
+        return None
+    carrier: dict[str, str] = {}
+    _otel_propagate.inject(carrier)
+    return carrier.get("traceparent")
 
 
 def mark_current_failed(description: str) -> None:

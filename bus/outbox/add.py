@@ -80,15 +80,9 @@ class Outbox:
         if isinstance(event, Outgoing):
             resolved = self.resolver.item(event)
         else:
+            # The relay publishes later, outside this span: the row keeps its context.
             resolved = self.resolver.event(
-                event,
-                name=options.get("event_name"),
-                headers=options.get("headers"),
-                message_id=options.get("message_id"),
-                correlation_id=options.get("correlation_id"),
-                # The relay publishes later, outside this span: the row keeps its context.
-                traceparent=options.get("traceparent") or current_traceparent(),
-                persistent=options.get("persistent", True),
+                event, options, default_traceparent=current_traceparent()
             )
         return _row(resolved, options.get("ordering_key"))
 

@@ -234,24 +234,26 @@ class Resolver:
     def event(
         self,
         event: BaseModel,
+        options: MessageOptions,
         *,
-        name: str | None,
-        headers: Mapping[str, Any] | None,
-        message_id: str | None,
-        correlation_id: str | None,
-        traceparent: str | None,
-        persistent: bool,
+        default_traceparent: str | None = None,
     ) -> Resolved:
-        contract = self.contract_for(event, name)
+        """A typed event's message: its contract's exchange, key and headers, then ``options``
+        (``default_traceparent`` when they carry none)."""
+        contract = self.contract_for(event, options.get("event_name"))
         return self._finish(
             contract.exchange,
             contract.routing_key,
             encode_body(event),
             contract.name,
-            _merge(contract.headers, headers, traceparent),
-            message_id,
-            correlation_id,
-            persistent,
+            _merge(
+                contract.headers,
+                options.get("headers"),
+                options.get("traceparent") or default_traceparent,
+            ),
+            options.get("message_id"),
+            options.get("correlation_id"),
+            options.get("persistent", True),
         )
 
     def call(
@@ -267,57 +269,21 @@ class Resolver:
             unknown = ", ".join(sorted(set(options) - _PUBLISH_OPTIONS))
             raise TypeError(f"publish() got unexpected keyword argument(s): {unknown}")
         if isinstance(target, BaseModel):
-            return self.event(
+            return self.event(target, options)
+        if routing_key is None or body is None:
+            raise TypeError("publish(exchange, routing_key, body) needs all three")
+        return self.item(
+            Outgoing(
                 target,
-                name=options.get("event_name"),
+                routing_key,
+                body,
                 headers=options.get("headers"),
+                event_type=options.get("event_type"),
                 message_id=options.get("message_id"),
                 correlation_id=options.get("correlation_id"),
                 traceparent=options.get("traceparent"),
                 persistent=options.get("persistent", True),
             )
-        if routing_key is None or body is None:
-            raise TypeError("publish(exchange, routing_key, body) needs all three")
-        return self.explicit(
-            target,
-            routing_key,
-            body,
-            event_type=options.get("event_type"),
-            headers=options.get("headers"),
-            message_id=options.get("message_id"),
-            correlation_id=options.get("correlation_id"),
-            traceparent=options.get("traceparent"),
-            persistent=options.get("persistent", True),
-        )
-
-    def explicit(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: Body,
-        *,
-        event_type: str | None,
-        headers: Mapping[str, Any] | None,
-        message_id: str | None,
-        correlation_id: str | None,
-        traceparent: str | None,
-        persistent: bool,
-    ) -> Resolved:
-        if event_type is None and isinstance(body, BaseModel):
-            # A model body still says what it is when the topology knows the model.
-            try:
-                event_type = self.contract_for(body).name
-            except ContractError:
-                event_type = None
-        return self._finish(
-            exchange,
-            routing_key,
-            encode_body(body),
-            event_type,
-            _merge(None, headers, traceparent),
-            message_id,
-            correlation_id,
-            persistent,
         )
 
     def task_with(
@@ -388,26 +354,26 @@ class Resolver:
         return resolved
 
     def item(self, item: Outgoing | BaseModel) -> Resolved:
+        """One message of ``publish_many`` or the outbox: a typed event with no options, or
+        an explicit :class:`Outgoing`."""
         if isinstance(item, BaseModel):
-            return self.event(
-                item,
-                name=None,
-                headers=None,
-                message_id=None,
-                correlation_id=None,
-                traceparent=None,
-                persistent=True,
-            )
-        resolved = self.explicit(
+            return self.event(item, {})
+        event_type = item.event_type
+        if event_type is None and isinstance(item.body, BaseModel):
+            # A model body still says what it is when the topology knows the model.
+            try:
+                event_type = self.contract_for(item.body).name
+            except ContractError:
+                event_type = None
+        resolved = self._finish(
             item.exchange,
             item.routing_key,
-            item.body,
-            event_type=item.event_type,
-            headers=item.headers,
-            message_id=item.message_id,
-            correlation_id=item.correlation_id,
-            traceparent=item.traceparent,
-            persistent=item.persistent,
+            encode_body(item.body),
+            event_type,
+            _merge(None, item.headers, item.traceparent),
+            item.message_id,
+            item.correlation_id,
+            item.persistent,
         )
         resolved.content_encoding = item.content_encoding
         resolved.reply_to = item.reply_to

@@ -56,9 +56,8 @@ def test_an_event_row_publishes_what_the_publisher_would_send(tmp_path: object) 
         event, ordering_key="o1", headers={"x": 1}, message_id="m-1", traceparent="00-a-b-01"
     )
     direct = Resolver(TOPOLOGY).event(
-        event, name=None, headers={"x": 1}, message_id="m-1", correlation_id=None,
-        traceparent="00-a-b-01", persistent=True,
-    )  # fmt: skip
+        event, {"headers": {"x": 1}, "message_id": "m-1", "traceparent": "00-a-b-01"}
+    )
     relayed = Resolver(None).item(outgoing_from_row(_through_the_table(row, tmp_path)))
     assert dataclasses.asdict(relayed) == dataclasses.asdict(direct)
     assert relayed.headers == {"tier": "gold", "x": 1, "traceparent": "00-a-b-01"}

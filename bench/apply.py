@@ -21,6 +21,15 @@ PLAN_TARGET_S = 1.0
 TYPES = ("topic", "direct", "fanout", "headers")
 
 
+def queue_binding(kind: str, exchange: str, n: int) -> str:
+    """The binding of generated queue number ``n`` to ``exchange`` of type ``kind``."""
+    if kind == "headers":
+        return f"{{exchange: {exchange}, arguments: {{x-match: any, k{n}: {n}, tag: t{n}}}}}"
+    if kind == "fanout":
+        return f"{{exchange: {exchange}}}"
+    return f'{{exchange: {exchange}, routing_key: "key.{n}.#"}}'
+
+
 def topology_text(exchanges: int = 50, queues: int = 460, quorum_every: int = 46) -> str:
     """``exchanges`` + ``queues`` + one binding per queue + e2e bindings = 1,000 objects."""
     lines = ["version: 1", "exchanges:"]
@@ -33,13 +42,7 @@ def topology_text(exchanges: int = 50, queues: int = 460, quorum_every: int = 46
         fields = ["type: quorum"] if quorum_every and n % quorum_every == 0 else []
         if n % 3 == 0:
             fields.append(f"message_ttl: {1000 + n}")
-        if kind == "headers":
-            binding = f"{{exchange: bx{i}, arguments: {{x-match: any, k: {n}}}}}"
-        elif kind == "fanout":
-            binding = f"{{exchange: bx{i}}}"
-        else:
-            binding = f'{{exchange: bx{i}, routing_key: "key.{n}.#"}}'
-        fields.append(f"bindings: [{binding}]")
+        fields.append(f"bindings: [{queue_binding(kind, f'bx{i}', n)}]")
         lines.append(f"  bq{n}: {{{', '.join(fields)}}}")
     lines.append("exchange_bindings:")
     remaining = 1000 - exchanges - 2 * queues

@@ -97,7 +97,7 @@ class FakeBus:
         """``publish(event)`` through its contract, or ``publish(exchange, key, body)``;
         returns the ``message_id``, like the real publisher."""
         # The real publishers' resolution: same contracts, body, ids, headers and size limit.
-        resolved = self.resolver.call(target, routing_key, body, **options)
+        resolved = self.resolver.call(target, routing_key, body, options)
         exchange, key, table = resolved.exchange, resolved.routing_key, resolved.headers or {}
         message = FakeMessage(
             queue="",

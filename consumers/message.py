@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 from aiormq.abc import DeliveredMessage
 
@@ -23,6 +23,8 @@ __all__ = [
     "describe",
     "int_header",
 ]
+
+T = TypeVar("T")  # the type of one AMQP property
 
 RETRY_COUNT_HEADER = "x-retry-count"
 # Where a message was first published: carried by every retry and dead-letter copy, so that it
@@ -39,6 +41,27 @@ def int_header(headers: dict[str, Any] | None, name: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         return None
     return value
+
+
+class _Property(Generic[T]):
+    """One AMQP property of the delivery, read on access like a ``property``."""
+
+    __slots__ = ("attribute",)
+
+    def __init__(self, attribute: str) -> None:
+        self.attribute = attribute
+
+    @overload
+    def __get__(self, message: None, owner: type[Message]) -> _Property[T]: ...
+    @overload
+    def __get__(self, message: Message, owner: type[Message] | None = None) -> T: ...
+    def __get__(
+        self, message: Message | None, owner: type[Message] | None = None
+    ) -> T | _Property[T]:
+        if message is None:  # looked up on the class (help(), documentation tools)
+            return self
+        value: T = getattr(message._delivered.header.properties, self.attribute)
+        return value
 
 
 class Message:
@@ -62,38 +85,15 @@ class Message:
     def headers(self) -> dict[str, Any]:
         return dict(self._delivered.header.properties.headers or {})
 
-    @property
-    def content_type(self) -> str | None:
-        return self._delivered.header.properties.content_type
-
-    @property
-    def content_encoding(self) -> str | None:
-        return self._delivered.header.properties.content_encoding
-
-    @property
-    def type(self) -> str | None:
-        """The AMQP ``type`` property: the event name."""
-        return self._delivered.header.properties.message_type
-
-    @property
-    def message_id(self) -> str | None:
-        return self._delivered.header.properties.message_id
-
-    @property
-    def correlation_id(self) -> str | None:
-        return self._delivered.header.properties.correlation_id
-
-    @property
-    def app_id(self) -> str | None:
-        return self._delivered.header.properties.app_id
-
-    @property
-    def timestamp(self) -> datetime | None:
-        return self._delivered.header.properties.timestamp
-
-    @property
-    def delivery_mode(self) -> int | None:
-        return self._delivered.header.properties.delivery_mode
+    content_type = _Property[str | None]("content_type")
+    content_encoding = _Property[str | None]("content_encoding")
+    type = _Property[str | None]("message_type")
+    """The AMQP ``type`` property: the event name."""
+    message_id = _Property[str | None]("message_id")
+    correlation_id = _Property[str | None]("correlation_id")
+    app_id = _Property[str | None]("app_id")
+    timestamp = _Property[datetime | None]("timestamp")
+    delivery_mode = _Property[int | None]("delivery_mode")
 
     def trace(self) -> MessageTrace:
         """What the ``process`` span of this delivery says about it (:mod:`bus.tracing`)."""

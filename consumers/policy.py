@@ -68,28 +68,37 @@ class Backoff:
 
 @dataclass(frozen=True)
 class Retry:
+    """Rule 2: republish a copy to the queue's next retry step, then ack the original."""
+
     step: RetryStep
 
 
 @dataclass(frozen=True)
 class DeadLetter:
+    """Rule 3: republish a copy with the failure headers to our dead-letter exchange."""
+
     exchange: str
 
 
 @dataclass(frozen=True)
 class Reject:
+    """Rule 4: ``basic.reject`` without requeue; the broker dead-letters to ``exchange``."""
+
     exchange: str
 
 
 @dataclass(frozen=True)
 class Drop:
-    """Reject without requeue on a queue without a dead-letter exchange: the broker drops it."""
+    """Rule 5, a permanent failure or the last requeue: ``basic.reject`` without requeue on a
+    queue without a dead-letter exchange; the broker drops it."""
 
     why: str
 
 
 @dataclass(frozen=True)
 class Requeue:
+    """Rule 5, a handler failure: ``basic.nack`` with requeue after ``delay`` seconds."""
+
     delay: float
     final: bool
     """True when the quorum delivery limit makes this the last delivery the broker allows."""

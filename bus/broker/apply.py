@@ -70,12 +70,18 @@ def _needed_permission(
 
 @dataclass
 class ApplyResult:
+    """What ``apply`` did, counted per object (vhost, exchange, queue, binding, policy)."""
+
     plan: Plan
     dry_run: bool = False
     created: int = 0
+    """Objects declared that did not exist."""
     updated: int = 0
+    """Objects changed in place: the vhost's metadata, a policy's definition."""
     recreated: int = 0
+    """Empty queues deleted and declared again (a difference a redeclare cannot change)."""
     deleted: int = 0
+    """Objects removed by ``--prune``."""
     # Deletes the broker refused at apply time (a queue that received messages since the plan).
     kept: list[str] = field(default_factory=list)
     verification: Plan | None = None

@@ -28,6 +28,8 @@ DestinationType = Literal["queue", "exchange"]
 
 @dataclass(frozen=True)
 class LiveVhost:
+    """The vhost itself, from the management API."""
+
     name: str
     description: str
     default_queue_type: str  # "classic", "quorum" or "stream"; "undefined" resolved to classic
@@ -35,6 +37,8 @@ class LiveVhost:
 
 @dataclass(frozen=True)
 class LiveExchange:
+    """An exchange as the broker holds it (``alternate-exchange`` is among the arguments)."""
+
     name: str
     type: str
     durable: bool
@@ -45,6 +49,8 @@ class LiveExchange:
 
 @dataclass(frozen=True)
 class LiveQueue:
+    """A queue as the broker holds it; ``type`` is ``classic``, ``quorum`` or ``stream``."""
+
     name: str
     type: str
     durable: bool
@@ -56,6 +62,9 @@ class LiveQueue:
 
 @dataclass(frozen=True)
 class LiveBinding:
+    """A binding from exchange ``source`` to a queue or exchange; ``properties_key`` is the
+    management API's name for it (what deleting it over HTTP needs)."""
+
     source: str
     destination: str
     destination_type: DestinationType

@@ -118,6 +118,8 @@ class PolicySpec(PolicyFields):
 
 @dataclass(frozen=True)
 class Difference:
+    """One field where the broker and the topology disagree, and why it matters."""
+
     field: str
     desired: Any
     live: Any

@@ -122,7 +122,7 @@ class PublisherBase(Generic[R]):
         ``publish(exchange, routing_key, body)`` publishes bytes, plain JSON data or a model.
         """
         return self._deliver(
-            lambda: self.resolver.call(target, routing_key, body, **options), confirm_timeout
+            lambda: self.resolver.call(target, routing_key, body, options), confirm_timeout
         )
 
     def send_task(

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypedDict, Unpack
+from typing import Any, TypedDict
 
 from pydantic import BaseModel
 
@@ -259,12 +259,12 @@ class Resolver:
     def call(
         self,
         target: BaseModel | str,
-        routing_key: str | None = None,
-        body: Body | None = None,
-        /,
-        **options: Unpack[PublishOptions],
+        routing_key: str | None,
+        body: Body | None,
+        options: PublishOptions,
     ) -> Resolved:
-        """One ``publish`` call of either publisher: ``(event)`` or ``(exchange, key, body)``."""
+        """One ``publish`` call of either publisher or the fake bus, its keywords as given:
+        ``(event)`` or ``(exchange, key, body)``."""
         if not _PUBLISH_OPTIONS.issuperset(options):
             unknown = ", ".join(sorted(set(options) - _PUBLISH_OPTIONS))
             raise TypeError(f"publish() got unexpected keyword argument(s): {unknown}")

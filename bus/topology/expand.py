@@ -53,6 +53,8 @@ Role = Literal["queue", "dead-letter", "retry"]
 
 @dataclass(frozen=True)
 class ExchangeSpec:
+    """An exchange as the topology declares it."""
+
     name: str
     type: str
     durable: bool = True
@@ -68,6 +70,9 @@ class ExchangeSpec:
 
 @dataclass(frozen=True)
 class QueueSpec:
+    """A queue as the topology declares it, its broker arguments resolved; ``role`` and
+    ``owner`` say whether it is a topology queue or the dead-letter/retry queue of one."""
+
     name: str
     type: QueueType
     durable: bool = True

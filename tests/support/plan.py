@@ -10,6 +10,7 @@ from typing import Any
 import pika
 import pytest
 
+from bench.apply import TYPES, queue_binding
 from bus.broker.management import ManagementClient
 from bus.cli import main
 from bus.settings import BusSettings
@@ -81,16 +82,15 @@ def publish(url: str, routing_key: str, body: bytes = b"{}", exchange: str = "")
 
 def synthetic_topology(exchanges: int, queues_per_exchange: int, quorum_every: int = 0) -> str:
     """A generated topology: every exchange type, e2e bindings, headers bindings, policies."""
-    types = ["topic", "direct", "fanout", "headers"]
     lines = ["version: 1", "exchanges:"]
     for i in range(exchanges):
-        kind = types[i % 4]
+        kind = TYPES[i % 4]
         extra = ", internal: true" if i % 7 == 6 else ""
         lines.append(f"  x{i}: {{type: {kind}{extra}}}")
     lines.append("queues:")
     n = 0
     for i in range(exchanges):
-        kind = types[i % 4]
+        kind = TYPES[i % 4]
         if i % 7 == 6:
             continue  # internal exchanges are fed by exchange bindings only
         for j in range(queues_per_exchange):
@@ -104,12 +104,7 @@ def synthetic_topology(exchanges: int, queues_per_exchange: int, quorum_every: i
                 fields.append("max_length: 1000")
             if quorum:
                 fields.append("delivery_limit: 3")
-            if kind == "headers":
-                binding = f"{{exchange: x{i}, arguments: {{x-match: any, k{j}: {j}, tag: t{j}}}}}"
-            elif kind == "fanout":
-                binding = f"{{exchange: x{i}}}"
-            else:
-                binding = f'{{exchange: x{i}, routing_key: "k{j}.#"}}'
+            binding = queue_binding(kind, f"x{i}", n)
             lines.append(f"  q{i}.{j}: {{{', '.join(fields)}, bindings: [{binding}]}}")
     lines.append("exchange_bindings:")
     for i in range(exchanges):

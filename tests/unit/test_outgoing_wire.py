@@ -14,7 +14,7 @@ import pytest
 
 from bus.errors import PublishError, UnsendableMessageError
 from bus.fake import FakeBus
-from bus.publish import Resolver
+from bus.publish import PublishOptions, Resolver
 from bus.publish.wire import MAX_HEADER_DEPTH
 from bus.topology import parse_topology
 
@@ -31,18 +31,8 @@ queues:
 def _resolve(
     exchange: str = "events", key: str = "k", headers: dict[str, Any] | None = None, **kw: Any
 ) -> Any:
-    return Resolver(None).call(
-        exchange,
-        key,
-        {"a": 1},
-        event_name=None,
-        event_type=kw.get("event_type"),
-        headers=headers,
-        message_id=kw.get("message_id"),
-        correlation_id=kw.get("correlation_id"),
-        traceparent=None,
-        persistent=True,
-    )
+    options: PublishOptions = {"headers": headers, **kw}
+    return Resolver(None).call(exchange, key, {"a": 1}, options)
 
 
 def _nested(depth: int) -> dict[str, Any]:

@@ -44,7 +44,7 @@ def resolver() -> Resolver:
 
 def test_typed_event_takes_exchange_key_and_type_from_its_contract(resolver: Resolver) -> None:
     event = CancelOrder(order_id="o1", reason="r")
-    message = resolver.call(event)
+    message = resolver.call(event, None, None, {})
     assert (message.exchange, message.routing_key, message.event_type) == (
         "commands",
         "order.cancel",
@@ -59,8 +59,9 @@ def test_typed_event_takes_exchange_key_and_type_from_its_contract(resolver: Res
 def test_contract_headers_then_caller_headers_then_traceparent(resolver: Resolver) -> None:
     message = resolver.call(
         EmailRequested(to="a@b.c", subject="s"),
-        headers={"kind": "bulk", "tenant": "acme"},
-        traceparent="00-abc-def-01",
+        None,
+        None,
+        {"headers": {"kind": "bulk", "tenant": "acme"}, "traceparent": "00-abc-def-01"},
     )
     assert message.exchange == "notifications"
     assert message.headers == {
@@ -73,14 +74,14 @@ def test_contract_headers_then_caller_headers_then_traceparent(resolver: Resolve
 
 def test_unknown_and_ambiguous_models_are_contract_errors(resolver: Resolver) -> None:
     with pytest.raises(ContractError, match="matches no event contract"):
-        resolver.call(Stray(value=1))
+        resolver.call(Stray(value=1), None, None, {})
     paid = OrderPaid(order_id="o", amount=Decimal(1))
     with pytest.raises(ContractError, match="several events"):
-        resolver.call(paid)
-    named = resolver.call(paid, event_name="order.paid.again")
+        resolver.call(paid, None, None, {})
+    named = resolver.call(paid, None, None, {"event_name": "order.paid.again"})
     assert named.routing_key == "order.repaid"
     with pytest.raises(ContractError, match="expects OrderCreated"):
-        resolver.call(paid, event_name="order.created")
+        resolver.call(paid, None, None, {"event_name": "order.created"})
 
 
 def test_explicit_model_body_is_typed_when_the_topology_knows_it(resolver: Resolver) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -141,42 +141,36 @@ def test_export_reports_what_topology_yaml_cannot_hold(
 
 
 def test_export_round_trips_the_vhost_section(
-    bus_vhost_url: str, bus_management: ManagementClient
+    bus_vhost_url: str, bus_management: ManagementClient, spare_vhost: Callable[[str], str]
 ) -> None:
     """description and default_queue_type survive export -> apply into a new vhost."""
-    source = f"bus-test-export-{uuid.uuid4().hex[:10]}"
-    copy = f"{source}-copy"
+    source = spare_vhost("bus-test-export")
+    copy = spare_vhost("bus-test-export-copy")
     settings = settings_for(bus_vhost_url, bus_management)
     user, _ = settings.credentials()
-    bus_management.create_vhost(
-        source, default_queue_type="quorum", description="orders of team a"
-    )
+    bus_management.create_vhost(source, default_queue_type="quorum", description="orders of team a")
     bus_management.set_permissions(source, user)
+    connection = connect(with_vhost(bus_vhost_url, source))
     try:
-        connection = connect(with_vhost(bus_vhost_url, source))
-        try:
-            # No x-queue-type: the vhost's default makes it a quorum queue.
-            connection.channel().queue_declare("billing", durable=True)
-        finally:
-            connection.close()
-        exported = export_topology(settings, source)
-        data = yaml.safe_load(exported.text)
-        assert data["vhost"] == {
-            "name": source,
-            "description": "orders of team a",
-            "default_queue_type": "quorum",
-        }
-        again = plan(parse_topology(exported.text, "exported.yaml"), settings)
-        assert again.vhost == source
-        assert not again.has_changes, again.render()
-        assert not again.conflicts, again.render()
-
-        data["vhost"]["name"] = copy
-        apply(parse_topology(yaml.safe_dump(data), "copy.yaml"), settings)
-        created = bus_management.vhost(copy)
-        assert created is not None
-        assert created["description"] == "orders of team a"
-        assert created["default_queue_type"] == "quorum"
+        # No x-queue-type: the vhost's default makes it a quorum queue.
+        connection.channel().queue_declare("billing", durable=True)
     finally:
-        bus_management.delete_vhost(source)
-        bus_management.delete_vhost(copy)
+        connection.close()
+    exported = export_topology(settings, source)
+    data = yaml.safe_load(exported.text)
+    assert data["vhost"] == {
+        "name": source,
+        "description": "orders of team a",
+        "default_queue_type": "quorum",
+    }
+    again = plan(parse_topology(exported.text, "exported.yaml"), settings)
+    assert again.vhost == source
+    assert not again.has_changes, again.render()
+    assert not again.conflicts, again.render()
+
+    data["vhost"]["name"] = copy
+    apply(parse_topology(yaml.safe_dump(data), "copy.yaml"), settings)
+    created = bus_management.vhost(copy)
+    assert created is not None
+    assert created["description"] == "orders of team a"
+    assert created["default_queue_type"] == "quorum"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -420,37 +421,32 @@ def test_user_without_configure_permission_gets_one_clear_error_line(
 
 
 def test_a_vhost_named_by_the_topology_is_created(
-    amqp_url: str, bus_management: ManagementClient
+    amqp_url: str, bus_management: ManagementClient, spare_vhost: Callable[[str], str]
 ) -> None:
-    name = f"bus-test-{uuid.uuid4().hex[:12]}"
+    name = spare_vhost("bus-test")
     text = f"version: 1\nvhost: {{name: {name}, default_queue_type: quorum}}\nqueues:\n  q: {{}}\n"
     settings = settings_for(amqp_url, bus_management)
-    try:
-        result = apply(load(text), settings)
-        assert result.created == 2
-        info = bus_management.vhost(name)
-        assert info is not None
-        assert info["default_queue_type"] == "quorum"
-        queue = bus_management.queue(name, "q")
-        # The topology's explicit classic wins over the vhost default.
-        assert queue is not None
-        assert queue["type"] == "classic"
-        assert not plan(load(text), settings).has_changes
+    result = apply(load(text), settings)
+    assert result.created == 2
+    info = bus_management.vhost(name)
+    assert info is not None
+    assert info["default_queue_type"] == "quorum"
+    queue = bus_management.queue(name, "q")
+    # The topology's explicit classic wins over the vhost default.
+    assert queue is not None
+    assert queue["type"] == "classic"
+    assert not plan(load(text), settings).has_changes
 
-        # A queue declared elsewhere without a type takes the vhost default: it is quorum.
-        connection = connect(with_vhost(amqp_url, name))
-        try:
-            connection.channel().queue_declare("untyped", durable=True)
-        finally:
-            connection.close()
-        as_quorum = load(text + "  untyped: {type: quorum}\n")
-        assert not plan(as_quorum, settings).has_changes
-        as_classic = plan(load(text + "  untyped: {}\n"), settings)
-        assert [(i.name, i.differences[0].field) for i in as_classic.conflicts] == [
-            ("untyped", "type")
-        ]
+    # A queue declared elsewhere without a type takes the vhost default: it is quorum.
+    connection = connect(with_vhost(amqp_url, name))
+    try:
+        connection.channel().queue_declare("untyped", durable=True)
     finally:
-        bus_management.delete_vhost(name)
+        connection.close()
+    as_quorum = load(text + "  untyped: {type: quorum}\n")
+    assert not plan(as_quorum, settings).has_changes
+    as_classic = plan(load(text + "  untyped: {}\n"), settings)
+    assert [(i.name, i.differences[0].field) for i in as_classic.conflicts] == [("untyped", "type")]
 
 
 def test_a_missing_vhost_the_topology_does_not_name_is_an_error(

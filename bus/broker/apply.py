@@ -106,23 +106,26 @@ class ApplyResult:
         return text
 
 
+@dataclass
 class _Executor:
-    def __init__(
-        self,
-        expanded: ExpandedTopology,
-        settings: BusSettings,
-        planned: Plan,
-        result: ApplyResult,
-    ) -> None:
-        self.expanded = expanded
-        self.settings = settings
-        self.plan = planned
-        self.vhost = planned.vhost
-        self.result = result
-        self.done = 0
-        self.total = len(planned.changes)
-        self.management: ManagementClient | None = None
-        self.session: AmqpSession | None = None
+    """Carries out a plan's changes in order, counting them into ``result``; opens the
+    management API and the AMQP session only when a change needs them."""
+
+    expanded: ExpandedTopology
+    settings: BusSettings
+    plan: Plan
+    result: ApplyResult
+    done: int = 0
+    management: ManagementClient | None = None
+    session: AmqpSession | None = None
+
+    @property
+    def vhost(self) -> str:
+        return self.plan.vhost
+
+    @property
+    def total(self) -> int:
+        return len(self.plan.changes)
 
     # -- helpers --------------------------------------------------------------------------
     def http(self) -> ManagementClient:

@@ -27,7 +27,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -273,34 +273,32 @@ def probes(
     ]
 
 
+@dataclass
 class Stream:
     """Publishes ``items`` with ``window`` concurrent :meth:`Publisher.publish` calls.
 
-    Paced to about ``rate`` messages per second so that a fault lands mid-stream; records
-    every call in ``check`` (sent before the call; confirmed or failed after it) and the type
-    of every error. :meth:`at` gives an event set once ``count`` messages were sent.
+    Paced to about ``rate`` messages per second (by default enough to last
+    ``STREAM_SECONDS``) so that a fault lands mid-stream; records every call in ``check``
+    (sent before the call; confirmed or failed after it) and the type of every error.
+    :meth:`at` gives an event set once ``count`` messages were sent.
     """
 
-    def __init__(
-        self,
-        publisher: Publisher,
-        check: TotalQueue,
-        items: Sequence[Item],
-        *,
-        window: int = 100,
-        rate: float | None = None,
-        deadline: float = DEADLINE,
-    ) -> None:
-        self.publisher = publisher
-        self.check = check
-        self.items = items
-        self.window = window
-        self.rate = rate if rate is not None else max(100.0, len(items) / STREAM_SECONDS)
-        self.deadline = deadline
-        self.errors: Counter[str] = Counter()
-        self.slowest = 0.0
-        self._next = 0
-        self._marks: list[tuple[int, asyncio.Event]] = []
+    publisher: Publisher
+    check: TotalQueue
+    items: Sequence[Item]
+    _: KW_ONLY
+    window: int = 100
+    rate: float | None = None
+    deadline: float = DEADLINE
+    errors: Counter[str] = field(default_factory=Counter, init=False)
+    slowest: float = field(default=0.0, init=False)
+    _next: int = field(default=0, init=False)
+    _marks: list[tuple[int, asyncio.Event]] = field(default_factory=list, init=False)
+
+    @property
+    def pace(self) -> float:
+        """Messages per second."""
+        return self.rate if self.rate is not None else max(100.0, len(self.items) / STREAM_SECONDS)
 
     def at(self, count: int) -> asyncio.Event:
         event = asyncio.Event()
@@ -318,7 +316,7 @@ class Stream:
             while self._next < len(self.items):
                 index = self._next
                 self._next += 1
-                slot = start + index / self.rate
+                slot = start + index / self.pace
                 if slot > loop.time():
                     await asyncio.sleep(slot - loop.time())
                 item = self.items[index]
@@ -344,7 +342,7 @@ class Stream:
                     self.check.on_confirmed(item.message_id)
                 self.slowest = max(self.slowest, loop.time() - began)
 
-        async with asyncio.timeout(HANG + len(self.items) / self.rate):
+        async with asyncio.timeout(HANG + len(self.items) / self.pace):
             async with asyncio.TaskGroup() as group:
                 for _ in range(self.window):
                     group.create_task(worker())

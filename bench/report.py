@@ -24,6 +24,7 @@ LABELS = {
     "ours-p1": "ours (prefetch x1)",
     "plain": "plain Celery",
     "java": "Java client",
+    "java-ours": "Java client, our properties",
 }
 
 

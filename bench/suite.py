@@ -93,6 +93,8 @@ def groups(opts: argparse.Namespace) -> dict[str, Group]:
                     ("ours-sync", "raw-aio-pika"),
                     ("ours", "java"),
                     ("ours-sync", "java"),
+                    ("ours", "java-ours"),
+                    ("ours-sync", "java-ours"),
                     ("ours-traced", "ours"),
                     *publisher_ratios,
                 ),
@@ -193,6 +195,11 @@ def catalogue(opts: argparse.Namespace) -> list[Case]:
         cases.append(Case("publish", f"w{window}", "ours-sync", "bench.publish:ours_sync", params))
         if java:
             cases.append(Case("publish", f"w{window}", "java", "bench.java_client:publish", params))
+        if java and window == max(opts.windows):
+            cases.append(
+                Case("publish", f"w{window}", "java-ours", "bench.java_client:publish",
+                     {**params, "properties": "ours"})
+            )  # fmt: skip
         if window == max(opts.windows):
             cases.append(
                 Case("publish", f"w{window}", "ours-traced", "bench.publish:ours",

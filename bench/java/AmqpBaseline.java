@@ -3,7 +3,8 @@
 // the default exchange; publish with confirms and mandatory, at most WINDOW unconfirmed;
 // consume a pre-filled queue with manual acks, one per message.
 //
-//   java -cp amqp-client.jar:slf4j-api.jar:. AmqpBaseline publish URL QUEUE SECONDS WINDOW WARMUP
+//   java -cp amqp-client.jar:slf4j-api.jar:. AmqpBaseline publish URL QUEUE SECONDS WINDOW WARMUP [ours]
+//     (ours: every message carries amqp-bus's properties, see oursProperties; else two)
 //   java -cp ... AmqpBaseline consume URL QUEUE COUNT PREFETCH
 // prints one JSON line: {"messages": N, "seconds": S, "msg_s": R, "cpu": C}
 import com.rabbitmq.client.AMQP;
@@ -14,7 +15,9 @@ import com.rabbitmq.client.DefaultConsumer;
 import com.rabbitmq.client.Envelope;
 import java.lang.management.ManagementFactory;
 import java.nio.charset.StandardCharsets;
+import java.util.Date;
 import java.util.Map;
+import java.util.UUID;
 import java.util.concurrent.ConcurrentNavigableMap;
 import java.util.concurrent.ConcurrentSkipListMap;
 import java.util.concurrent.CountDownLatch;
@@ -25,6 +28,22 @@ import java.util.concurrent.atomic.AtomicLong;
 public final class AmqpBaseline {
   private static final AMQP.BasicProperties PROPS =
       new AMQP.BasicProperties.Builder().contentType("application/json").deliveryMode(2).build();
+
+  /**
+   * The properties amqp-bus puts on every message: a new message id (which the message also
+   * correlates with), the time and the publishing program, besides PROPS.
+   */
+  private static AMQP.BasicProperties oursProperties() {
+    String id = UUID.randomUUID().toString();
+    return new AMQP.BasicProperties.Builder()
+        .contentType("application/json")
+        .deliveryMode(2)
+        .messageId(id)
+        .correlationId(id)
+        .timestamp(new Date())
+        .appId("bench")
+        .build();
+  }
 
   private static byte[] body() {
     String head = "{\"event\":\"bench\",\"pad\":\"";
@@ -47,7 +66,7 @@ public final class AmqpBaseline {
 
   /** Publishes until stop; returns the count once every confirm has arrived. */
   private static long publishWindow(Channel ch, String queue, byte[] body, int window,
-      long deadlineNanos, long limit) throws Exception {
+      long deadlineNanos, long limit, boolean ours) throws Exception {
     Semaphore permits = new Semaphore(window);
     ConcurrentNavigableMap<Long, Boolean> outstanding = new ConcurrentSkipListMap<>();
     AtomicLong failed = new AtomicLong();
@@ -64,7 +83,7 @@ public final class AmqpBaseline {
     while (count < limit && System.nanoTime() < deadlineNanos) {
       permits.acquire();
       outstanding.put(ch.getNextPublishSeqNo(), Boolean.TRUE);
-      ch.basicPublish("", queue, true, PROPS, body);
+      ch.basicPublish("", queue, true, ours ? oursProperties() : PROPS, body);
       count++;
     }
     permits.acquire(window); // every confirm is in
@@ -86,8 +105,8 @@ public final class AmqpBaseline {
     }
   }
 
-  private static void publish(String url, String queue, double seconds, int window, int warmup)
-      throws Exception {
+  private static void publish(String url, String queue, double seconds, int window, int warmup,
+      boolean ours) throws Exception {
     ConnectionFactory factory = new ConnectionFactory();
     factory.setUri(url);
     try (Connection connection = factory.newConnection("bench java publish")) {
@@ -96,12 +115,12 @@ public final class AmqpBaseline {
       ch.queuePurge(queue);
       ch.confirmSelect();
       byte[] body = body();
-      publishWindow(ch, queue, body, window, Long.MAX_VALUE, warmup);
+      publishWindow(ch, queue, body, window, Long.MAX_VALUE, warmup, ours);
       ch.queuePurge(queue);
       long cpu = cpuNanos();
       long start = System.nanoTime();
       long count = publishWindow(ch, queue, body, window, start + (long) (seconds * 1e9),
-          Long.MAX_VALUE);
+          Long.MAX_VALUE, ours);
       double elapsed = (System.nanoTime() - start) / 1e9;
       result(count, elapsed, (cpuNanos() - cpu) / 1e9);
       ch.queuePurge(queue);
@@ -139,12 +158,13 @@ public final class AmqpBaseline {
 
   public static void main(String[] args) throws Exception {
     if (args.length >= 6 && args[0].equals("publish")) {
+      boolean ours = args.length >= 7 && args[6].equals("ours");
       publish(args[1], args[2], Double.parseDouble(args[3]), Integer.parseInt(args[4]),
-          Integer.parseInt(args[5]));
+          Integer.parseInt(args[5]), ours);
     } else if (args.length >= 5 && args[0].equals("consume")) {
       consume(args[1], args[2], Long.parseLong(args[3]), Integer.parseInt(args[4]));
     } else {
-      System.err.println("usage: AmqpBaseline publish URL QUEUE SECONDS WINDOW WARMUP"
+      System.err.println("usage: AmqpBaseline publish URL QUEUE SECONDS WINDOW WARMUP [minimal|ours]"
           + " | consume URL QUEUE COUNT PREFETCH");
       System.exit(2);
     }

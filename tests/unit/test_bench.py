@@ -76,10 +76,11 @@ def test_selection_by_id_prefix_and_memory_only_when_named() -> None:
 def test_java_baseline_cases_where_the_client_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(java_client, "available", lambda: None)
     ids = {c.id for c in catalogue(parse([]))}
-    assert {"publish/w1000/java", "consume/p100/java"} <= ids
-    assert not any(i.endswith("/java") for i in (c.id for c in catalogue(parse(["--no-java"]))))
+    assert {"publish/w1000/java", "publish/w1000/java-ours", "consume/p100/java"} <= ids
+    assert "publish/w1/java-ours" not in ids
+    assert not any(c.impl.startswith("java") for c in catalogue(parse(["--no-java"])))
     monkeypatch.setattr(java_client, "available", lambda: "Java baseline skipped: missing javac")
-    assert not any(c.impl == "java" for c in catalogue(parse([])))
+    assert not any(c.impl.startswith("java") for c in catalogue(parse([])))
 
 
 def test_quick_shortens_everything_and_explicit_options_win() -> None:

@@ -6,10 +6,12 @@ schedule, :func:`bench.latency._fixed_rate`) with timestamps taken per message
 
 - ``sched->call``: the message's scheduled time to the start of ``send()`` (the bench's pacer,
   which wakes at most once per millisecond, plus the publisher's loop starting the task);
-- ``call->write``: ``Publisher.publish`` to the ``StreamWriter.write`` that holds the message;
+- ``call->write``: ``Publisher.publish`` to the start of the ``StreamWriter.write`` that holds
+  the message (our publisher's code and loop);
 - ``write->read``: that write to the consumer's socket read that returned it; with ``--pcap``
   it is split at the loopback interface (``tcpdump -i lo``, needs root): ``write->lo_in``
-  (kernel), ``lo_in->lo_out (broker)``, ``lo_out->read`` (the consumer waking up and reading);
+  (the send system call), ``lo_in->lo_out (broker)``, ``lo_out->read`` (the consumer waking
+  up and reading);
 - ``read->deliver``: the read to the runtime's ``QueueConsumer._deliver`` (frame decoding);
 - ``deliver->handler``: to the handler's first line (worker wake-up, decoding, validation).
 
@@ -150,10 +152,12 @@ async def _publish(url: str, rate: int, seconds: float, broker: int | None) -> d
     write = asyncio.StreamWriter.write
 
     def timed_write(self: asyncio.StreamWriter, data: bytes | bytearray | memoryview) -> None:
-        write(self, data)
+        # Stamped before the send: on loopback the send runs the broker side's TCP receive and
+        # wakes its thread, which may preempt us before the call returns (p90 0.3 ms here).
         now = time.monotonic()
         for match in SEQ.finditer(bytes(data)):
             written[int(match.group(1))] = now
+        write(self, data)
 
     asyncio.StreamWriter.write = timed_write  # type: ignore[method-assign]
     topology = parse_topology(TOPOLOGY, "bench-latency.yaml")

@@ -43,11 +43,12 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
+from bench._harness import percentile
 from bench.latency import PREFETCH, QUEUE, TOPOLOGY, Probe, _declare, _fixed_rate
 
 SEQ = re.compile(rb'"seq":(\d+)')
-AMQP_PORT = 5672
 Stamps = dict[int, float]
 
 
@@ -209,8 +210,8 @@ def run_once(url: str, rate: int, seconds: float, pin: int | None) -> dict[str, 
 
 
 # -- loopback capture ----------------------------------------------------------------------------
-def read_pcap(path: str, offset: float) -> tuple[Stamps, Stamps]:
-    """First loopback timestamp of each ``seq``: towards the broker, and from it."""
+def read_pcap(path: str, offset: float, port: int) -> tuple[Stamps, Stamps]:
+    """First loopback timestamp of each ``seq``: towards the broker (on ``port``), and from it."""
     with open(path, "rb") as capture:
         data = capture.read()
     if len(data) < 24:
@@ -228,7 +229,7 @@ def read_pcap(path: str, offset: float) -> tuple[Stamps, Stamps]:
         ip = packet[link_header:]
         tcp = ip[(ip[0] & 15) * 4 :]
         source, target = struct.unpack_from(">HH", tcp)
-        stamps = inbound if target == AMQP_PORT else outbound if source == AMQP_PORT else None
+        stamps = inbound if target == port else outbound if source == port else None
         if stamps is not None:
             for match in SEQ.finditer(tcp[(tcp[12] >> 4) * 4 :]):
                 stamps.setdefault(int(match.group(1)), at)
@@ -237,8 +238,8 @@ def read_pcap(path: str, offset: float) -> tuple[Stamps, Stamps]:
 
 # -- report --------------------------------------------------------------------------------------
 def _percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round((len(ordered) - 1) * q / 100))]
+    # The latency case's definition (linear interpolation), so both report the same p99.
+    return percentile(sorted(values), q)
 
 
 def report(result: Mapping[str, Any], capture: tuple[Stamps, Stamps] | None = None) -> str:
@@ -305,13 +306,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = parser.parse_args(argv)
     print(f"load average {os.getloadavg()} on {os.cpu_count()} CPUs", flush=True)
     with tempfile.TemporaryDirectory() as scratch, bench_vhost("hops") as url:
+        port = urlsplit(url).port or 5672  # the broker's, for the capture
         for rate in (int(r) for r in opts.rates.split(",") if r):
             dump = None
             path = os.path.join(scratch, f"{rate}.pcap")
             if opts.pcap:
                 dump = subprocess.Popen(
                     ["tcpdump", "-i", "lo", "-s", "0", "-B", "16384", "-w", path,
-                     "--time-stamp-precision=nano", f"tcp port {AMQP_PORT}"],
+                     "--time-stamp-precision=nano", f"tcp port {port}"],
                     stderr=subprocess.DEVNULL,
                 )  # fmt: skip
                 time.sleep(1)  # tcpdump opens the interface
@@ -321,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 time.sleep(0.5)
                 dump.terminate()
                 dump.wait()
-                capture = read_pcap(path, result["pub"]["offset"])
+                capture = read_pcap(path, result["pub"]["offset"], port)
             print(report(result, capture), flush=True)
             if opts.json:
                 with open(f"{opts.json}.{rate}.json", "w") as out:

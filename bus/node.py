@@ -47,10 +47,28 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _ephemeral_low() -> int:
+    """The first port the kernel hands out to outgoing connections (Linux default 32768)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+            return int(ports.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port_pair(count: int = 1) -> int:
-    """A base port P such that P..P+count-1 and the Erlang distribution port P+20000 are free."""
+    """A base port P such that P..P+count-1 and the Erlang distribution port P+20000 are free.
+
+    Every port lies below the kernel's ephemeral range: a node stopped for a restart would
+    otherwise find a port of its own taken by some client's outgoing connection meanwhile
+    (its management listener then fails and the node does not come back).
+    """
+    top = min(_ephemeral_low(), 65536) - _DIST_OFFSET - count
+    low = 10000 if top > 10500 else 1024
+    if top < low:  # an unusual ephemeral range: the old choice, which may collide
+        low, top = 20000, 45000 - count
     for _ in range(500):
-        base = random.randint(20000, 45000 - count)
+        base = random.randint(low, top)
         ports = [*range(base, base + count), base + _DIST_OFFSET]
         if all(_port_free(p) for p in ports):
             return base
